@@ -1,0 +1,84 @@
+"""Benchmark of ``mmgt render`` on a 60 s clip: steady state and cold start, reported apart.
+
+Run: ``python -m bench.bench_render``. Writes ``bench/results/render.json``.
+
+* **steady state**: frames rendered and encoded per second inside :func:`render_video`, i.e.
+  excluding process start, imports, model set-up, avatar preparation and audio decoding
+  (timings["render_encode"]); reported as a multiple of real time (25 fps = 1×).
+* **cold start**: wall time of the whole ``mmgt render`` command in a new process, from start to
+  exit, for the same clip; and the time to the first frame is the part before rendering.
+The 60 s clip is the bundled speech sample repeated, written to a temporary wav.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench._common import write_result
+from mmgt.audio import load_audio, write_wav
+from mmgt.avatar import BUNDLED_AVATAR
+from mmgt.offline import render_video
+
+SPEECH = BUNDLED_AVATAR.parent / "speech_sample.wav"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        speech = load_audio(SPEECH)
+        n = int(args.seconds * 16000)
+        clip = np.tile(speech, n // len(speech) + 1)[:n]
+        wav = Path(tmp) / "clip.wav"
+        write_wav(wav, clip, 16000)
+        steady, setup = [], []
+        for _ in range(args.repeats):
+            res = render_video(wav, Path(tmp) / "out.mp4", progress=False)
+            steady.append(res.frames / res.timings["render_encode"])
+            setup.append(sum(v for k, v in res.timings.items() if k != "render_encode"))
+        cold = []
+        exe = Path(sys.executable).with_name("mmgt")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            subprocess.run(
+                [
+                    str(exe),
+                    "render",
+                    "--audio",
+                    str(wav),
+                    "--out",
+                    str(Path(tmp) / "cold.mp4"),
+                    "-q",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            cold.append(time.perf_counter() - t0)
+    fps = statistics.median(steady)
+    results = {
+        "clip_seconds": args.seconds,
+        "frame_size": 512,
+        "steady_state_fps": round(fps, 1),
+        "steady_state_x_realtime": round(fps / 25.0, 2),
+        "setup_in_process_s": round(statistics.median(setup), 2),
+        "cold_start_wall_s": round(statistics.median(cold), 2),
+        "cold_start_x_realtime": round(args.seconds / statistics.median(cold), 2),
+        "repeats": args.repeats,
+        "targets": {"steady_state_x_realtime_min": 4.0},
+    }
+    print(write_result("render", results))
+    print(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Clients: the browser page and the Python websocket client (live-engine issue)."""

@@ -1,0 +1,1 @@
+"""Streaming engine: sessions, the sliding-window scheduler and runners (live-engine issue)."""

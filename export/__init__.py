@@ -1,0 +1,1 @@
+"""Model export: ONNX and TensorRT specs and builders (export issue)."""

@@ -1,0 +1,5 @@
+import sys
+
+from mmgt.cli import main
+
+sys.exit(main())

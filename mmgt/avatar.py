@@ -1,0 +1,157 @@
+"""Loading a reference photo and preparing it as an :class:`~mmgt.types.Avatar`.
+
+Preparation (documented in the README, "Photos"):
+
+1. **Load** with Pillow, honouring EXIF orientation; transparent pixels are composited on white.
+   Files over :data:`MAX_FILE_BYTES`, images with more than :data:`MAX_PIXELS` pixels or a side
+   over :data:`MAX_SIDE` are refused before decoding (decompression bombs included); images with
+   a short side under :data:`MIN_SIDE` are refused as too small.
+2. **Frame** a square around the person: the face is found first, and the square is centred on
+   it horizontally, with the top of the face :data:`FACE_TOP_FRACTION` of the way down. The
+   square is the photo's short side, unless the face is small (the short side is more than
+   :data:`FACE_HEIGHTS_PER_FRAME` / 0.75 face heights): then it is cropped to
+   :data:`FACE_HEIGHTS_PER_FRAME` face heights, so a distant full-body photo becomes an
+   upper-body frame instead of a tiny face. Square photos with a large enough face are kept whole.
+3. **Resize** the square to the output size (area filter down, Lanczos up; small photos are
+   upscaled), then extract the reference pose on the final image.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mmgt.errors import ImageError
+from mmgt.keypoints import layout
+from mmgt.keypoints.extractor import ReferencePoseExtractor
+from mmgt.types import Avatar
+
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 50_000_000
+MAX_SIDE = 12_000
+MIN_SIDE = 128
+FACE_HEIGHTS_PER_FRAME = 4.0  # upper-body framing: the face is about a quarter of the frame height
+FACE_TOP_FRACTION = 0.2  # the top of the face box sits this far down the frame
+DETECT_SIDE = 1024  # framing detection runs on a copy at most this large
+
+BUNDLED_AVATAR = Path(__file__).resolve().parent / "assets" / "astronaut.png"
+
+
+def load_image(source: str | os.PathLike[str] | bytes) -> np.ndarray:
+    """Read a photo (path or encoded bytes) as an (H, W, 3) uint8 RGB array, safely."""
+    if isinstance(source, bytes):
+        data, label = source, "the uploaded image"
+    else:
+        path = Path(source)
+        label = str(path)
+        if not path.is_file():
+            raise ImageError(f"image file not found: {path}")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageError(f"{label} is larger than {MAX_FILE_BYTES // 2**20} MB")
+        data = path.read_bytes()
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{label} is larger than {MAX_FILE_BYTES // 2**20} MB")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size  # read from the header, before any pixel is decoded
+            if w * h > MAX_PIXELS or max(w, h) > MAX_SIDE:
+                raise ImageError(
+                    f"{label} is too large ({w}×{h}); the limit is {MAX_PIXELS // 10**6} "
+                    f"megapixels and {MAX_SIDE} px per side"
+                )
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                im = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+            rgb = np.asarray(im.convert("RGB"))
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{label} is not a readable image ({exc})") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{label} is too large to decode safely (decompression bomb)") from exc
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise ImageError(
+            f"{label} is too small ({rgb.shape[1]}×{rgb.shape[0]}); the short side must be at "
+            f"least {MIN_SIDE} px"
+        )
+    return np.ascontiguousarray(rgb)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LANCZOS4
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def frame_square(image: np.ndarray, face_box: tuple[float, float, float, float]) -> np.ndarray:
+    """Square crop around a face box (x0, y0, x1, y1) in ``image`` pixels (module docstring)."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = face_box
+    short = min(h, w)
+    wanted = FACE_HEIGHTS_PER_FRAME * max(y1 - y0, 1.0)
+    side = int(round(wanted)) if wanted < 0.75 * short else short
+    if side == h == w:
+        return image
+    cx = (x0 + x1) / 2
+    left = int(round(np.clip(cx - side / 2, 0, w - side)))
+    top = int(round(np.clip(y0 - FACE_TOP_FRACTION * side, 0, h - side)))
+    return image[top : top + side, left : left + side]
+
+
+def _face_box(points: np.ndarray) -> tuple[float, float, float, float]:
+    face = points[layout.FACE]
+    face = face[face[:, 2] > 0]
+    x0, y0 = face[:, 0].min(), face[:, 1].min()
+    x1, y1 = face[:, 0].max(), face[:, 1].max()
+    # iBUG points stop at the brows; extend upwards to include the forehead.
+    return float(x0), float(y0 - 0.35 * (y1 - y0)), float(x1), float(y1)
+
+
+def prepare_avatar(
+    image: np.ndarray,
+    *,
+    frame_size: int = 512,
+    name: str = "avatar",
+    extractor: ReferencePoseExtractor | None = None,
+) -> Avatar:
+    """Frame, resize and analyse a photo; raises :class:`ImageError` subclasses on bad photos."""
+    if frame_size < 64 or frame_size % 64:
+        raise ValueError(f"frame_size must be a positive multiple of 64, got {frame_size}")
+    own = extractor is None
+    ex = extractor or ReferencePoseExtractor()
+    try:
+        h, w = image.shape[:2]
+        scale = min(1.0, DETECT_SIDE / max(h, w))
+        small = image
+        if scale < 1.0:
+            small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        first = ex(small)
+        box = tuple(v / scale for v in _face_box(first.keypoints))
+        framed = frame_square(image, box)  # type: ignore[arg-type]
+        if framed is image and h == frame_size and scale == 1.0:
+            square, result = image, first  # already framed at the output size
+        else:
+            square = _resize(framed, frame_size)
+            result = ex(square)
+    finally:
+        if own:
+            ex.close()
+    return Avatar(name, square, result.keypoints, result.face_mesh)
+
+
+def load_avatar(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    frame_size: int = 512,
+    extractor: ReferencePoseExtractor | None = None,
+) -> Avatar:
+    """Load and prepare a photo; ``None`` gives the bundled avatar."""
+    src = Path(path) if path is not None else BUNDLED_AVATAR
+    name = src.stem if path is not None else "astronaut"
+    return prepare_avatar(load_image(src), frame_size=frame_size, name=name, extractor=extractor)

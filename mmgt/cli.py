@@ -1,0 +1,190 @@
+"""The ``mmgt`` command line (see the README's command table).
+
+Subcommands: ``render`` (photo + speech → mp4), ``prepare-avatar`` (photo → framed image and
+reference pose), ``doctor`` (versions, threads, devices). Errors caused by the input are printed
+as one line, with exit code 2; nothing partial is left on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched at run time
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from mmgt import __version__  # noqa: E402
+from mmgt.errors import InputError, MissingDependencyError  # noqa: E402
+
+log = logging.getLogger("mmgt")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--size", type=int, default=512, help="output frame side in pixels (multiple of 64)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for OpenCV (default: all)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed for reproducible motion")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from mmgt.drivers import DRIVERS
+    from mmgt.renderers import RENDERERS
+
+    parser = argparse.ArgumentParser(prog="mmgt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mmgt {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("render", help="render a photo speaking an audio file into an mp4")
+    r.add_argument("--image", type=Path, help="reference photo (default: the bundled avatar)")
+    r.add_argument(
+        "--audio",
+        type=Path,
+        help="speech audio: wav/mp3/flac/ogg, any rate (default: the bundled speech sample)",
+    )
+    r.add_argument("--out", type=Path, default=Path("out/avatar.mp4"), help="output .mp4")
+    r.add_argument("--driver", choices=DRIVERS, default="procedural", help="audio → motion")
+    r.add_argument("--renderer", choices=RENDERERS, default="warp", help="motion → frames")
+    r.add_argument(
+        "--debug",
+        action="store_true",
+        help="also write <out>.pose.mp4, <out>.masks.mp4 and <out>.side.mp4",
+    )
+    _add_common(r)
+
+    a = sub.add_parser("prepare-avatar", help="frame a photo and extract its reference pose")
+    a.add_argument("--image", type=Path, help="reference photo (default: the bundled avatar)")
+    a.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_common(a)
+
+    sub.add_parser("doctor", help="print versions, threads and devices")
+    return parser
+
+
+def _set_threads(n: int | None) -> None:
+    import cv2
+
+    if n is not None:
+        if n < 1:
+            raise InputError("--threads must be at least 1")
+        cv2.setNumThreads(n)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from mmgt.avatar import BUNDLED_AVATAR
+    from mmgt.offline import render_video
+
+    audio = args.audio or Path(__file__).resolve().parent / "assets" / "speech_sample.wav"
+    result = render_video(
+        audio,
+        args.out,
+        image=args.image,
+        size=args.size,
+        driver=args.driver,
+        renderer=args.renderer,
+        seed=args.seed,
+        debug=args.debug,
+        progress=not args.quiet,
+    )
+    t = result.timings
+    rt = result.duration_s / t["render_encode"] if t["render_encode"] else float("inf")
+    log.info("timings (s): %s", json.dumps({k: round(v, 3) for k, v in t.items()}))
+    print(
+        f"{result.frames} frames ({result.duration_s:.1f} s of audio) of "
+        f"{args.image or BUNDLED_AVATAR.name}, rendered {rt:.1f}× faster than real time",
+        file=sys.stderr,
+    )
+    for p in result.debug_paths:
+        print(f"debug: {p}", file=sys.stderr)
+    print(result.path)
+    return 0
+
+
+def _cmd_prepare_avatar(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from mmgt.avatar import load_avatar
+    from mmgt.keypoints.render import render_pose
+
+    avatar = load_avatar(args.image, frame_size=args.size)
+    args.out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(avatar.image).save(args.out / "avatar.png")
+    Image.fromarray(render_pose(avatar.reference_pose, args.size)).save(args.out / "pose.png")
+    np.save(args.out / "reference_pose.npy", avatar.reference_pose)
+    if avatar.face_mesh is not None:
+        np.save(args.out / "face_mesh.npy", avatar.face_mesh)
+    print(args.out)
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    import importlib
+
+    import cv2
+
+    info: dict[str, object] = {
+        "mmgt": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_cores": os.cpu_count(),
+        "opencv_threads": cv2.getNumThreads(),
+    }
+    for name in ("numpy", "cv2", "av", "soxr", "torch", "onnxruntime", "mediapipe"):
+        try:
+            mod = importlib.import_module(name)
+            info[name] = getattr(mod, "__version__", "installed")
+        except ImportError:
+            info[name] = "missing"
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.is_available()
+    except ImportError:
+        pass
+    try:
+        import onnxruntime as ort
+
+        info["onnxruntime_providers"] = ort.get_available_providers()
+    except ImportError:
+        pass
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mmgt`` console script."""
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    commands = {"render": _cmd_render, "prepare-avatar": _cmd_prepare_avatar, "doctor": _cmd_doctor}
+    try:
+        if hasattr(args, "threads"):
+            _set_threads(args.threads)
+        if hasattr(args, "size") and (args.size < 64 or args.size % 64):
+            raise InputError(f"--size must be a positive multiple of 64, got {args.size}")
+        return commands[args.command](args)
+    except (InputError, MissingDependencyError) as exc:
+        print(f"mmgt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmgt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

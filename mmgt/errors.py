@@ -1,0 +1,35 @@
+"""The engine's small exception hierarchy.
+
+Everything a user can cause with bad input is an :class:`InputError` (also a ``ValueError``) whose
+message names the problem and, where possible, what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class MMGTError(Exception):
+    """Base class of all engine errors."""
+
+
+class InputError(MMGTError, ValueError):
+    """Bad user input: a file, an argument or a stream that cannot be used."""
+
+
+class AudioError(InputError):
+    """Audio that cannot be decoded or used (corrupt, empty, NaN, unsupported)."""
+
+
+class ImageError(InputError):
+    """An image that cannot be used (unreadable, too small, too large, not a photo)."""
+
+
+class NoPersonError(ImageError):
+    """No person was found in the photo."""
+
+
+class NoFaceError(ImageError):
+    """A person was found but no face is visible."""
+
+
+class MissingDependencyError(MMGTError, ImportError):
+    """An optional package needed for this feature is not installed."""

@@ -1,0 +1,193 @@
+"""Writing mp4 files: H.264 video with an optional AAC track, never leaving a partial file.
+
+:class:`Mp4Writer` encodes into a hidden temporary file next to the destination and renames it
+into place only when :meth:`Mp4Writer.close` succeeds; on any error (or :meth:`abort`) the
+temporary file is removed, so a failed render leaves nothing behind. Encoding runs on a
+background thread, so rendering and encoding overlap.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+AUDIO_RATE = 48000  # AAC track rate
+_STOP = object()
+
+
+class Mp4Writer:
+    """H.264 (yuv420p) + optional AAC mp4 writer with an atomic rename on success.
+
+    Args:
+        path: destination file.
+        size: frame size in pixels, ``side`` or ``(width, height)`` (both even).
+        fps: frame rate.
+        audio: mono float32 samples at ``audio_rate`` to mux, aligned so sample 0 plays with
+            frame 0; ``None`` for a silent video.
+        crf, preset: x264 quality and speed settings.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        size: int | tuple[int, int],
+        *,
+        fps: int = 25,
+        audio: np.ndarray | None = None,
+        audio_rate: int = AUDIO_RATE,
+        crf: int = 20,
+        preset: str = "veryfast",
+    ) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".mp4":
+            raise ValueError(f"output must be an .mp4 file, got {self.path.name}")
+        self.width, self.height = (size, size) if isinstance(size, int) else size
+        if self.width % 2 or self.height % 2 or min(self.width, self.height) <= 0:
+            raise ValueError(f"H.264 needs even frame sizes, got {self.width}×{self.height}")
+        self.fps = fps
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent
+        )
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self.frames_written = 0
+        self._frames_encoded = 0
+        self._audio = None if audio is None else np.ascontiguousarray(audio, dtype=np.float32)
+        self._audio_rate = audio_rate
+        self._audio_pos = 0
+        self._error: BaseException | None = None
+        self._done = False
+        try:
+            self._container = av.open(str(self._tmp), mode="w", format="mp4")
+            self._video = self._container.add_stream("libx264", rate=fps)
+            self._video.width, self._video.height = self.width, self.height
+            self._video.pix_fmt = "yuv420p"
+            # x264's default of 1.5 threads per core oversubscribes small machines.
+            threads = str(max(1, os.cpu_count() or 1))
+            self._video.options = {"crf": str(crf), "preset": preset, "threads": threads}
+            self._astream = None
+            if self._audio is not None:
+                self._astream = self._container.add_stream("aac", rate=audio_rate)
+                self._astream.layout = "mono"
+        except Exception:
+            self._discard()
+            raise
+        self._queue: queue.Queue = queue.Queue(maxsize=32)
+        self._thread = threading.Thread(target=self._run, name="mp4-encoder", daemon=True)
+        self._thread.start()
+
+    # -- producer side -----------------------------------------------------------------------
+    def write(self, frame: np.ndarray) -> None:
+        """Queue one (height, width, 3) uint8 RGB frame."""
+        if self._done:
+            raise RuntimeError("writer is closed")
+        if self._error is not None:
+            raise RuntimeError(f"video encoding failed: {self._error}") from self._error
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise ValueError(
+                f"expected a ({self.height}, {self.width}, 3) uint8 frame, got {frame.shape}"
+            )
+        self._queue.put(frame)
+        self.frames_written += 1
+
+    def close(self) -> Path:
+        """Finish encoding and move the file into place; returns the final path."""
+        if self._done:
+            return self.path
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._done = True
+        if self._error is not None:
+            self._discard()
+            raise RuntimeError(f"video encoding failed: {self._error}") from self._error
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp creates 0600; use the usual mode
+            self._tmp.replace(self.path)
+        except OSError:
+            self._discard()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Stop and delete the partial file."""
+        if not self._done:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._done = True
+        self._discard()
+
+    def __enter__(self) -> Mp4Writer:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- encoder thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while (item := self._queue.get()) is not _STOP:
+                if self._error is None:
+                    self._encode_video(item)
+            if self._error is None:
+                self._finish()
+        except BaseException as exc:  # reported to the producer by write()/close()
+            self._error = exc
+            while self._queue.get() is not _STOP:  # drain so the producer never blocks
+                pass
+        finally:
+            try:
+                self._container.close()
+            except Exception as exc:  # noqa: BLE001 - keep the first error
+                self._error = self._error or exc
+
+    def _encode_video(self, rgb: np.ndarray) -> None:
+        # OpenCV's RGB → I420 is BT.601 limited range, as swscale's, at a tenth of the cost.
+        yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = self._frames_encoded
+        self._frames_encoded += 1
+        index = self._frames_encoded
+        frame.time_base = Fraction(1, self.fps)
+        self._container.mux(self._video.encode(frame))
+        # Interleave the audio that plays during this frame.
+        if self._audio is not None:
+            self._encode_audio(int(round(index * self._audio_rate / self.fps)))
+
+    def _encode_audio(self, until: int) -> None:
+        until = min(until, len(self._audio))
+        if until <= self._audio_pos:
+            return
+        chunk = self._audio[self._audio_pos : until]
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+        frame.sample_rate = self._audio_rate
+        frame.pts = self._audio_pos
+        frame.time_base = Fraction(1, self._audio_rate)
+        self._audio_pos = until
+        self._container.mux(self._astream.encode(frame))
+
+    def _finish(self) -> None:
+        if self._audio is not None:
+            self._encode_audio(len(self._audio))
+        self._container.mux(self._video.encode(None))
+        if self._astream is not None:
+            self._container.mux(self._astream.encode(None))
+
+    def _discard(self) -> None:
+        try:
+            self._tmp.unlink(missing_ok=True)
+        except OSError:
+            pass

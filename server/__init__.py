@@ -1,0 +1,1 @@
+"""Servers: WebRTC and websocket transports over engine sessions (live-engine issue)."""

@@ -1,0 +1,123 @@
+"""Photo loading and framing: bad files get clear errors; framing follows the documented rules."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmgt import avatar as avatar_mod
+from mmgt.avatar import MIN_SIDE, frame_square, load_image
+from mmgt.errors import ImageError
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims a size; decoding it would be a decompression bomb."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _encode(img: np.ndarray | Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    (img if isinstance(img, Image.Image) else Image.fromarray(img)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_loads_rgb_from_path_and_bytes(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    path = tmp_path / "p.png"
+    path.write_bytes(_encode(img))
+    np.testing.assert_array_equal(load_image(path), img)
+    np.testing.assert_array_equal(load_image(_encode(img)), img)
+
+
+def test_transparency_is_composited_on_white():
+    rgba = np.zeros((160, 160, 4), np.uint8)
+    rgba[..., 0] = 255  # red, but fully transparent except a centre square
+    rgba[40:120, 40:120, 3] = 255
+    out = load_image(_encode(rgba))
+    assert out.shape == (160, 160, 3)
+    assert (out[0, 0] == 255).all()  # transparent → white
+    assert tuple(out[80, 80]) == (255, 0, 0)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (200, 150), "blue")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    assert load_image(buf.getvalue()).shape == (200, 150, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"not an image at all", "not a readable image"),
+        (b"", "not a readable image"),
+        (_png_header_only(100_000, 100_000), "too large"),
+        (_png_header_only(20_000, 100), "too large"),
+        (_encode(np.zeros((64, 300, 3), np.uint8)), "too small"),
+    ],
+)
+def test_bad_images_are_refused(data, message):
+    with pytest.raises(ImageError, match=message):
+        load_image(data)
+
+
+def test_missing_and_oversized_files(tmp_path, monkeypatch):
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "nope.png")
+    big = tmp_path / "big.png"
+    big.write_bytes(_encode(np.zeros((200, 200, 3), np.uint8)))
+    monkeypatch.setattr(avatar_mod, "MAX_FILE_BYTES", 100)
+    with pytest.raises(ImageError, match="larger than"):
+        load_image(big)
+
+
+def test_truncated_image_is_refused():
+    data = _encode(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    with pytest.raises(ImageError):
+        load_image(data[: len(data) // 3])
+
+
+def test_minimum_side_constant_is_enforced_exactly():
+    ok = np.zeros((MIN_SIDE, MIN_SIDE, 3), np.uint8)
+    assert load_image(_encode(ok)).shape == (MIN_SIDE, MIN_SIDE, 3)
+
+
+class TestFraming:
+    def test_landscape_is_centred_on_the_face(self):
+        img = np.zeros((400, 1000, 3), np.uint8)
+        out = frame_square(img, (700.0, 100.0, 800.0, 220.0))  # face box, face height 120
+        assert out.shape == (400, 400, 3)
+        # Centred on x = 750 → columns 550..950.
+        assert out.base is img or np.shares_memory(out, img)
+        img[:, 550] = 7
+        assert (frame_square(img, (700.0, 100.0, 800.0, 220.0))[:, 0] == 7).all()
+
+    def test_crop_is_clamped_to_the_photo(self):
+        img = np.arange(300 * 600, dtype=np.uint32).reshape(300, 600)
+        img = np.stack([img] * 3, -1)
+        out = frame_square(img, (0.0, 10.0, 40.0, 90.0))  # face at the left edge
+        assert out.shape[:2] == (300, 300)
+        assert out[0, 0, 0] == img[0, 0, 0]
+
+    def test_small_face_gets_an_upper_body_crop(self):
+        img = np.zeros((2000, 1500, 3), np.uint8)
+        out = frame_square(img, (700.0, 300.0, 800.0, 420.0))  # face height 120 in a 1500 photo
+        assert out.shape[:2] == (480, 480)  # 4 face heights
+
+    def test_square_photo_with_large_face_is_kept_whole(self):
+        img = np.zeros((512, 512, 3), np.uint8)
+        assert frame_square(img, (180.0, 60.0, 270.0, 180.0)) is img

@@ -1,0 +1,199 @@
+"""The ``mmgt`` command line end to end: render, debug outputs, errors, reproducibility."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from mmgt import offline
+from mmgt.avatar import BUNDLED_AVATAR
+from mmgt.cli import main
+
+SPEECH = BUNDLED_AVATAR.parent / "speech_sample.wav"
+
+
+@pytest.fixture(scope="module")
+def short_speech(tmp_path_factory) -> Path:
+    """2.4 s of the bundled sample (speech), stereo 44.1 kHz, to exercise resampling."""
+    data, sr = sf.read(SPEECH, dtype="float32")
+    clip = data[int(0.4 * sr) : int(2.8 * sr)]
+    stereo = np.stack([clip, 0.5 * clip], axis=1)
+    import soxr
+
+    path = tmp_path_factory.mktemp("audio") / "speech.wav"
+    sf.write(path, soxr.resample(stereo, sr, 44100), 44100)
+    return path
+
+
+def _streams(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        info = {
+            "vcodec": v.codec_context.name,
+            "acodec": a.codec_context.name,
+            "fps": v.average_rate,
+            "size": (v.width, v.height),
+            "frames": frames,
+        }
+    with av.open(str(path)) as c:
+        info["audio_s"] = sum(f.samples for f in c.decode(audio=0)) / c.streams.audio[0].rate
+    return info
+
+
+def test_render_bundled_avatar(tmp_path, short_speech, capsys):
+    out = tmp_path / "out" / "talk.mp4"
+    assert main(["render", "--audio", str(short_speech), "--out", str(out), "-q"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    info = _streams(out)
+    assert info["vcodec"] == "h264" and info["acodec"] == "aac"
+    assert info["fps"] == 25 and info["size"] == (512, 512)
+    assert len(info["frames"]) == math.ceil(2.4 * 16000 / 640)
+    assert abs(info["audio_s"] - 2.4) < 0.06
+    assert not list(out.parent.glob(".*"))  # no temporary files left
+
+
+def test_debug_outputs_and_other_size(tmp_path, short_speech):
+    out = tmp_path / "dbg.mp4"
+    assert (
+        main(
+            [
+                "render",
+                "--audio",
+                str(short_speech),
+                "--out",
+                str(out),
+                "--size",
+                "256",
+                "--debug",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    sizes = {p.name: _streams(p)["size"] for p in tmp_path.glob("*.mp4")}
+    assert sizes == {
+        "dbg.mp4": (256, 256),
+        "dbg.pose.mp4": (256, 256),
+        "dbg.masks.mp4": (256, 256),
+        "dbg.side.mp4": (768, 256),
+    }
+    pose = _streams(tmp_path / "dbg.pose.mp4")["frames"][5]
+    assert (pose.max(-1) > 200).mean() > 0.005 and (
+        pose.max(-1) < 30
+    ).mean() > 0.8  # a skeleton on black
+
+
+def test_seed_reproducible(tmp_path, short_speech):
+    outs = []
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        out = tmp_path / f"{name}.mp4"
+        assert (
+            main(
+                [
+                    "render",
+                    "--audio",
+                    str(short_speech),
+                    "--out",
+                    str(out),
+                    "--size",
+                    "128",
+                    "--seed",
+                    str(seed),
+                    "-q",
+                ]
+            )
+            == 0
+        )
+        outs.append(np.stack(_streams(out)["frames"]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert np.abs(outs[0].astype(int) - outs[2].astype(int)).max() > 10
+
+
+def test_non_square_photo(tmp_path, short_speech):
+    photo = np.asarray(Image.open(BUNDLED_AVATAR).convert("RGB"))
+    wide = np.concatenate([np.full((512, 200, 3), 90, np.uint8), photo], axis=1)  # 712×512
+    img = tmp_path / "wide.jpg"
+    Image.fromarray(wide).save(img, quality=92)
+    out = tmp_path / "wide.mp4"
+    assert (
+        main(
+            [
+                "render",
+                "--image",
+                str(img),
+                "--audio",
+                str(short_speech),
+                "--out",
+                str(out),
+                "--size",
+                "256",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    assert _streams(out)["size"] == (256, 256)
+
+
+@pytest.mark.parametrize(
+    ("make", "flag", "message"),
+    [
+        (lambda p: p.write_bytes(b"RIFF\x00\x00garbage"), "--audio", "audio"),
+        (lambda p: p.write_bytes(b""), "--audio", "audio"),
+        (lambda p: p.write_text("hello"), "--image", "image"),
+        (
+            lambda p: Image.new("RGB", (300, 300), (40, 120, 200)).save(p, format="PNG"),
+            "--image",
+            "no person",
+        ),
+    ],
+)
+def test_bad_input_fails_cleanly(tmp_path, short_speech, capsys, make, flag, message):
+    bad = tmp_path / "bad.bin"
+    make(bad)
+    out = tmp_path / "out.mp4"
+    args = ["render", "--audio", str(short_speech), "--out", str(out), "-q", flag, str(bad)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmgt render: error:") and message in err.lower()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.bin"]
+
+
+def test_interrupted_render_leaves_nothing(tmp_path, short_speech, monkeypatch):
+    calls = {"n": 0}
+    real = offline.render_pose
+
+    def flaky(points, size):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real(points, size)
+
+    monkeypatch.setattr(offline, "render_pose", flaky)
+    out = tmp_path / "int.mp4"
+    args = ["render", "--audio", str(short_speech), "--out", str(out), "--debug", "--size", "128"]
+    assert main([*args, "-q"]) == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_argument_errors(tmp_path, capsys):
+    assert main(["render", "--size", "100", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "multiple of 64" in capsys.readouterr().err
+    assert main(["render", "--out", str(tmp_path / "x.avi"), "-q", "--size", "128"]) != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_script_and_doctor():
+    exe = Path(sys.executable).with_name("mmgt")
+    res = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "mediapipe" in res.stdout and "onnxruntime" in res.stdout and "missing" not in res.stdout

@@ -1,0 +1,211 @@
+"""The procedural driver: speech opens the mouth, silence is calm, windows equal the whole clip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmgt.audio import extract_light_features, load_audio
+from mmgt.avatar import BUNDLED_AVATAR
+from mmgt.drivers import make_driver
+from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver
+from mmgt.keypoints import layout
+from mmgt.renderers.face_details import EYES, eye_openness, mouth_gap
+from mmgt.types import AudioFeatures, KeypointSeq
+
+SPEECH = BUNDLED_AVATAR.parent / "speech_sample.wav"
+
+
+@pytest.fixture(scope="module")
+def reference_pose() -> np.ndarray:
+    """A synthetic frontal upper-body pose (512 frame) with closed lips."""
+    rng = np.random.default_rng(3)
+    pts = np.zeros((134, 3), np.float32)
+    pts[:, 2] = 0.9
+    body = {
+        0: (256, 150),
+        1: (256, 260),
+        2: (170, 262),
+        3: (140, 380),
+        4: (150, 480),
+        5: (342, 262),
+        6: (372, 380),
+        7: (362, 480),
+        14: (240, 130),
+        15: (272, 130),
+        16: (222, 135),
+        17: (290, 135),
+    }
+    for k, xy in body.items():
+        pts[k, :2] = xy
+    pts[layout.LEGS, 2] = 0
+    pts[8:14, 2] = 0
+    pts[layout.FEET, 2] = 0
+    # Face: jaw arc, brows, nose, eyes, lips around (256, 150).
+    f = layout.face_index
+    ang = np.linspace(np.pi, 0, 17)
+    pts[f(np.arange(17)), :2] = np.stack([256 - 48 * np.cos(ang), 140 + 55 * np.sin(ang)], 1)
+    pts[f(np.arange(17, 27)), :2] = np.stack(
+        [np.r_[np.linspace(215, 245, 5), np.linspace(267, 297, 5)], np.full(10, 112)], 1
+    )
+    pts[f(np.arange(27, 36)), :2] = [
+        (256, 120),
+        (256, 128),
+        (256, 136),
+        (256, 144),
+        (246, 150),
+        (251, 152),
+        (256, 153),
+        (261, 152),
+        (266, 150),
+    ]
+    for base, cx in ((36, 238), (42, 274)):
+        pts[f(np.arange(base, base + 6)), :2] = [
+            (cx - 9, 125),
+            (cx - 3, 121),
+            (cx + 3, 121),
+            (cx + 9, 125),
+            (cx + 3, 128),
+            (cx - 3, 128),
+        ]
+    lips_outer = [
+        (236, 170),
+        (242, 166),
+        (250, 164),
+        (256, 165),
+        (262, 164),
+        (270, 166),
+        (276, 170),
+        (270, 176),
+        (262, 178),
+        (256, 179),
+        (250, 178),
+        (242, 176),
+    ]
+    lips_inner = [
+        (240, 170),
+        (250, 169),
+        (256, 170),
+        (262, 169),
+        (272, 170),
+        (262, 171),
+        (256, 171),
+        (250, 171),
+    ]
+    pts[f(np.arange(48, 60)), :2] = lips_outer
+    pts[f(np.arange(60, 68)), :2] = lips_inner
+    pts[layout.HANDS, :2] = rng.uniform(100, 400, (42, 2))
+    pts[layout.HANDS, 2] = 0.0  # hands not visible
+    return pts
+
+
+@pytest.fixture(scope="module")
+def speech_features() -> AudioFeatures:
+    return extract_light_features(load_audio(SPEECH))
+
+
+def test_make_driver_and_protocol():
+    d = make_driver("procedural", seed=5)
+    assert isinstance(d, ProceduralDriver) and d.config.seed == 5
+    with pytest.raises(ValueError, match="unknown driver"):
+        make_driver("nope")
+
+
+def test_output_covers_the_window(reference_pose, speech_features):
+    feats = speech_features.frames(100, 160)
+    out = ProceduralDriver().generate(feats, reference_pose)
+    assert isinstance(out, KeypointSeq)
+    assert len(out) == 60 and out.start_frame == 100 and out.frame_size == 512
+    # Scores are the reference's.
+    np.testing.assert_array_equal(
+        out.points[:, :, 2], np.broadcast_to(reference_pose[:, 2], (60, 134))
+    )
+
+
+def test_mouth_follows_speech_and_closes_in_silence(reference_pose, speech_features):
+    drv = ProceduralDriver()
+    seq = drv.generate(speech_features, reference_pose)
+    gaps = np.array([mouth_gap(p) for p in seq.points])
+    sig = drv.signals(speech_features)
+    act = sig["activity"]
+    # Silent: no activity in this frame or the three before (the lips take a moment to close).
+    recent = np.max([np.roll(act, k) for k in range(4)], axis=0)
+    speaking, silent = act > 0.6, recent < 0.02
+    assert speaking.sum() > 100 and silent.sum() > 40
+    mouth_w = np.linalg.norm(
+        reference_pose[layout.face_index(54), :2] - reference_pose[layout.face_index(48), :2]
+    )
+    assert gaps[silent].max() < 0.03 * mouth_w  # closed during pauses
+    assert gaps[speaking].mean() > 0.12 * mouth_w  # clearly open while speaking
+    # Opening tracks the loudness of the voiced band frame by frame.
+    loud = speech_features.values[:, 40]
+    assert np.corrcoef(gaps, loud)[0, 1] > 0.5
+
+
+def test_silence_is_calm(reference_pose):
+    silence = extract_light_features(np.zeros(16000 * 6, np.float32))
+    seq = ProceduralDriver().generate(silence, reference_pose)
+    head = seq.points[:, layout.NOSE, :2]
+    speech = extract_light_features(load_audio(SPEECH)[: 16000 * 6])
+    talking = ProceduralDriver().generate(speech, reference_pose).points[:, layout.NOSE, :2]
+    # Idle: the head still breathes and sways a little, but less than while talking.
+    assert 0.2 < np.ptp(head[:, 1]) and np.ptp(head, axis=0).max() < np.ptp(talking, axis=0).max()
+    # Mouth stays shut; the body breathes (shoulders move a little).
+    assert max(mouth_gap(p) for p in seq.points) < 0.5
+    assert 0.3 < np.ptp(seq.points[:, layout.R_SHOULDER, 1]) < 4.0
+
+
+def test_blinks_happen_at_a_natural_rate(reference_pose, speech_features):
+    seq = ProceduralDriver().generate(speech_features, reference_pose)
+    ref_open = eye_openness(reference_pose, EYES[0])
+    closed = np.array([eye_openness(p, EYES[0]) < 0.3 * ref_open for p in seq.points])
+    onsets = np.flatnonzero(closed[1:] & ~closed[:-1])
+    minutes = len(seq) / 25 / 60
+    assert 8 <= len(onsets) / minutes <= 30  # people blink about 15–20 times a minute
+    assert closed.mean() < 0.1  # and each blink is short
+
+
+def test_windowed_generation_equals_whole_clip(reference_pose, speech_features):
+    drv = ProceduralDriver()
+    whole = drv.generate(speech_features, reference_pose)
+    rng = np.random.default_rng(0)
+    parts, start, ctx = [], 0, drv.context_frames
+    while start < len(speech_features):
+        stop = min(start + int(rng.integers(1, 30)), len(speech_features))
+        lo = max(0, start - ctx)
+        committed = whole.frames(lo, start) if start > lo else None
+        parts.append(drv.generate(speech_features.frames(lo, stop), reference_pose, committed))
+        start = stop
+    np.testing.assert_array_equal(KeypointSeq.concat(parts).points, whole.points)
+
+
+def test_seed_changes_idle_motion_only(reference_pose, speech_features):
+    a = ProceduralDriver(ProceduralConfig(seed=1)).generate(speech_features, reference_pose)
+    b = ProceduralDriver(ProceduralConfig(seed=1)).generate(speech_features, reference_pose)
+    c = ProceduralDriver(ProceduralConfig(seed=2)).generate(speech_features, reference_pose)
+    np.testing.assert_array_equal(a.points, b.points)
+    assert np.abs(a.points - c.points).max() > 0.5
+    gaps_a = [mouth_gap(p) for p in a.points]
+    gaps_c = [mouth_gap(p) for p in c.points]
+    np.testing.assert_allclose(gaps_a, gaps_c, rtol=2e-3, atol=1e-3)  # lips follow the audio
+
+
+def test_gestures_need_a_visible_wrist(reference_pose, speech_features):
+    hidden = reference_pose.copy()
+    hidden[[layout.L_WRIST, layout.R_WRIST], 2] = 0.0
+    seq = ProceduralDriver().generate(speech_features, hidden)
+    # Only breathing moves the (invisible) wrists.
+    assert np.ptp(seq.points[:, layout.R_WRIST, 1]) < 4.0
+    shown = ProceduralDriver().generate(speech_features, reference_pose)
+    assert np.ptp(shown.points[:, layout.R_WRIST, 1]) > np.ptp(seq.points[:, layout.R_WRIST, 1])
+
+
+def test_bad_inputs(reference_pose, speech_features):
+    drv = ProceduralDriver()
+    with pytest.raises(ValueError, match="light-v1"):
+        drv.generate(AudioFeatures(speech_features.values, kind="other"), reference_pose)
+    with pytest.raises(ValueError, match="134"):
+        drv.generate(speech_features, reference_pose[:100])
+    wrong = KeypointSeq(np.zeros((3, 134, 3), np.float32), start_frame=5)
+    with pytest.raises(ValueError, match="committed"):
+        drv.generate(speech_features.frames(0, 10), reference_pose, wrong)
