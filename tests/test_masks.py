@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmgt import mask_filters as mf
 from mmgt import masks as mm
 from mmgt.keypoints import layout
 from mmgt.types import MASK_NAMES, KeypointSeq, MaskSet
@@ -90,7 +91,7 @@ def test_intermediates_from_official_images(
     pose: dict[str, np.ndarray], pyr: dict[str, np.ndarray], name: str
 ) -> None:
     imgs = np.stack([_official_image(pose, name, f) for f in range(6)])  # (6, 512, 512)
-    resized, blurred, stretched = mm.blur_masks(mm.sample_taps(imgs), [KERNELS[name]] * 6)
+    resized, blurred, stretched = mf.blur_masks(mf.sample_taps(imgs), [KERNELS[name]] * 6)
     for got, key in ((resized, "resized64"), (blurred, "blurred64"), (stretched, "minmax64")):
         ref = pyr[f"{name}_{key}_u8"]  # (6, 64, 64, 3), R = G = B
         assert (ref == ref[..., :1]).all()
@@ -106,7 +107,7 @@ def test_levels_from_official_images_and_own_masks(
     frame: int,
 ) -> None:
     for name, own in (("face", "face_hands"), ("lips", "lips")):
-        stored = mm.mask_pyramid(_official_image(pose, name, frame), KERNELS[name])
+        stored = mf.mask_pyramid(_official_image(pose, name, frame), KERNELS[name])
         _assert_pyramid(stored, pyr, name, frame)
         _assert_pyramid(stream_sets[frame].pyramid[own], pyr, name, frame)
     full = tuple(np.float32(1) + lv for lv in stream_sets[frame].pyramid["lips"])
@@ -146,18 +147,18 @@ def test_filters_match_cv2_and_pil(size: int) -> None:
     rng = np.random.default_rng(size)
     imgs = _test_images(rng, size, 6)
     side = size // 8
-    resized, _, _ = mm.blur_masks(mm.sample_taps(imgs), [3] * len(imgs))
+    resized, _, _ = mf.blur_masks(mf.sample_taps(imgs), [3] * len(imgs))
     for img, got in zip(imgs, resized, strict=True):
         ref = cv2.resize(img, (side, side), interpolation=cv2.INTER_LINEAR)
         np.testing.assert_array_equal(got, ref)
     small = _test_images(rng, side, 6)
     kernels = {mm.blur_kernel(n, size) for n in mm.BLUR_KERNELS_512} | {3, 5, 7, 9}
     for k in sorted(kernels):
-        got = mm.gaussian_blur_u8(small, k)
+        got = mf.gaussian_blur_u8(small, k)
         for img, g in zip(small, got, strict=True):
             np.testing.assert_array_equal(g, cv2.GaussianBlur(img, (k, k), 0), err_msg=f"k={k}")
-    levels = mm.pyramid_levels(small)
-    for lvl in range(1, mm.NUM_LEVELS):
+    levels = mf.pyramid_levels(small)
+    for lvl in range(1, mf.NUM_LEVELS):
         for img, g in zip(small, levels[lvl], strict=True):
             s = side >> lvl
             ref = np.asarray(Image.fromarray(img).resize((s, s), Image.BILINEAR), np.float32)

@@ -227,11 +227,14 @@ class ProceduralDriver:
         )
         # Mouth: Δ = target gap − reference gap; lower lip and jaw take ¾, upper lip ¼.
         delta = sig["opening"] * cfg.max_gap * mouth_w - max(gap0, 0.0)  # (T,)
+        # Lips bend most in the middle: weight sin(π·u)^0.6 with u the position across the mouth.
         upper = _F(np.array([49, 50, 51, 52, 53, 61, 62, 63]))
         lower = _F(np.array([55, 56, 57, 58, 59, 65, 66, 67]))
         corners = _F(np.array([48, 54, 60, 64]))
-        poses[:, upper, 1] -= 0.25 * delta[:, None]
-        poses[:, lower, 1] += 0.75 * delta[:, None]
+        left_x = ref[_F(48), 0]
+        across = lambda idx: np.sin(np.pi * np.clip((ref[idx, 0] - left_x) / mouth_w, 0, 1)) ** 0.6  # noqa: E731
+        poses[:, upper, 1] -= 0.25 * delta[:, None] * across(upper)
+        poses[:, lower, 1] += 0.75 * delta[:, None] * across(lower)
         poses[:, corners, 1] += 0.2 * delta[:, None]
         jaw_w = np.array([0.15, 0.35, 0.55, 0.75, 0.9, 1.0, 0.9, 0.75, 0.55, 0.35, 0.15])
         poses[:, _F(np.arange(3, 14)), 1] += 0.75 * delta[:, None] * jaw_w[None, :]

@@ -24,6 +24,7 @@ class MouthStyle:
     cavity: np.ndarray  # (3,) float32 RGB of the darkest part of the mouth
     teeth: np.ndarray  # (3,) float32 RGB
     lip_line: np.ndarray  # (3,) float32 RGB, a dark lip colour for the closed-lid lash line
+    tongue: np.ndarray  # (3,) float32 RGB
 
 
 def sample_mouth_style(image: np.ndarray, points: np.ndarray) -> MouthStyle:
@@ -48,7 +49,8 @@ def sample_mouth_style(image: np.ndarray, points: np.ndarray) -> MouthStyle:
             il = inside @ np.array([0.299, 0.587, 0.114], np.float32)
             bright = inside[il >= np.percentile(il, 80)]
             teeth = 0.5 * teeth + 0.5 * bright.mean(0)
-    return MouthStyle(cavity, teeth, lip_dark * 0.3)
+    tongue = np.clip(lip_dark * 0.75 + np.array([30, -5, -5], np.float32), 0, 255)
+    return MouthStyle(cavity, teeth, lip_dark * 0.3, tongue)
 
 
 def _gap(points: np.ndarray) -> float:
@@ -71,37 +73,43 @@ def paint_mouth(
     The interior fades in as the target opening exceeds the reference's own opening (what the
     reference shows between its lips is reused by the warp up to that point). It is a dark
     cavity, shaded deeper towards the back, with the upper teeth under the upper lip and, for
-    wide openings, a hint of lower teeth.
+    wide openings, the tongue low in the mouth.
     """
     gap = mouth_gap(target)
     alpha = float(np.clip((gap - reference_gap - 1.0) / 3.0, 0.0, 1.0))
     if alpha <= 0.0:
         return
     inner = target[layout.INNER_LIPS, :2]
-    box = _roi(inner, frame.shape, pad=2)
+    box = _roi(inner, frame.shape, pad=3)
     if box is None:
         return
     x0, y0, x1, y1 = box
     roi = frame[y0:y1, x0:x1].astype(np.float32)
     local = inner - (x0, y0)
-    mask = _fill(roi.shape[:2], local)
     width = float(np.linalg.norm(local[4] - local[0])) + 1e-3
+    # Smooth lip curves (8 landmarks make an octagon). The lower curve reaches slightly past
+    # the landmarks, which tend to sit on the teeth rather than on the lip edge.
+    upper = _smooth_curve(local[[0, 1, 2, 3, 4]])
+    lower = _smooth_curve(local[[4, 5, 6, 7, 0]])
+    t = np.linspace(0.0, 1.0, len(lower))
+    lower = lower + np.stack([0 * t, (0.06 * gap + 0.6) * np.sin(np.pi * t)], 1)
+    mask = _fill(roi.shape[:2], np.concatenate([upper, lower]))
     # Cavity: darker towards the centre of the opening.
     yy, xx = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(np.float32)
     centre = local.mean(0)
     r = np.hypot((xx - centre[0]) / (0.5 * width), (yy - centre[1]) / max(0.5 * gap, 1.0))
     depth = np.clip(1.0 - r, 0.0, 1.0)[..., None]
     paint = style.cavity * (1.0 - 0.55 * depth)
-    # Teeth: a band under the upper inner lip, fading out towards the mouth corners.
+    # Teeth: a band under the upper lip, fading out towards the mouth corners.
     teeth_h = min(0.3 * gap, 0.11 * width)
-    upper = local[[0, 1, 2, 3, 4]]
     teeth = _fill(roi.shape[:2], np.concatenate([upper, upper[::-1] + (0, teeth_h)]))
-    if gap > 0.3 * width:
-        lower = local[[4, 5, 6, 7, 0]]
-        teeth = np.maximum(
-            teeth,
-            0.7 * _fill(roi.shape[:2], np.concatenate([lower, lower[::-1] - (0, 0.5 * teeth_h)])),
-        )
+    # Tongue: a soft, redder glow low in the cavity, visible on wide openings.
+    bottom = lower[len(lower) // 2]
+    tongue = np.exp(
+        -(((xx - bottom[0]) / (0.28 * width)) ** 2 + ((yy - bottom[1]) / (0.35 * gap)) ** 2)
+    )
+    tongue *= np.clip((gap / width - 0.15) / 0.2, 0.0, 1.0)
+    paint = paint * (1 - 0.6 * tongue[..., None]) + style.tongue * (0.6 * tongue[..., None])
     across = np.clip(1.0 - np.abs(xx - centre[0]) / (0.42 * width), 0.0, 1.0)
     teeth *= np.sqrt(across)
     shade = 0.75 + 0.25 * np.clip((yy - (centre[1] - 0.5 * gap)) / max(teeth_h, 1.0), 0.0, 1.0)
@@ -110,6 +118,20 @@ def paint_mouth(
     a = (mask * alpha)[..., None]
     out = roi * (1.0 - a) + paint * a
     frame[y0:y1, x0:x1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _smooth_curve(points: np.ndarray, steps: int = 4) -> np.ndarray:
+    """Catmull-Rom curve through (N, 2) points, ``steps`` samples per segment, ends included."""
+    p = np.concatenate([points[:1], points, points[-1:]])  # (N + 2, 2), ends repeated
+    t = np.linspace(0.0, 1.0, steps, endpoint=False)[:, None, None]  # (steps, 1, 1)
+    p0, p1, p2, p3 = p[:-3], p[1:-2], p[2:-1], p[3:]  # each (N − 1, 2)
+    curve = 0.5 * (
+        2 * p1
+        + (p2 - p0) * t
+        + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
+        + (3 * p1 - p0 - 3 * p2 + p3) * t**3
+    )  # (steps, N − 1, 2)
+    return np.concatenate([curve.transpose(1, 0, 2).reshape(-1, 2), points[-1:]])
 
 
 def _roi(points: np.ndarray, shape: tuple[int, ...], pad: int) -> tuple[int, int, int, int] | None:
