@@ -33,3 +33,7 @@ class NoFaceError(ImageError):
 
 class MissingDependencyError(MMGTError, ImportError):
     """An optional package needed for this feature is not installed."""
+
+
+class WeightsError(InputError):
+    """A checkpoint that cannot be loaded: unsafe pickle, missing/unexpected keys, bad shapes."""

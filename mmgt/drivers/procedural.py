@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmgt.audio import features as light
+from mmgt.drivers import rig
 from mmgt.keypoints import layout
 from mmgt.types import AudioFeatures, KeypointSeq
 
-_F = layout.face_index
 _DB = 10.0 / np.log(10.0)  # natural log of power → dB
 
 
@@ -85,13 +85,6 @@ def _hash01(seed: int, *keys: int) -> np.ndarray:
             )
             h = h ^ (h >> np.uint64(31))
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def _gesture_scale(ref: np.ndarray, wrist: int, hand: np.ndarray) -> float:
-    """Beat gestures are full-size for a visible hand, small for a wrist alone, else none."""
-    if (ref[hand, 2] >= layout.VISIBILITY_THRESHOLD).sum() >= 5:
-        return 1.0
-    return 0.35 if ref[wrist, 2] >= layout.VISIBILITY_THRESHOLD else 0.0
 
 
 class ProceduralDriver:
@@ -163,12 +156,29 @@ class ProceduralDriver:
             return KeypointSeq(
                 np.zeros((0, 134, 3), np.float32), frame_size, features.fps, features.start_frame
             )
+        curves = self.curves(features)
+        poses = rig.pose_sequence(ref, curves)
+        return KeypointSeq(poses[skip:], frame_size, features.fps, features.start_frame + skip)
+
+    def curves(self, features: AudioFeatures) -> rig.RigCurves:
+        """Rig control curves for every frame of ``features``."""
+        cfg = self.config
         sig = self.signals(features)
         frames = features.start_frame + np.arange(len(features))
         motion = self._motion(sig, frames, features.fps)
-        poses = np.repeat(ref[None], len(features), axis=0)
-        self._apply(poses, ref, sig, motion)
-        return KeypointSeq(poses[skip:], frame_size, features.fps, features.start_frame + skip)
+        head_x, head_y, roll = motion["head"]
+        return rig.RigCurves(
+            opening=sig["opening"] * cfg.max_gap,
+            spread=cfg.lip_spread * sig["brightness"],
+            press=np.zeros(len(frames)),
+            blink=motion["blink"],
+            head_x=head_x,
+            head_y=head_y,
+            head_roll=roll,
+            lift_left=motion["lift"][0],
+            lift_right=motion["lift"][1],
+            breath=motion["breath"],
+        )
 
     def _motion(self, sig: dict[str, np.ndarray], frames: np.ndarray, fps: float) -> dict:
         cfg, seed = self.config, self.config.seed
@@ -215,54 +225,3 @@ class ProceduralDriver:
             inside = (k >= 0) & (k < len(profile))
             closure[inside] = np.maximum(closure[inside], profile[k[inside]])
         return closure
-
-    def _apply(self, poses: np.ndarray, ref: np.ndarray, sig: dict, motion: dict) -> None:
-        """Deform the (T, 134, 3) copies of the reference pose in place."""
-        cfg = self.config
-        jaw = ref[layout.JAW, :2]
-        face_w = float(max(np.linalg.norm(jaw[-1] - jaw[0]), 8.0))
-        mouth_w = float(np.linalg.norm(ref[_F(54), :2] - ref[_F(48), :2])) + 1e-3
-        gap0 = float(
-            np.mean(ref[_F(np.array([67, 66, 65])), 1] - ref[_F(np.array([61, 62, 63])), 1])
-        )
-        # Mouth: Δ = target gap − reference gap; lower lip and jaw take ¾, upper lip ¼.
-        delta = sig["opening"] * cfg.max_gap * mouth_w - max(gap0, 0.0)  # (T,)
-        # Lips bend most in the middle: weight sin(π·u)^0.6 with u the position across the mouth.
-        upper = _F(np.array([49, 50, 51, 52, 53, 61, 62, 63]))
-        lower = _F(np.array([55, 56, 57, 58, 59, 65, 66, 67]))
-        corners = _F(np.array([48, 54, 60, 64]))
-        left_x = ref[_F(48), 0]
-        across = lambda idx: np.sin(np.pi * np.clip((ref[idx, 0] - left_x) / mouth_w, 0, 1)) ** 0.6  # noqa: E731
-        poses[:, upper, 1] -= 0.25 * delta[:, None] * across(upper)
-        poses[:, lower, 1] += 0.75 * delta[:, None] * across(lower)
-        poses[:, corners, 1] += 0.2 * delta[:, None]
-        jaw_w = np.array([0.15, 0.35, 0.55, 0.75, 0.9, 1.0, 0.9, 0.75, 0.55, 0.35, 0.15])
-        poses[:, _F(np.arange(3, 14)), 1] += 0.75 * delta[:, None] * jaw_w[None, :]
-        # Lip width about the mouth centre: spread (bright vowels) or rounded (dark ones).
-        lips = layout.LIPS
-        cx = ref[lips, 0].mean()
-        scale = 1 + cfg.lip_spread * sig["brightness"] - 0.04 * np.clip(delta / mouth_w, 0, None)
-        poses[:, lips, 0] = cx + (poses[:, lips, 0] - cx) * scale[:, None]
-        # Blinks: upper lids close onto the lower lids.
-        for up, low in ((37, 41), (38, 40), (43, 47), (44, 46)):
-            d = ref[_F(low), 1] - ref[_F(up), 1]
-            poses[:, _F(up), 1] += 0.95 * motion["blink"] * d
-        # Head: roll about a pivot between chin and neck, then shift (face widths → pixels).
-        head_x, head_y, roll = motion["head"]
-        head = np.concatenate([layout.FACE, [layout.NOSE, 14, 15, 16, 17]])
-        pivot = 0.5 * (ref[_F(8), :2] + ref[layout.NECK, :2])
-        rel = poses[:, head, :2] - pivot
-        c, s = np.cos(roll)[:, None], np.sin(roll)[:, None]
-        poses[:, head, 0] = pivot[0] + c * rel[..., 0] - s * rel[..., 1] + face_w * head_x[:, None]
-        poses[:, head, 1] = pivot[1] + s * rel[..., 0] + c * rel[..., 1] + face_w * head_y[:, None]
-        # Breathing lifts shoulders and arms; beat gestures lift a wrist, its hand and elbow.
-        body = np.concatenate([[1, 2, 3, 4, 5, 6, 7], layout.HANDS])
-        poses[:, body, 1] -= face_w * motion["breath"][:, None]
-        for lift, wrist, elbow, hand in (
-            (motion["lift"][0], layout.L_WRIST, layout.L_ELBOW, layout.LEFT_HAND),
-            (motion["lift"][1], layout.R_WRIST, layout.R_ELBOW, layout.RIGHT_HAND),
-        ):
-            dy = face_w * lift[:, None] * _gesture_scale(ref, wrist, hand)
-            poses[:, [wrist], 1] -= dy
-            poses[:, [elbow], 1] -= 0.45 * dy
-            poses[:, hand, 1] -= dy

@@ -1,0 +1,1 @@
+"""Diffusion maths (pure functions of tensors; no I/O): the pose schedule and samplers."""

@@ -1,0 +1,1 @@
+"""Training: losses, the synthetic speech–motion corpus and the training loops."""

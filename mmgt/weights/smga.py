@@ -1,0 +1,120 @@
+"""Loading SMGA weights: official checkpoints (``.pt``) and our safetensors.
+
+Official stage-1 checkpoints (``audio2pose_best_model.pt``) are pickled dicts holding
+``ema_state_dict`` (what inference uses), ``model_state_dict``, ``optimizer_state_dict`` and
+``normalizer`` or ``epoch``; the state dicts carry the unprefixed ``GestureDecoder`` names,
+including the shared ``rotary.freqs`` buffer under every module that holds it. They are read
+with ``torch.load(weights_only=True)`` only: a pickle that carries code is refused.
+
+Loading is strict: every missing or unexpected key is reported by name, and shape mismatches
+say which configuration value they imply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmgt.errors import WeightsError
+from mmgt.models.smga import SMGA, SMGAConfig
+
+CHECKPOINT_KEYS = ("ema_state_dict", "model_state_dict", "state_dict")
+
+
+def read_state_dict(
+    path: str | os.PathLike[str], key: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint: ``.safetensors``, or a ``.pt``/``.pth`` read with weights_only."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"refusing to load {path}: it holds Python objects besides tensors, and only "
+            f"weights-only checkpoints are accepted (torch.load(weights_only=True) said: "
+            f"{str(exc).splitlines()[0]})"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise WeightsError(f"{path} does not hold a state dict (found {type(ckpt).__name__})")
+    keys = (key,) if key else CHECKPOINT_KEYS
+    for k in keys:
+        if isinstance(ckpt.get(k), dict):
+            ckpt = ckpt[k]
+            break
+    else:
+        if key:
+            raise WeightsError(f"{path} has no {key!r}; top-level keys: {sorted(ckpt)}")
+    tensors = {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsError(f"{path} holds no tensors at the top level or under {keys}")
+    if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _shape_hint(name: str, expected: torch.Size, found: torch.Size) -> str:
+    hint = ""
+    if name == "input_projection.weight":
+        hint = f" (latent_dim={found[0]}, keypoint_dim={found[1] // 2})"
+    elif name == "cond_projection.weight":
+        hint = f" (audio_dim={found[1]}: 1059 = WavLM-Large 1024 + 35 EDGE features)"
+    elif name == "null_cond_embed":
+        hint = f" (frames={found[1]})"
+    elif name.endswith("linear1.weight"):
+        hint = f" (ff_dim={found[0]})"
+    return f"{name}: checkpoint {tuple(found)} vs model {tuple(expected)}{hint}"
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Problems loading ``state`` strictly into ``model``: missing, unexpected, bad shapes."""
+    own = model.state_dict()
+    problems = [f"missing: {k}" for k in own if k not in state]
+    problems += [f"unexpected: {k}" for k in state if k not in own]
+    problems += [
+        "shape " + _shape_hint(k, own[k].shape, v.shape)
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
+    return problems
+
+
+def load_smga(path: str | os.PathLike[str], config: SMGAConfig, *, key: str | None = None) -> SMGA:
+    """Build SMGA with ``config`` and load ``path`` into it strictly (eval mode, CPU, fp32)."""
+    state = read_state_dict(path, key)
+    model = SMGA(config)
+    problems = check_state_dict(model, state)
+    if problems:
+        shown = "\n  ".join(problems[:40])
+        more = f"\n  … and {len(problems) - 40} more" if len(problems) > 40 else ""
+        raise WeightsError(f"{path} does not match the SMGA configuration:\n  {shown}{more}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def save_smga_safetensors(model: SMGA, path: str | os.PathLike[str]) -> None:
+    """Write the state dict (official key names, every shared buffer copied) and its config."""
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"config": json.dumps(model.config.__dict__), "format": "mmgt-smga-v1"}
+    save_file(state, str(path), metadata=meta)
+
+
+def load_smga_safetensors(path: str | os.PathLike[str]) -> SMGA:
+    """Load a file written by :func:`save_smga_safetensors` (its config travels with it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "config" not in meta:
+        raise WeightsError(f"{path} has no SMGA config in its metadata; use load_smga")
+    return load_smga(path, SMGAConfig(**json.loads(meta["config"])))
