@@ -16,8 +16,10 @@ for arg in "$@"; do
 done
 
 # Debian packages the engine and its tests use. Python wheels bundle FFmpeg (PyAV),
-# libsndfile (soundfile) and OpenCV, so the list stays short.
-APT_PACKAGES=(libportaudio2)
+# libsndfile (soundfile) and OpenCV, so the list stays short: PortAudio for microphones, and
+# the espeak-ng and flite speech synthesisers the training corpus is generated with (run as
+# separate programs).
+APT_PACKAGES=(libportaudio2 espeak-ng flite)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

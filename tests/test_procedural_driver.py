@@ -12,91 +12,14 @@ from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver
 from mmgt.keypoints import layout
 from mmgt.renderers.face_details import EYES, eye_openness, mouth_gap
 from mmgt.types import AudioFeatures, KeypointSeq
+from tests.helpers import synthetic_reference_pose
 
 SPEECH = BUNDLED_AVATAR.parent / "speech_sample.wav"
 
 
 @pytest.fixture(scope="module")
 def reference_pose() -> np.ndarray:
-    """A synthetic frontal upper-body pose (512 frame) with closed lips."""
-    rng = np.random.default_rng(3)
-    pts = np.zeros((134, 3), np.float32)
-    pts[:, 2] = 0.9
-    body = {
-        0: (256, 150),
-        1: (256, 260),
-        2: (170, 262),
-        3: (140, 380),
-        4: (150, 480),
-        5: (342, 262),
-        6: (372, 380),
-        7: (362, 480),
-        14: (240, 130),
-        15: (272, 130),
-        16: (222, 135),
-        17: (290, 135),
-    }
-    for k, xy in body.items():
-        pts[k, :2] = xy
-    pts[layout.LEGS, 2] = 0
-    pts[8:14, 2] = 0
-    pts[layout.FEET, 2] = 0
-    # Face: jaw arc, brows, nose, eyes, lips around (256, 150).
-    f = layout.face_index
-    ang = np.linspace(np.pi, 0, 17)
-    pts[f(np.arange(17)), :2] = np.stack([256 - 48 * np.cos(ang), 140 + 55 * np.sin(ang)], 1)
-    pts[f(np.arange(17, 27)), :2] = np.stack(
-        [np.r_[np.linspace(215, 245, 5), np.linspace(267, 297, 5)], np.full(10, 112)], 1
-    )
-    pts[f(np.arange(27, 36)), :2] = [
-        (256, 120),
-        (256, 128),
-        (256, 136),
-        (256, 144),
-        (246, 150),
-        (251, 152),
-        (256, 153),
-        (261, 152),
-        (266, 150),
-    ]
-    for base, cx in ((36, 238), (42, 274)):
-        pts[f(np.arange(base, base + 6)), :2] = [
-            (cx - 9, 125),
-            (cx - 3, 121),
-            (cx + 3, 121),
-            (cx + 9, 125),
-            (cx + 3, 128),
-            (cx - 3, 128),
-        ]
-    lips_outer = [
-        (236, 170),
-        (242, 166),
-        (250, 164),
-        (256, 165),
-        (262, 164),
-        (270, 166),
-        (276, 170),
-        (270, 176),
-        (262, 178),
-        (256, 179),
-        (250, 178),
-        (242, 176),
-    ]
-    lips_inner = [
-        (240, 170),
-        (250, 169),
-        (256, 170),
-        (262, 169),
-        (272, 170),
-        (262, 171),
-        (256, 171),
-        (250, 171),
-    ]
-    pts[f(np.arange(48, 60)), :2] = lips_outer
-    pts[f(np.arange(60, 68)), :2] = lips_inner
-    pts[layout.HANDS, :2] = rng.uniform(100, 400, (42, 2))
-    pts[layout.HANDS, 2] = 0.0  # hands not visible
-    return pts
+    return synthetic_reference_pose()
 
 
 @pytest.fixture(scope="module")

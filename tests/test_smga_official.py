@@ -185,7 +185,7 @@ def test_official_checkpoint_layout_and_safetensors_round_trip(tmp_path, model, 
     loaded = load_smga(ckpt, preset("fixture"))
     out = tmp_path / "smga.safetensors"
     save_smga_safetensors(loaded, out)
-    again = load_smga_safetensors(out)
+    again = load_smga_safetensors(out).model
     with torch.no_grad():
         a = loaded(io["x"], io["cond_frame"], io["cond"], io["times"])
         b = again(io["x"], io["cond_frame"], io["cond"], io["times"])

@@ -56,7 +56,7 @@ class ProceduralConfig:
     speech_db: float = -25.0  # loudness of full activity
     voiced_floor_db: float = -25.0  # voiced-band level of a closed mouth …
     voiced_range_db: float = 30.0  # … and the range over which it opens fully
-    max_gap: float = 0.45  # widest inner-lip opening, in mouth widths
+    max_gap: float = 0.38  # widest inner-lip opening, in mouth widths
     lip_spread: float = 0.10  # width change for the brightest/darkest vowels
     head_shift: float = 0.025
     head_roll_deg: float = 1.8

@@ -97,12 +97,15 @@ def pose_sequence(reference: np.ndarray, curves: RigCurves) -> np.ndarray:
     poses = np.repeat(ref[None], t, axis=0)
     face_w, mouth_w = face_width(ref), mouth_width(ref)
 
-    # 1. Mouth. Δ = target gap − reference gap.
-    delta = curves.opening * mouth_w - max(inner_gap(ref), 0.0)  # (T,)
+    # 1. Mouth. Δ = target gap − reference gap, scaled so the mean inner gap hits the target.
     left_x = ref[_F(48), 0]
 
     def across(idx: np.ndarray) -> np.ndarray:
         return np.sin(np.pi * np.clip((ref[idx, 0] - left_x) / mouth_w, 0, 1)) ** 0.6
+
+    reach = 0.25 * across(_F(np.array([61, 62, 63]))).mean()
+    reach += 0.75 * across(_F(np.array([65, 66, 67]))).mean()
+    delta = (curves.opening * mouth_w - max(inner_gap(ref), 0.0)) / max(reach, 1e-3)  # (T,)
 
     poses[:, UPPER_LIP, 1] -= 0.25 * delta[:, None] * across(UPPER_LIP)
     poses[:, LOWER_LIP, 1] += 0.75 * delta[:, None] * across(LOWER_LIP)

@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mmgt.errors import WeightsError
@@ -102,19 +105,61 @@ def load_smga(path: str | os.PathLike[str], config: SMGAConfig, *, key: str | No
     return model.eval()
 
 
-def save_smga_safetensors(model: SMGA, path: str | os.PathLike[str]) -> None:
-    """Write the state dict (official key names, every shared buffer copied) and its config."""
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    meta = {"config": json.dumps(model.config.__dict__), "format": "mmgt-smga-v1"}
+DRIVER_PREFIX = "driver."  # extra tensors of our own packages (feature normalisation)
+
+
+def save_smga_safetensors(
+    model: SMGA,
+    path: str | os.PathLike[str],
+    *,
+    audio_mean: np.ndarray | None = None,
+    audio_std: np.ndarray | None = None,
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Write the state dict (official key names, every shared buffer copied), the config and,
+    for our trained drivers, the audio-feature normalisation (``driver.audio_mean/std``)."""
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    if audio_mean is not None:
+        state[DRIVER_PREFIX + "audio_mean"] = torch.as_tensor(audio_mean, dtype=torch.float32)
+        state[DRIVER_PREFIX + "audio_std"] = torch.as_tensor(audio_std, dtype=torch.float32)
+    meta = {"config": json.dumps(model.config.__dict__), "format": "mmgt-smga-v1", **(extra or {})}
     save_file(state, str(path), metadata=meta)
 
 
-def load_smga_safetensors(path: str | os.PathLike[str]) -> SMGA:
-    """Load a file written by :func:`save_smga_safetensors` (its config travels with it)."""
-    from safetensors import safe_open
+@dataclass
+class SMGAPackage:
+    """A loaded SMGA file: the model, its metadata and the feature normalisation (if any)."""
 
+    model: SMGA
+    metadata: dict[str, str]
+    audio_mean: np.ndarray | None
+    audio_std: np.ndarray | None
+
+
+def load_smga_safetensors(path: str | os.PathLike[str]) -> SMGAPackage:
+    """Load a file written by :func:`save_smga_safetensors` (its config travels with it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"SMGA weights not found: {path}")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if "config" not in meta:
         raise WeightsError(f"{path} has no SMGA config in its metadata; use load_smga")
-    return load_smga(path, SMGAConfig(**json.loads(meta["config"])))
+    state = load_file(str(path))
+    extra = {
+        k[len(DRIVER_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(DRIVER_PREFIX)
+    }
+    model = SMGA(SMGAConfig(**json.loads(meta["config"])))
+    problems = check_state_dict(model, state)
+    if problems:
+        raise WeightsError(
+            f"{path} does not match its own config:\n  " + "\n  ".join(problems[:40])
+        )
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    mean, std = extra.get("audio_mean"), extra.get("audio_std")
+    return SMGAPackage(
+        model.eval(),
+        meta,
+        None if mean is None else mean.numpy(),
+        None if std is None else std.numpy(),
+    )

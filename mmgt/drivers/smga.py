@@ -1,0 +1,129 @@
+"""The SMGA driver: audio features → keypoints with the stage-1 diffusion transformer.
+
+Long clips and streams are generated in overlapping windows of the model's length W: each new
+window's first C frames (``context``) are the last frames already emitted, fixed by the
+sampler's continuation (:func:`mmgt.schedulers.pose.ddim_sample` with ``known``), so windows
+join without seams; a window adds W − C new frames. The network works in the official
+normalisation (v/500 − 0.6 of a 512 frame); poses come back in the caller's frame size.
+
+The official model predicts the score channel too, but its normalised range is only 0.002 wide
+(mmgt_official §8 item 23), so by default the output keeps the reference pose's scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmgt.keypoints import layout
+from mmgt.models.smga import SMGA
+from mmgt.schedulers.pose import CosineSchedule, ddim_sample
+from mmgt.types import AudioFeatures, KeypointSeq
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """DDIM settings. Official: 50 steps, η = 1, guidance 2; live use wants 2–8 steps."""
+
+    steps: int = 50
+    eta: float = 1.0
+    guidance: float = 2.0
+    context: int = 8  # frames of each window fixed to frames already emitted
+    seed: int = 0
+
+
+class SMGADriver:
+    """Windowed SMGA sampling behind the ``Driver`` protocol."""
+
+    name = "smga"
+
+    def __init__(
+        self,
+        model: SMGA,
+        *,
+        feature_kind: str,
+        settings: SamplerSettings | None = None,
+        audio_mean: np.ndarray | None = None,
+        audio_std: np.ndarray | None = None,
+        keep_reference_scores: bool = True,
+    ) -> None:
+        self.model = model.eval()
+        self.feature_kind = feature_kind
+        self.settings = settings or SamplerSettings()
+        if not 0 <= self.settings.context < model.config.frames:
+            raise ValueError(
+                f"context must be in [0, {model.config.frames}), got {self.settings.context}"
+            )
+        self.context_frames = self.settings.context
+        self.schedule = CosineSchedule()
+        dim = model.config.audio_dim
+        self.audio_mean = np.zeros(dim, np.float32) if audio_mean is None else audio_mean
+        self.audio_std = np.ones(dim, np.float32) if audio_std is None else audio_std
+        self.keep_reference_scores = keep_reference_scores
+
+    @property
+    def window(self) -> int:
+        return self.model.config.frames
+
+    def generate(
+        self,
+        features: AudioFeatures,
+        reference_pose: np.ndarray,
+        committed: KeypointSeq | None = None,
+        *,
+        frame_size: int = layout.OFFICIAL_FRAME,
+    ) -> KeypointSeq:
+        """Keypoints for the frames of ``features`` after ``committed`` (``Driver`` protocol)."""
+        if features.kind != self.feature_kind:
+            raise ValueError(
+                f"this SMGA model needs {self.feature_kind} features, got {features.kind}"
+            )
+        if features.values.shape[1] != self.model.config.audio_dim:
+            raise ValueError(
+                f"expected {self.model.config.audio_dim}-d features, got {features.values.shape[1]}"
+            )
+        ref = np.asarray(reference_pose, dtype=np.float32)
+        if ref.shape != (layout.NUM_KEYPOINTS, 3):
+            raise ValueError(f"reference_pose must be (134, 3), got {ref.shape}")
+        done = 0
+        out = np.zeros((len(features), layout.OFFICIAL_DIM), np.float32)
+        if committed is not None:
+            if committed.start_frame != features.start_frame:
+                raise ValueError("committed frames must start where the feature window starts")
+            done = len(committed)
+            out[:done] = committed.resized(frame_size).official()
+        audio = (features.values - self.audio_mean) / self.audio_std
+        cond = torch.from_numpy(layout.normalize(ref, frame_size))[None]  # (1, 402)
+        while done < len(features):
+            c = min(self.settings.context, done)
+            start = done - c
+            stop = min(start + self.window, len(features))
+            known = torch.from_numpy(out[start:done])[None] if c else None
+            window = self._sample(audio[start:stop], cond, known, features.start_frame + start)
+            out[done:stop] = window[c:]
+            done = stop
+        poses = layout.denormalize(out[len(committed) if committed else 0 :], frame_size)
+        if self.keep_reference_scores:
+            poses[..., 2] = ref[:, 2]
+        skip = len(committed) if committed else 0
+        return KeypointSeq(poses.copy(), frame_size, features.fps, features.start_frame + skip)
+
+    @torch.no_grad()
+    def _sample(
+        self, audio: np.ndarray, cond: torch.Tensor, known: torch.Tensor | None, first: int
+    ) -> np.ndarray:
+        s = self.settings
+        a = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]  # (1, T, A)
+        gen = torch.Generator().manual_seed((s.seed * 1_000_003 + first) & 0x7FFFFFFF)
+
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if s.guidance == 1.0:
+                return self.model(x, cond, a, t)
+            return self.model.guided(x, cond, a, t, s.guidance)
+
+        shape = (1, a.shape[1], layout.OFFICIAL_DIM)
+        x = ddim_sample(denoise, self.schedule, shape, steps=s.steps, eta=s.eta, known=known,
+                        generator=gen)  # fmt: skip
+        return x[0].numpy()
