@@ -54,6 +54,25 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=Path("out/avatar.mp4"), help="output .mp4")
     r.add_argument("--driver", choices=DRIVERS, default="procedural", help="audio → motion")
     r.add_argument("--renderer", choices=RENDERERS, default="warp", help="motion → frames")
+    g = r.add_argument_group("SMGA driver (--driver smga)")
+    g.add_argument(
+        "--smga-weights",
+        type=Path,
+        help="our .safetensors or an official checkpoint (default: the shipped CPU model)",
+    )
+    g.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="official weights folder: stage_1/audio2pose_best_model.pt and wavlm/",
+    )
+    g.add_argument(
+        "--wavlm", type=Path, help="WavLM for official checkpoints: transformers folder or .pt"
+    )
+    g.add_argument("--steps", type=int, help="DDIM steps (official 50; CPU default 4)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance weight (official 2)")
+    g.add_argument("--eta", type=float, help="DDIM eta (official 1)")
+    g.add_argument("--context", type=int, help="frames each window continues from")
+    g.add_argument("--smga-heads", type=int, default=8, help="heads of an official checkpoint")
     r.add_argument(
         "--debug",
         action="store_true",
@@ -84,6 +103,20 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from mmgt.offline import render_video
 
     audio = args.audio or Path(__file__).resolve().parent / "assets" / "speech_sample.wav"
+    weights, wavlm = args.smga_weights, args.wavlm
+    if args.weights_dir is not None:
+        weights = weights or args.weights_dir / "stage_1" / "audio2pose_best_model.pt"
+        wavlm = wavlm or _find_wavlm(args.weights_dir / "wavlm")
+    options = {
+        "weights": weights,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "eta": args.eta,
+        "context": args.context,
+        "heads": args.smga_heads,
+    }
+    if args.driver != "smga" and any(v is not None for k, v in options.items() if k != "heads"):
+        raise InputError("SMGA options (--smga-weights, --steps, …) need --driver smga")
     result = render_video(
         audio,
         args.out,
@@ -94,6 +127,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
         seed=args.seed,
         debug=args.debug,
         progress=not args.quiet,
+        driver_options=options if args.driver == "smga" else None,
+        wavlm=wavlm,
     )
     t = result.timings
     rt = result.duration_s / t["render_encode"] if t["render_encode"] else float("inf")
@@ -107,6 +142,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
         print(f"debug: {p}", file=sys.stderr)
     print(result.path)
     return 0
+
+
+def _find_wavlm(folder: Path) -> Path | None:
+    """The WavLM inside an official weights folder: a transformers folder or WavLM-Large.pt."""
+    if (folder / "config.json").is_file():
+        return folder
+    pt = folder / "WavLM-Large.pt"
+    return pt if pt.is_file() else None
 
 
 def _cmd_prepare_avatar(args: argparse.Namespace) -> int:

@@ -15,16 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soxr
 from tqdm import tqdm
 
-from mmgt.audio import extract_light_features, load_audio
+from mmgt.audio import KIND as LIGHT_KIND
+from mmgt.audio import extract_light_features, load_audio_native
 from mmgt.avatar import load_avatar
 from mmgt.drivers import make_driver
 from mmgt.errors import InputError
 from mmgt.keypoints.render import render_pose
 from mmgt.masks import MotionMaskStream, mask_overlay
 from mmgt.renderers import make_renderer
-from mmgt.types import Avatar
+from mmgt.types import AudioFeatures, Avatar
 from mmgt.video import AUDIO_RATE, Mp4Writer
 
 log = logging.getLogger(__name__)
@@ -57,11 +59,15 @@ def render_video(
     seed: int = 0,
     debug: bool = False,
     progress: bool = True,
+    driver_options: dict | None = None,
+    wavlm: str | os.PathLike[str] | None = None,
 ) -> RenderResult:
     """Render ``audio`` spoken by the photo ``image`` (or the bundled avatar) into ``out``.
 
-    Raises :class:`~mmgt.errors.InputError` subclasses for bad photos or audio; no output file
-    (nor debug file) is left behind when anything fails.
+    ``driver_options`` go to :func:`mmgt.drivers.make_driver` (e.g. ``weights``, ``steps``);
+    ``wavlm`` is the WavLM model (folder or ``WavLM-Large.pt``) that official SMGA checkpoints
+    need for their features. Raises :class:`~mmgt.errors.InputError` subclasses for bad photos,
+    audio or weights; no output file (nor debug file) is left behind when anything fails.
     """
     out = Path(out)
     if out.suffix.lower() != ".mp4":
@@ -77,13 +83,14 @@ def render_video(
     timings["avatar"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    speech = load_audio(audio)
-    features = extract_light_features(speech)
-    mux_audio = load_audio(audio, sample_rate=AUDIO_RATE)
+    drv = make_driver(driver, seed=seed, **(driver_options or {}))
+    native, native_rate = load_audio_native(audio)
+    speech = _resample(native, native_rate, 16000)
+    features = _features(drv.feature_kind, speech, native, native_rate, wavlm)
+    mux_audio = _resample(native, native_rate, AUDIO_RATE)
     timings["audio"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    drv = make_driver(driver, seed=seed)
     poses = drv.generate(features, avatar.reference_pose, frame_size=size)
     timings["driver"] = time.perf_counter() - t0
 
@@ -123,6 +130,38 @@ def render_video(
         debug_paths=list(debug_out.values()),
         timings=timings,
     )
+
+
+def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return samples
+    out = soxr.resample(samples, rate, target, quality="HQ")
+    return np.clip(out, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def _features(
+    kind: str,
+    speech: np.ndarray,
+    native: np.ndarray,
+    native_rate: int,
+    wavlm: str | os.PathLike[str] | None,
+) -> AudioFeatures:
+    """The features a driver consumes: light (streaming) or the official WavLM ‖ EDGE."""
+    if kind == LIGHT_KIND:
+        return extract_light_features(speech)
+    if kind == "official-wavlm-edge":
+        if wavlm is None:
+            raise InputError(
+                "this SMGA model needs WavLM features: pass --wavlm (a transformers WavLM folder "
+                "or WavLM-Large.pt)"
+            )
+        from mmgt.audio.official import stage1_features
+        from mmgt.weights.wavlm import load_wavlm
+
+        return stage1_features(
+            speech, load_wavlm(wavlm), original=native, original_rate=native_rate
+        )
+    raise InputError(f"no feature extractor for {kind!r}")
 
 
 def _debug_size(kind: str, size: int) -> int | tuple[int, int]:

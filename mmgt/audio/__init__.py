@@ -1,15 +1,17 @@
 """Audio front-end: decoding/resampling to 16 kHz mono and the light streaming feature.
 
-* :mod:`mmgt.audio.decode`: :func:`load_audio`, :func:`pcm16_to_float`,
+* :mod:`mmgt.audio.decode`: :func:`load_audio`, :func:`load_audio_native`, :func:`pcm16_to_float`,
   :class:`StreamingResampler`, :func:`write_wav`.
 * :mod:`mmgt.audio.features`: :func:`extract_light_features` and :class:`LightFeatureStream`
   ("light-v1", 43 values per 25 fps frame, 12 ms look-ahead).
+* :mod:`mmgt.audio.official`: the official stage-1 features (WavLM ‖ EDGE), imported on demand.
 """
 
 from mmgt.audio.decode import (
     SAMPLE_RATE,
     StreamingResampler,
     load_audio,
+    load_audio_native,
     pcm16_to_float,
     write_wav,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "StreamingResampler",
     "extract_light_features",
     "load_audio",
+    "load_audio_native",
     "mel_filterbank",
     "pcm16_to_float",
     "write_wav",

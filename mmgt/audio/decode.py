@@ -117,20 +117,14 @@ def _decode(
     return np.concatenate(chunks), rate
 
 
-def load_audio(
-    source: str | os.PathLike | bytes,
-    *,
-    sample_rate: int = SAMPLE_RATE,
-    max_seconds: float = 3600,
-) -> np.ndarray:
-    """Decode a file (path) or encoded bytes to mono float32 in [-1, 1] at ``sample_rate``.
+def load_audio_native(
+    source: str | os.PathLike | bytes, *, max_seconds: float = 3600
+) -> tuple[np.ndarray, int]:
+    """Decode a file (path) or encoded bytes to mono float32 at its own sample rate.
 
-    Reads anything FFmpeg reads (wav, mp3, flac, ogg/vorbis/opus, m4a, …) at any rate and channel
-    count; channels are averaged, the rate is converted with soxr HQ, so the duration is kept.
-    Raises :class:`AudioError` for a missing file, non-audio or corrupt data, empty audio,
-    NaN/Inf samples, or audio longer than ``max_seconds``.
+    Returns (samples, rate). Same checks as :func:`load_audio`, without resampling (the
+    official EDGE features resample the original file themselves).
     """
-    sample_rate = _check_rate(sample_rate, "target sample_rate")
     if not max_seconds > 0:
         raise AudioError(f"max_seconds must be positive, got {max_seconds!r}")
     if isinstance(source, bytes | bytearray | memoryview):
@@ -157,7 +151,28 @@ def load_audio(
         raise AudioError(f"{label} is not audio or is corrupt (FFmpeg: {reason})") from exc
     if not np.isfinite(samples).all():
         raise AudioError(f"{label} contains NaN or infinite samples")
+    return samples, rate
+
+
+def load_audio(
+    source: str | os.PathLike | bytes,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    max_seconds: float = 3600,
+) -> np.ndarray:
+    """Decode a file (path) or encoded bytes to mono float32 in [-1, 1] at ``sample_rate``.
+
+    Reads anything FFmpeg reads (wav, mp3, flac, ogg/vorbis/opus, m4a, …) at any rate and channel
+    count; channels are averaged, the rate is converted with soxr HQ, so the duration is kept.
+    Raises :class:`AudioError` for a missing file, non-audio or corrupt data, empty audio,
+    NaN/Inf samples, or audio longer than ``max_seconds``.
+    """
+    sample_rate = _check_rate(sample_rate, "target sample_rate")
+    samples, rate = load_audio_native(source, max_seconds=max_seconds)
     if rate != sample_rate:
+        label = (
+            "the audio data" if isinstance(source, bytes | bytearray | memoryview) else str(source)
+        )
         try:
             samples = soxr.resample(samples, rate, sample_rate, quality="HQ")  # (n·sr/rate,)
         except (RuntimeError, ValueError) as exc:  # pragma: no cover - soxr rarely fails

@@ -2,17 +2,65 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver
+from mmgt.errors import InputError
 from mmgt.types import Driver
 
-DRIVERS = ("procedural",)
+DRIVERS = ("procedural", "smga")
+# The CPU default trained in this repository (see mmgt/weights/README.md).
+DEFAULT_SMGA_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "smga_small.safetensors"
 
 
-def make_driver(name: str, *, seed: int = 0) -> Driver:
-    """Build a driver by name (see :data:`DRIVERS`)."""
+def make_driver(
+    name: str,
+    *,
+    seed: int = 0,
+    weights: str | os.PathLike[str] | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    eta: float | None = None,
+    context: int | None = None,
+    heads: int = 8,
+) -> Driver:
+    """Build a driver by name (see :data:`DRIVERS`).
+
+    ``smga`` loads ``weights`` — one of our ``.safetensors`` packages (default: the shipped CPU
+    model) or an official checkpoint — and samples with its recommended settings unless
+    ``steps``/``guidance``/``eta``/``context`` override them (official: 50 / 2 / 1 / 8).
+    """
     if name == "procedural":
         return ProceduralDriver(ProceduralConfig(seed=seed))
+    if name == "smga":
+        from mmgt.drivers.smga import SamplerSettings, SMGADriver
+        from mmgt.weights.smga import load_any_smga
+
+        path = Path(weights) if weights is not None else DEFAULT_SMGA_WEIGHTS
+        if not path.exists():
+            raise InputError(
+                f"SMGA weights not found: {path}"
+                + ("" if weights else " (no trained CPU model is shipped yet; pass --smga-weights)")
+            )
+        pkg = load_any_smga(path, heads=heads)
+        official = pkg.metadata.get("source") == "official"
+        meta = pkg.metadata
+        settings = SamplerSettings(
+            steps=steps or int(meta.get("steps", 50 if official else 4)),
+            guidance=guidance if guidance is not None else float(meta.get("guidance", 2.0)),
+            eta=eta if eta is not None else float(meta.get("eta", 1.0 if official else 0.0)),
+            context=context if context is not None else int(meta.get("context", 8)),
+            seed=seed,
+        )
+        return SMGADriver(
+            pkg.model,
+            feature_kind=meta.get("feature_kind", "light-v1"),
+            settings=settings,
+            audio_mean=pkg.audio_mean,
+            audio_std=pkg.audio_std,
+        )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 
 
-__all__ = ["DRIVERS", "ProceduralConfig", "ProceduralDriver", "make_driver"]
+__all__ = ["DEFAULT_SMGA_WEIGHTS", "DRIVERS", "ProceduralConfig", "ProceduralDriver", "make_driver"]

@@ -163,3 +163,44 @@ def load_smga_safetensors(path: str | os.PathLike[str]) -> SMGAPackage:
         None if mean is None else mean.numpy(),
         None if std is None else std.numpy(),
     )
+
+
+def infer_config(state: dict[str, torch.Tensor], heads: int = 8) -> SMGAConfig:
+    """The SMGAConfig an official-layout state dict was built with (heads are not in the
+    shapes: the official model uses 8)."""
+    try:
+        latent, double_kp = state["input_projection.weight"].shape
+        layers = 1 + max(
+            int(k.split(".")[2]) for k in state if k.startswith("seqTransDecoder.stack.")
+        )
+        encoders = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("cond_encoder."))
+        return SMGAConfig(
+            keypoint_dim=double_kp // 2,
+            frames=state["null_cond_embed"].shape[1],
+            latent_dim=latent,
+            ff_dim=state["seqTransDecoder.stack.0.linear1.weight"].shape[0],
+            layers=layers,
+            heads=heads,
+            dropout=0.0,
+            audio_dim=state["cond_projection.weight"].shape[1],
+            encoder_layers=encoders,
+        )
+    except (KeyError, ValueError) as exc:
+        raise WeightsError(f"not an SMGA state dict ({exc})") from exc
+
+
+def load_any_smga(path: str | os.PathLike[str], *, heads: int = 8) -> SMGAPackage:
+    """Our ``.safetensors`` packages, or official checkpoints (config inferred from shapes)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            ours = "config" in (f.metadata() or {})
+        if ours:
+            return load_smga_safetensors(path)
+    state = read_state_dict(path)
+    config = infer_config(state, heads)
+    if config.latent_dim % heads:
+        raise WeightsError(f"latent width {config.latent_dim} is not divisible by {heads} heads")
+    model = load_smga(path, config)
+    kind = "official-wavlm-edge"
+    return SMGAPackage(model, {"feature_kind": kind, "source": "official"}, None, None)
