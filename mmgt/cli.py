@@ -1,8 +1,9 @@
 """The ``mmgt`` command line (see the README's command table).
 
 Subcommands: ``render`` (photo + speech → mp4), ``prepare-avatar`` (photo → framed image and
-reference pose), ``doctor`` (versions, threads, devices). Errors caused by the input are printed
-as one line, with exit code 2; nothing partial is left on disk.
+reference pose), ``doctor`` (versions, threads, devices), ``data`` (training corpus), ``train``
+and ``eval`` (SMGA). Errors caused by the input are printed as one line, with exit code 2;
+nothing partial is left on disk.
 """
 
 from __future__ import annotations
@@ -86,6 +87,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_common(a)
 
     sub.add_parser("doctor", help="print versions, threads and devices")
+
+    from mmgt.train import cli as train_cli
+    from mmgt.train.corpus import cli as corpus_cli
+
+    corpus_cli.add_cli(sub)
+    train_cli.add_cli(sub)
     return parser
 
 
@@ -214,7 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    commands = {"render": _cmd_render, "prepare-avatar": _cmd_prepare_avatar, "doctor": _cmd_doctor}
+    from mmgt.train import cli as train_cli
+    from mmgt.train.corpus import cli as corpus_cli
+
+    commands = {
+        "render": _cmd_render,
+        "prepare-avatar": _cmd_prepare_avatar,
+        "doctor": _cmd_doctor,
+        "data": corpus_cli.run_cli,
+        "train": train_cli.run_train,
+        "eval": train_cli.run_eval,
+    }
     try:
         import torch
 

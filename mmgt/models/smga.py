@@ -54,8 +54,9 @@ PRESETS: dict[str, SMGAConfig] = {
     "official": SMGAConfig(),
     # The reduced-width configuration of the official fixtures (tests).
     "fixture": SMGAConfig(latent_dim=64, ff_dim=128, layers=2, heads=4, dropout=0.0),
-    # CPU presets driven by the 43-d light features (mmgt.audio.features).
-    "small": SMGAConfig(frames=40, latent_dim=128, ff_dim=256, layers=4, heads=4, audio_dim=43),
+    # CPU presets driven by the 43-d light features (mmgt.audio.features). "small" is the
+    # shipped default: cheap enough for live use at a 4-frame hop (see docs/performance.md).
+    "small": SMGAConfig(frames=32, latent_dim=64, ff_dim=128, layers=2, heads=4, audio_dim=43),
     "tiny": SMGAConfig(frames=16, latent_dim=32, ff_dim=64, layers=1, heads=2, audio_dim=43),
 }
 
@@ -67,11 +68,13 @@ def preset(name: str, **overrides: object) -> SMGAConfig:
     return replace(PRESETS[name], **overrides)
 
 
+_FACE_MASK = torch.from_numpy(layout.FACE_CHANNEL_MASK.astype("float32"))  # (402,)
+
+
 def face_body_split(x: Tensor) -> tuple[Tensor, Tensor]:
     """(…, 402) → (face, body): M^f keeps keypoints 24–91 (all three channels), M^b the rest."""
-    mask = torch.as_tensor(layout.FACE_CHANNEL_MASK, device=x.device)
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    return torch.where(mask, x, zero), torch.where(mask, zero, x)
+    mask = _FACE_MASK.to(device=x.device, dtype=x.dtype)
+    return x * mask, x * (1 - mask)
 
 
 class RotaryEmbedding(nn.Module):
@@ -81,14 +84,26 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))
         self.register_buffer("freqs", freqs)
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def _cos_sin(self, length: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = (length, like.dtype, like.device, self.freqs.data_ptr(), self.freqs._version)
+        if key not in self._cache or torch.is_grad_enabled():
+            pos = torch.arange(length, device=like.device, dtype=self.freqs.dtype)
+            angles = (pos[:, None] * self.freqs[None, :]).repeat_interleave(2, dim=-1)  # (T, D)
+            sign = torch.ones_like(angles)
+            sign[:, 0::2] = -1.0  # rotate_half: (x0, x1) → (−x1, x0)
+            value = (angles.cos().to(like), (angles.sin() * sign).to(like))
+            if torch.is_grad_enabled():
+                return value
+            self._cache[key] = value
+        return self._cache[key]
 
     def forward(self, x: Tensor) -> Tensor:
         """Rotate (B, T, D) features by their position along T."""
-        pos = torch.arange(x.shape[-2], device=x.device, dtype=self.freqs.dtype)
-        angles = (pos[:, None] * self.freqs[None, :]).repeat_interleave(2, dim=-1).to(x)  # (T, D)
-        pairs = x.unflatten(-1, (-1, 2))  # (B, T, D/2, 2)
-        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        return x * angles.cos() + rotated * angles.sin()
+        cos, signed_sin = self._cos_sin(x.shape[-2], x)
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) per pair
+        return x * cos + swapped * signed_sin
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -103,6 +118,22 @@ class SinusoidalPosEmb(nn.Module):
         freqs = torch.exp(torch.arange(half, device=t.device) * -(math.log(10000) / (half - 1)))
         args = t[:, None] * freqs[None, :]  # (B, D/2)
         return torch.cat((args.sin(), args.cos()), dim=-1)
+
+
+def attend(mha: nn.MultiheadAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``mha(q, k, v)`` (batch first, no masks) without nn.MultiheadAttention's Python overhead.
+
+    Same parameters and maths: packed in-projection, scaled dot-product attention per head,
+    out-projection; dropout on the attention weights only while training.
+    """
+    w, b = mha.in_proj_weight, mha.in_proj_bias
+    d, h = mha.embed_dim, mha.num_heads
+    qp = F.linear(q, w[:d], b[:d]).unflatten(-1, (h, -1)).transpose(1, 2)  # (B, h, Tq, d/h)
+    kp = F.linear(k, w[d : 2 * d], b[d : 2 * d]).unflatten(-1, (h, -1)).transpose(1, 2)
+    vp = F.linear(v, w[2 * d :], b[2 * d :]).unflatten(-1, (h, -1)).transpose(1, 2)
+    p = mha.dropout if mha.training else 0.0
+    out = F.scaled_dot_product_attention(qp, kp, vp, dropout_p=p)  # (B, h, Tq, d/h)
+    return mha.out_proj(out.transpose(1, 2).flatten(-2))
 
 
 class DenseFiLM(nn.Module):
@@ -134,7 +165,7 @@ class EncoderLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, T, D)
         h = self.norm1(x)
         qk = self.rotary(h) if self.rotary is not None else h
-        x = x + self.dropout(self.self_attn(qk, qk, h, need_weights=False)[0])
+        x = x + self.dropout(attend(self.self_attn, qk, qk, h))
         ff = self.linear2(self.dropout(F.gelu(self.linear1(self.norm2(x)))))
         return x + self.dropout(ff)
 
@@ -167,18 +198,24 @@ class DualStreamDecoderLayer(nn.Module):
     def _rot(self, x: Tensor) -> Tensor:
         return self.rotary(x) if self.rotary is not None else x
 
-    def _block(self, stream: str, x: Tensor, memory: Tensor, t: Tensor) -> Tensor:
+    def _block(
+        self, stream: str, x: Tensor, memory: Tensor, memory_rot: Tensor, t: Tensor
+    ) -> Tensor:
         sa, ca = getattr(self, f"{stream}_self_attn"), getattr(self, f"{stream}_cross_attn")
         h = getattr(self, f"norm_{stream}_1")(x)
         q = self._rot(h)
-        y = self.dropout(sa(q, q, h, need_weights=False)[0])
+        y = self.dropout(attend(sa, q, q, h))
         x = x + getattr(self, f"film_{stream}_1")(y, t)
         h = getattr(self, f"norm_{stream}_2")(x)
-        y = self.dropout(ca(self._rot(h), self._rot(memory), memory, need_weights=False)[0])
+        y = self.dropout(attend(ca, self._rot(h), memory_rot, memory))
         return x + getattr(self, f"film_{stream}_2")(y, t)
 
-    def forward(self, x_face: Tensor, x_body: Tensor, memory: Tensor, t: Tensor) -> Tensor:
-        merged = self._block("face", x_face, memory, t) + self._block("body", x_body, memory, t)
+    def forward(
+        self, x_face: Tensor, x_body: Tensor, memory: Tensor, t: Tensor, memory_rot: Tensor
+    ) -> Tensor:
+        """``memory_rot`` is ``rotary(memory)``, computed once for all layers."""
+        merged = self._block("face", x_face, memory, memory_rot, t)
+        merged = merged + self._block("body", x_body, memory, memory_rot, t)
         ff = self.linear2(self.dropout(F.gelu(self.linear1(self.norm_final(merged)))))
         return merged + self.film_final(self.dropout(ff), t)
 
@@ -191,9 +228,11 @@ class LayerStack(nn.Module):
         self.stack = nn.ModuleList(layers)
 
     def forward(self, x_face: Tensor, x_body: Tensor, memory: Tensor, t: Tensor) -> Tensor:
+        rot = self.stack[0].rotary if len(self.stack) else None
+        memory_rot = rot(memory) if rot is not None else memory
         x = x_face
         for layer in self.stack:
-            x = layer(x, x_body, memory, t)
+            x = layer(x, x_body, memory, t, memory_rot)
         return x
 
 

@@ -60,6 +60,7 @@ class TrainConfig:
     mixed_precision: bool = False
     threads: int | None = None
     log_every: int = 100
+    max_minutes: float | None = None  # stop (resumably) after this much wall time
     extra: dict = field(default_factory=dict)
 
 
@@ -155,7 +156,17 @@ def train_smga(
     amp = cfg.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     t0 = time.perf_counter()
+    deadline = None if cfg.max_minutes is None else t0 + 60 * cfg.max_minutes
     while step < cfg.steps:
+        if deadline is not None and time.perf_counter() > deadline:
+            log.info("time budget of %.1f min reached at step %d", cfg.max_minutes, step)
+            v = _validate(ema, val_set, mean_t, std_t, cfg.loss_mode)
+            history.append({"step": step, "train_loss": float("nan"), "val_loss": v})
+            if v < best:
+                best = v
+                _save_weights(ema, out / "best.safetensors", mean, std, feature_kind, step, v)
+            _save_state(last, model, ema, opt, step, best, mean, std, history)
+            break
         model.train()
         feats, x0, ref = (x.to(device) for x in train.batch(rng, cfg.batch))
         t = torch.randint(0, sched.timesteps, (cfg.batch,), device=device)
