@@ -38,6 +38,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--mixed-precision", action="store_true", help="autocast on CUDA")
     t.add_argument("--eval-every", type=int, default=500)
     t.add_argument("--no-augment", action="store_true", help="train on clean audio only")
+    t.add_argument(
+        "--features",
+        choices=("light", "official"),
+        default="light",
+        help="light (43-d, streaming) or official (WavLM ‖ EDGE, 1059-d; needs --wavlm)",
+    )
+    t.add_argument("--wavlm", type=Path, help="WavLM (transformers folder or WavLM-Large.pt)")
     t.add_argument("--seed", type=int, default=0)
 
     e = sub.add_parser("eval", help="evaluate drivers on a corpus split and on real speech")
@@ -63,20 +70,40 @@ def run_train(args: argparse.Namespace) -> int:
     from mmgt.train.corpus.augmentation import augment
     from mmgt.train.smga_train import TrainConfig, WindowSampler, train_smga
 
-    cfg = preset(args.preset, audio_dim=43) if args.preset != "official" else preset("official")
-    if args.preset == "official":
-        raise InputError("the official preset needs the official features: train it on a GPU")
+    if args.features == "official":
+        from mmgt.audio.official import KIND, stage1_features
+        from mmgt.weights.wavlm import load_wavlm
 
-    def feats(audio: np.ndarray) -> np.ndarray:
-        return extract_light_features(audio).values
+        if args.wavlm is None:
+            raise InputError("--features official needs --wavlm")
+        wavlm = load_wavlm(args.wavlm)
+        kind, dim = KIND, wavlm.config.hidden_size + 35
 
-    train = WindowSampler(_load_split(args.corpus, "train"), cfg.frames, feats,
-                          None if args.no_augment else augment, 0.7)  # fmt: skip
+        def feats(audio: np.ndarray) -> np.ndarray:
+            return stage1_features(audio, wavlm).values
+
+    else:
+        kind, dim = "light-v1", 43
+
+        def feats(audio: np.ndarray) -> np.ndarray:
+            return extract_light_features(audio).values
+
+    cfg = preset(args.preset, audio_dim=dim)
+    aug = None if args.no_augment else augment
+    train_clips = _load_split(args.corpus, "train")
+    train = WindowSampler(train_clips, cfg.frames, feats, aug, 0.7, variants=2, seed=args.seed)
     val = WindowSampler(_load_split(args.corpus, "val"), cfg.frames, feats)
-    tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-                     device=args.device, mixed_precision=args.mixed_precision,
-                     eval_every=args.eval_every, max_minutes=args.minutes)  # fmt: skip
-    summary = train_smga(cfg, train, val, args.out, tc, resume=args.resume)
+    tc = TrainConfig(
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        mixed_precision=args.mixed_precision,
+        eval_every=args.eval_every,
+        max_minutes=args.minutes,
+    )
+    summary = train_smga(cfg, train, val, args.out, tc, resume=args.resume, feature_kind=kind)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     print(args.out / "best.safetensors")
     return 0

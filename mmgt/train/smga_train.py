@@ -50,6 +50,7 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.02
     ema_decay: float = 0.999
+    warmup: int = 500  # linear warm-up steps, then cosine decay to 10 % of lr at ``steps``
     cond_drop: float = 0.25
     loss_mode: str = "paper"
     augment_prob: float = 0.7
@@ -65,7 +66,14 @@ class TrainConfig:
 
 
 class WindowSampler:
-    """Random training windows (audio features, poses, reference) from a set of clips."""
+    """Random training windows (audio features, poses, reference) from a set of clips.
+
+    Features are computed once per clip for the clean audio and for ``variants`` augmented
+    copies (augmentation is the costly part, so it is not redone per window); a window takes
+    the clean features with probability 1 − ``augment_prob``, else a random augmented copy.
+    The light features are frame-local, so a window cut from whole-clip features equals the
+    features of the window's own audio.
+    """
 
     def __init__(
         self,
@@ -74,12 +82,20 @@ class WindowSampler:
         features: FeatureFn,
         augment: AugmentFn | None = None,
         augment_prob: float = 0.0,
+        variants: int = 2,
+        seed: int = 0,
     ) -> None:
         usable = [c for c in clips if len(c[1]) >= window]
         if not usable:
             raise ValueError(f"no clip has {window} frames or more")
         self.clips, self.window = usable, window
-        self.features, self.augment, self.augment_prob = features, augment, augment_prob
+        self.features = features
+        self.augment_prob = augment_prob if augment is not None else 0.0
+        rng = np.random.default_rng(seed)
+        self.feats: list[list[np.ndarray]] = []  # per clip: [clean, augmented…], each (T, A)
+        for audio, kp, _ in usable:
+            versions = [audio] + ([augment(audio, rng) for _ in range(variants)] if augment else [])
+            self.feats.append([_fit(features(v), len(kp)) for v in versions])
         self.targets = [layout.normalize(c[1]) for c in usable]  # (T, 402) each
         self.refs = [layout.normalize(c[2]) for c in usable]
         self.weights = np.array([len(c[1]) - window + 1 for c in usable], np.float64)
@@ -88,17 +104,13 @@ class WindowSampler:
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features (W, A), target (W, 402), reference (402,)) of one random window."""
         i = int(rng.choice(len(self.clips), p=self.weights))
-        audio, kp, _ = self.clips[i]
-        start = int(rng.integers(0, len(kp) - self.window + 1))
-        hop = 640
-        # The features of a frame look 12 ms past it; give the extractor a little audio margin.
-        seg = audio[start * hop : (start + self.window) * hop + hop]
-        if self.augment is not None and rng.random() < self.augment_prob:
-            seg = self.augment(seg, rng)
-        feats = self.features(seg)[: self.window]
-        if len(feats) < self.window:
-            feats = np.concatenate([feats, np.repeat(feats[-1:], self.window - len(feats), 0)])
-        return feats, self.targets[i][start : start + self.window], self.refs[i]
+        start = int(rng.integers(0, len(self.targets[i]) - self.window + 1))
+        versions = self.feats[i]
+        v = 0
+        if len(versions) > 1 and rng.random() < self.augment_prob:
+            v = int(rng.integers(1, len(versions)))
+        stop = start + self.window
+        return versions[v][start:stop], self.targets[i][start:stop], self.refs[i]
 
     def batch(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, ...]:
         items = [self.sample(rng) for _ in range(n)]
@@ -107,10 +119,17 @@ class WindowSampler:
         )
 
 
+def _fit(feats: np.ndarray, frames: int) -> np.ndarray:
+    """Cut or edge-pad per-frame features to the clip's frame count."""
+    if len(feats) >= frames:
+        return feats[:frames]
+    return np.concatenate([feats, np.repeat(feats[-1:], frames - len(feats), 0)])
+
+
 def feature_stats(sampler: WindowSampler, rng: np.random.Generator, n: int = 512) -> tuple:
-    """Per-dimension mean and std of the (clean) features, for input normalisation."""
+    """Per-dimension mean and std of the clean features, for input normalisation."""
     pick = rng.choice(len(sampler.clips), size=min(n, len(sampler.clips)), replace=False)
-    feats = np.concatenate([sampler.features(sampler.clips[int(i)][0]) for i in pick])  # fmt: skip
+    feats = np.concatenate([sampler.feats[int(i)][0] for i in pick])
     return feats.mean(0).astype(np.float32), (feats.std(0) + 1e-3).astype(np.float32)
 
 
@@ -168,6 +187,8 @@ def train_smga(
             _save_state(last, model, ema, opt, step, best, mean, std, history)
             break
         model.train()
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step)
         feats, x0, ref = (x.to(device) for x in train.batch(rng, cfg.batch))
         t = torch.randint(0, sched.timesteps, (cfg.batch,), device=device)
         noise = torch.randn_like(x0)
@@ -188,8 +209,12 @@ def train_smga(
             for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - decay)
         if step % cfg.log_every == 0:
-            log.info("step %d loss %.5f (%.1f steps/s)", step, loss.item(),
-                     step / max(time.perf_counter() - t0, 1e-6))  # fmt: skip
+            log.info(
+                "step %d loss %.5f (%.1f steps/s)",
+                step,
+                loss.item(),
+                step / max(time.perf_counter() - t0, 1e-6),
+            )
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = _validate(ema, val_set, mean_t, std_t, cfg.loss_mode)
             history.append({"step": step, "train_loss": loss.item(), "val_loss": v})
@@ -199,8 +224,21 @@ def train_smga(
             _save_state(last, model, ema, opt, step, best, mean, std, history)
             log.info("step %d validation %.5f (best %.5f)", step, v, best)
     (out / "history.json").write_text(json.dumps(history, indent=1))
-    return {"steps": step, "best_val_loss": best, "history": history,
-            "seconds": time.perf_counter() - t0, "config": asdict(cfg)}  # fmt: skip
+    return {
+        "steps": step,
+        "best_val_loss": best,
+        "history": history,
+        "seconds": time.perf_counter() - t0,
+        "config": asdict(cfg),
+    }
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10 % (a function of the step: resume-safe)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min((step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1), 1.0)
+    return cfg.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * progress)))
 
 
 def _fixed_validation(val: WindowSampler, cfg: TrainConfig, sched: CosineSchedule) -> list:
@@ -235,7 +273,7 @@ def _validate(
 def _save_weights(model: SMGA, path: Path, mean, std, kind: str, step: int, val: float) -> None:
     tmp = path.with_suffix(".tmp")
     extra = {"feature_kind": kind, "step": str(step), "val_loss": f"{val:.6f}"}
-    save_smga_safetensors(model, tmp, audio_mean=mean, audio_std=std, extra=extra)  # fmt: skip
+    save_smga_safetensors(model, tmp, audio_mean=mean, audio_std=std, extra=extra)
     tmp.replace(path)
 
 
@@ -251,5 +289,5 @@ def _save_state(path: Path, model, ema, opt, step, best, mean, std, history) -> 
         "audio_std": torch.from_numpy(std),
         "history": json.dumps(history),
     }
-    torch.save(state, tmp)  # fmt: skip
+    torch.save(state, tmp)
     tmp.replace(path)
