@@ -59,6 +59,7 @@ def make_driver(
             settings=settings,
             audio_mean=pkg.audio_mean,
             audio_std=pkg.audio_std,
+            pose_std=pkg.pose_std,
         )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmgt.drivers import pose_space
 from mmgt.keypoints import layout
 from mmgt.models.smga import SMGA
 from mmgt.schedulers.pose import CosineSchedule, ddim_sample
@@ -47,6 +48,7 @@ class SMGADriver:
         settings: SamplerSettings | None = None,
         audio_mean: np.ndarray | None = None,
         audio_std: np.ndarray | None = None,
+        pose_std: np.ndarray | None = None,
         keep_reference_scores: bool = True,
     ) -> None:
         self.model = model.eval()
@@ -62,6 +64,7 @@ class SMGADriver:
         self.audio_mean = np.zeros(dim, np.float32) if audio_mean is None else audio_mean
         self.audio_std = np.ones(dim, np.float32) if audio_std is None else audio_std
         self.keep_reference_scores = keep_reference_scores
+        self.pose_std = pose_std  # None: official space; else the residual space (pose_space)
 
     @property
     def window(self) -> int:
@@ -95,7 +98,10 @@ class SMGADriver:
             done = len(committed)
             out[:done] = committed.resized(frame_size).official()
         audio = (features.values - self.audio_mean) / self.audio_std
-        cond = torch.from_numpy(layout.normalize(ref, frame_size))[None]  # (1, 402)
+        ref_norm = layout.normalize(ref, frame_size)  # (402,)
+        cond = torch.from_numpy(ref_norm)[None]  # (1, 402)
+        if self.pose_std is not None:
+            out = pose_space.to_residual(out, ref_norm, self.pose_std)
         while done < len(features):
             c = min(self.settings.context, done)
             start = done - c
@@ -104,6 +110,8 @@ class SMGADriver:
             window = self._sample(audio[start:stop], cond, known, features.start_frame + start)
             out[done:stop] = window[c:]
             done = stop
+        if self.pose_std is not None:
+            out = pose_space.from_residual(out, ref_norm, self.pose_std)
         poses = layout.denormalize(out[len(committed) if committed else 0 :], frame_size)
         if self.keep_reference_scores:
             poses[..., 2] = ref[:, 2]
@@ -124,6 +132,14 @@ class SMGADriver:
             return self.model.guided(x, cond, a, t, s.guidance)
 
         shape = (1, a.shape[1], layout.OFFICIAL_DIM)
-        x = ddim_sample(denoise, self.schedule, shape, steps=s.steps, eta=s.eta, known=known,
-                        generator=gen)  # fmt: skip
+        x = ddim_sample(
+            denoise,
+            self.schedule,
+            shape,
+            steps=s.steps,
+            eta=s.eta,
+            known=known,
+            clip=self.pose_std is None,  # residual values are not bounded to [−1, 1]
+            generator=gen,
+        )
         return x[0].numpy()

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmgt.drivers import pose_space
 from mmgt.keypoints import layout
 from mmgt.models.smga import SMGA, SMGAConfig
 from mmgt.schedulers.pose import CosineSchedule
@@ -50,6 +51,7 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.02
     ema_decay: float = 0.999
+    residual: bool = True  # denoise motion relative to the reference (mmgt.drivers.pose_space)
     warmup: int = 500  # linear warm-up steps, then cosine decay to 10 % of lr at ``steps``
     cond_drop: float = 0.25
     loss_mode: str = "paper"
@@ -112,6 +114,13 @@ class WindowSampler:
         stop = start + self.window
         return versions[v][start:stop], self.targets[i][start:stop], self.refs[i]
 
+    def use_residual(self, pose_std: np.ndarray) -> None:
+        """Switch targets to the residual space (:mod:`mmgt.drivers.pose_space`)."""
+        self.targets = [
+            pose_space.to_residual(t, r, pose_std)
+            for t, r in zip(self.targets, self.refs, strict=True)
+        ]
+
     def batch(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, ...]:
         items = [self.sample(rng) for _ in range(n)]
         return tuple(
@@ -158,6 +167,11 @@ def train_smga(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = CosineSchedule()
     mean, std = feature_stats(train, np.random.default_rng(cfg.seed + 1))
+    pose_std = None
+    if cfg.residual:
+        pose_std = pose_space.residual_std(train.targets, train.refs)
+        train.use_residual(pose_std)
+        val.use_residual(pose_std)
     step, best, history = 0, float("inf"), []
     last = out / "last.pt"
     if resume and last.is_file():
@@ -183,7 +197,9 @@ def train_smga(
             history.append({"step": step, "train_loss": float("nan"), "val_loss": v})
             if v < best:
                 best = v
-                _save_weights(ema, out / "best.safetensors", mean, std, feature_kind, step, v)
+                _save_weights(
+                    ema, out / "best.safetensors", mean, std, pose_std, feature_kind, step, v
+                )
             _save_state(last, model, ema, opt, step, best, mean, std, history)
             break
         model.train()
@@ -220,7 +236,9 @@ def train_smga(
             history.append({"step": step, "train_loss": loss.item(), "val_loss": v})
             if v < best:
                 best = v
-                _save_weights(ema, out / "best.safetensors", mean, std, feature_kind, step, v)
+                _save_weights(
+                    ema, out / "best.safetensors", mean, std, pose_std, feature_kind, step, v
+                )
             _save_state(last, model, ema, opt, step, best, mean, std, history)
             log.info("step %d validation %.5f (best %.5f)", step, v, best)
     (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -270,10 +288,21 @@ def _validate(
     return total / n
 
 
-def _save_weights(model: SMGA, path: Path, mean, std, kind: str, step: int, val: float) -> None:
+def _save_weights(  # noqa: PLR0913
+    model: SMGA,
+    path: Path,
+    mean,
+    std,
+    pose_std,
+    kind: str,
+    step: int,
+    val: float,  # noqa: ANN001
+) -> None:
     tmp = path.with_suffix(".tmp")
     extra = {"feature_kind": kind, "step": str(step), "val_loss": f"{val:.6f}"}
-    save_smga_safetensors(model, tmp, audio_mean=mean, audio_std=std, extra=extra)
+    save_smga_safetensors(
+        model, tmp, audio_mean=mean, audio_std=std, pose_std=pose_std, extra=extra
+    )
     tmp.replace(path)
 
 

@@ -114,6 +114,7 @@ def save_smga_safetensors(
     *,
     audio_mean: np.ndarray | None = None,
     audio_std: np.ndarray | None = None,
+    pose_std: np.ndarray | None = None,
     extra: dict[str, str] | None = None,
 ) -> None:
     """Write the state dict (official key names, every shared buffer copied), the config and,
@@ -122,6 +123,8 @@ def save_smga_safetensors(
     if audio_mean is not None:
         state[DRIVER_PREFIX + "audio_mean"] = torch.as_tensor(audio_mean, dtype=torch.float32)
         state[DRIVER_PREFIX + "audio_std"] = torch.as_tensor(audio_std, dtype=torch.float32)
+    if pose_std is not None:  # trained in the residual pose space (mmgt.drivers.pose_space)
+        state[DRIVER_PREFIX + "pose_std"] = torch.as_tensor(pose_std, dtype=torch.float32)
     meta = {"config": json.dumps(model.config.__dict__), "format": "mmgt-smga-v1", **(extra or {})}
     save_file(state, str(path), metadata=meta)
 
@@ -134,6 +137,7 @@ class SMGAPackage:
     metadata: dict[str, str]
     audio_mean: np.ndarray | None
     audio_std: np.ndarray | None
+    pose_std: np.ndarray | None = None
 
 
 def load_smga_safetensors(path: str | os.PathLike[str]) -> SMGAPackage:
@@ -156,13 +160,11 @@ def load_smga_safetensors(path: str | os.PathLike[str]) -> SMGAPackage:
             f"{path} does not match its own config:\n  " + "\n  ".join(problems[:40])
         )
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    mean, std = extra.get("audio_mean"), extra.get("audio_std")
-    return SMGAPackage(
-        model.eval(),
-        meta,
-        None if mean is None else mean.numpy(),
-        None if std is None else std.numpy(),
-    )
+
+    def arr(name: str) -> np.ndarray | None:
+        return None if name not in extra else extra[name].numpy()
+
+    return SMGAPackage(model.eval(), meta, arr("audio_mean"), arr("audio_std"), arr("pose_std"))
 
 
 def infer_config(state: dict[str, torch.Tensor], heads: int = 8) -> SMGAConfig:
