@@ -1,0 +1,164 @@
+"""Shared engine resources and the session factory.
+
+An :class:`Engine` holds what all sessions share: the driver's weights, the renderer, the
+per-avatar render state (prepared once, read-only, cached by content hash), the worker pool and
+the thread budget. ``open_session`` gives each stream its own driver view, render stream,
+scheduler and :class:`~engine.session.Session`.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from engine.clock import Clock, MonotonicClock
+from engine.metrics import EngineMetrics
+from engine.scheduler import StreamScheduler, StreamSettings
+from engine.session import Session
+from engine.vad import VoiceActivity
+from mmgt.drivers import DEFAULT_SMGA_WEIGHTS, make_driver
+from mmgt.renderers import make_renderer
+from mmgt.types import Avatar, Driver, Renderer
+
+
+def default_driver_name() -> str:
+    """``smga`` when the trained CPU model is shipped, else ``procedural``."""
+    return "smga" if DEFAULT_SMGA_WEIGHTS.exists() else "procedural"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What every session of an engine shares.
+
+    Attributes:
+        driver: ``procedural``, ``smga`` or ``auto`` (the shipped default).
+        driver_options: passed to :func:`mmgt.drivers.make_driver` (weights, steps, …).
+        renderer: render backend name.
+        stream: default per-session scheduler settings.
+        workers: worker threads for model/render work (default: the machine's cores).
+        intra_op_threads: torch intra-op threads (1: sessions scale across cores instead).
+        max_avatars: prepared avatar states kept in the cache.
+        seed: sampling seed.
+    """
+
+    driver: str = "auto"
+    driver_options: dict = field(default_factory=dict)
+    renderer: str = "warp"
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    workers: int | None = None
+    intra_op_threads: int = 1
+    max_avatars: int = 16
+    seed: int = 0
+
+
+def live_driver_options(name: str, options: dict) -> dict:
+    """SMGA live: few DDIM steps unless told otherwise (the window's context is set later)."""
+    if name != "smga":
+        return options
+    opts = dict(options)
+    opts.setdefault("steps", 2)
+    return opts
+
+
+class Engine:
+    """Shared resources; open one :class:`Session` per stream."""
+
+    def __init__(self, config: EngineConfig | None = None, *, clock: Clock | None = None) -> None:
+        self.config = cfg = config or EngineConfig()
+        if cfg.intra_op_threads > 0:
+            import torch
+
+            torch.set_num_threads(cfg.intra_op_threads)
+        import cv2
+
+        cv2.setNumThreads(1)  # parallelism comes from sessions, not from inside one frame
+        self.workers = cfg.workers or os.cpu_count() or 1
+        self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="engine")
+        self.clock = clock or MonotonicClock()
+        self.driver_name = default_driver_name() if cfg.driver == "auto" else cfg.driver
+        options = live_driver_options(self.driver_name, cfg.driver_options)
+        self._driver: Driver = make_driver(self.driver_name, seed=cfg.seed, **options)
+        self._fit_smga_context(self._driver, cfg.stream)
+        self.renderer: Renderer = make_renderer(cfg.renderer)
+        self._states: collections.OrderedDict[str, object] = collections.OrderedDict()
+        self._states_lock = threading.Lock()
+        self.sessions: set[Session] = set()
+        self.metrics = EngineMetrics(lambda: tuple(self.sessions))
+
+    @staticmethod
+    def _fit_smga_context(driver: Driver, stream: StreamSettings) -> None:
+        window = getattr(driver, "window", None)
+        if window is None or not hasattr(driver, "settings"):
+            return
+        context = window - stream.hop_frames * 2 - stream.lookahead_frames  # room for 2× hop
+        if context < 1:
+            raise ValueError(f"hop/look-ahead too long for a {window}-frame SMGA window")
+        driver.settings = replace(driver.settings, context=context)
+        driver.context_frames = context
+
+    def avatar_state(self, avatar: Avatar) -> object:
+        """The renderer's prepared state for ``avatar`` (computed once, then cached)."""
+        with self._states_lock:
+            state = self._states.get(avatar.key)
+            if state is not None:
+                self._states.move_to_end(avatar.key)
+                return state
+        state = self.renderer.prepare(avatar)  # outside the lock: may take a while
+        with self._states_lock:
+            self._states[avatar.key] = state
+            while len(self._states) > self.config.max_avatars:
+                self._states.popitem(last=False)
+        return state
+
+    def open_session(
+        self,
+        avatar: Avatar,
+        *,
+        input_rate: int = 16000,
+        channels: int = 1,
+        settings: StreamSettings | None = None,
+        idle: bool = True,
+        name: str = "session",
+        state: object | None = None,
+    ) -> Session:
+        """A new session for ``avatar`` (call from the event loop). ``state`` may be a
+        precomputed :meth:`avatar_state` (prepare it in a worker to keep the loop free)."""
+        settings = settings or self.config.stream
+        if state is None:
+            state = self.avatar_state(avatar)
+        driver = copy.copy(self._driver)  # shares the weights; settings are per session
+        renderer = self.renderer
+        scheduler = StreamScheduler(
+            driver,
+            lambda: renderer.open_stream(state),
+            avatar.reference_pose,
+            avatar.frame_size,
+            input_rate=input_rate,
+            channels=channels,
+            settings=settings,
+            needs_masks=renderer.needs_masks,
+            needs_audio=renderer.needs_audio,
+            vad_factory=VoiceActivity,
+            observe=self.metrics.observe_stage,
+        )
+        session = Session(
+            scheduler,
+            executor=self.executor,
+            clock=self.clock,
+            idle=idle,
+            name=name,
+            on_close=self.sessions.discard,
+        )
+        self.sessions.add(session)
+        self.metrics.sessions_total.inc()
+        return session
+
+    async def aclose(self) -> None:
+        """Close every session and stop the worker pool."""
+        for s in list(self.sessions):
+            await s.aclose()
+        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,311 @@
+"""The public streaming API: one :class:`Session` per avatar stream.
+
+Modelled on LiveKit's ``VideoGenerator``: push audio in, iterate typed frames out.
+
+    session = engine.open_session(avatar, input_rate=48000, channels=1)
+    session.push_audio(pcm)            # any rate / channel count, float or int16
+    session.end_segment()              # e.g. the TTS finished an utterance
+    played = await session.interrupt() # barge-in: drop queued audio and frames
+    async for frame in session: ...    # VideoFrame, AudioFrame, VadEvent, SegmentEnd, …
+
+All model and render work runs in the engine's worker pool, one step at a time per session; the
+asyncio loop only moves frames. When no audio arrives, silence is appended as the clock moves
+(``idle``), so the avatar keeps blinking and breathing. Pacing belongs to the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.clock import Clock, MonotonicClock
+from engine.frames import Interrupted, OutputFrame, StateEvent, VideoFrame
+from engine.scheduler import SPEECH_RATE, BufferFull, StreamScheduler
+from mmgt.errors import AudioError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionStats:
+    """Figures a transport or the metrics endpoint reads (all cumulative)."""
+
+    frames_out: int = 0
+    audio_in_s: float = 0.0
+    dropped_frames: int = 0
+    refused_chunks: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+    latencies: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=2000)
+    )
+
+
+class Session:
+    """One live avatar stream (see the module docstring). Create with ``Engine.open_session``."""
+
+    def __init__(
+        self,
+        scheduler: StreamScheduler,
+        *,
+        executor: Executor | None = None,
+        clock: Clock | None = None,
+        idle: bool = True,
+        idle_slack_s: float = 0.1,
+        tick_s: float = 0.02,
+        queue_frames: int = 25,
+        name: str = "session",
+        on_close=None,  # noqa: ANN001 - callable(Session) -> None
+    ) -> None:
+        self.name = name
+        self.scheduler = scheduler
+        self.stats = SessionStats()
+        self._executor = executor
+        self._clock = clock or MonotonicClock()
+        self._idle = idle
+        self._slack = idle_slack_s
+        self._tick = tick_s
+        self._queue_frames = queue_frames
+        self._on_close = on_close
+        self._inbox: collections.deque[tuple] = collections.deque()
+        self._inbox_samples = 0.0  # seconds of audio waiting in the inbox
+        self._out: collections.deque[OutputFrame] = collections.deque()
+        self._out_video = 0
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._avail = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._generation = 0
+        self._played = 0  # video frames handed to the consumer
+        self._finishing = False
+        self._input_ended = False  # set in the worker once "finish" has been applied
+        self._done = False  # no more frames will be produced
+        self._closed = False
+        self._error: BaseException | None = None
+        self._t0 = self._clock.now()
+        self._pump_task = asyncio.get_running_loop().create_task(self._pump(), name=f"{name}-pump")
+
+    # -- input ------------------------------------------------------------------------------
+    def push_audio(
+        self,
+        samples: np.ndarray | bytes,
+        sample_rate: int | None = None,
+        channels: int | None = None,
+    ) -> None:
+        """Queue PCM: a (n,) / (n, channels) float or int16 array, or PCM16 LE bytes.
+
+        Raises :class:`~mmgt.errors.AudioError` for malformed chunks and
+        :class:`~engine.scheduler.BufferFull` when too much audio is queued; the session goes on.
+        """
+        self._check_input()
+        rate = self.scheduler.input_rate if sample_rate is None else sample_rate
+        ch = self.scheduler.channels if channels is None else channels
+        if isinstance(samples, bytes | bytearray | memoryview):
+            raw = bytes(samples)
+            if len(raw) % (2 * ch):
+                raise AudioError(
+                    f"PCM16 chunk of {len(raw)} bytes is not a whole number of {ch}-channel samples"
+                )
+            samples = np.frombuffer(raw, "<i2").reshape(-1, ch)
+        arr = np.asarray(samples)
+        if arr.size == 0:
+            return
+        seconds = arr.shape[0] / rate
+        limit = self.scheduler.settings.max_buffered_s
+        if self.scheduler.buffered_s + self._inbox_samples + seconds > limit:
+            self.stats.refused_chunks += 1
+            raise BufferFull(
+                f"audio buffer full ({limit:.0f} s queued ahead of playback); chunk dropped"
+            )
+        self._inbox.append(("audio", arr, rate, ch, self._clock.now()))
+        self._inbox_samples += seconds
+        self.stats.audio_in_s += seconds
+        self._wake.set()
+
+    def end_segment(self) -> None:
+        """Mark the end of an utterance; a :class:`SegmentEnd` follows its last frame."""
+        self._check_input()
+        self._inbox.append(("end",))
+        self._wake.set()
+
+    def finish(self) -> None:
+        """End of input: render what is queued, then the iteration stops."""
+        self._check_input()
+        self._finishing = True
+        self._inbox.append(("finish",))
+        self._wake.set()
+
+    async def interrupt(self) -> Interrupted:
+        """Drop queued audio and frames now; returns (and emits) what was actually played."""
+        self._check_open()
+        async with self._lock:  # wait for the step in flight
+            self._generation += 1
+            self._inbox = collections.deque(c for c in self._inbox if c[0] == "finish")
+            self._inbox_samples = 0.0
+            dropped = self._out_video
+            self._out.clear()
+            self._out_video = 0
+            self._space.set()
+            result = await self._run(self.scheduler.interrupt, self._played)
+        self.stats.dropped_frames += dropped
+        self._emit(result)
+        return result
+
+    def _check_input(self) -> None:
+        self._check_open()
+        if self._finishing:
+            raise RuntimeError(f"{self.name}: input already finished")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"{self.name} is closed")
+        if self._error is not None:
+            raise RuntimeError(f"{self.name} failed: {self._error}") from self._error
+
+    # -- output -----------------------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[OutputFrame]:
+        return self
+
+    async def __anext__(self) -> OutputFrame:
+        while not self._out:
+            if self._error is not None:
+                raise self._error
+            if self._done or self._closed:
+                raise StopAsyncIteration
+            self._avail.clear()
+            await self._avail.wait()
+        item = self._out.popleft()
+        if isinstance(item, VideoFrame):
+            self._out_video -= 1
+            self._played = item.index + 1
+            self.stats.frames_out += 1
+            self._space.set()
+        return item
+
+    @property
+    def played_frames(self) -> int:
+        return self._played
+
+    def record_latency(self, frame: VideoFrame, handed_over: float | None = None) -> None:
+        """Transports call this when a frame leaves (e.g. after encoding) for latency figures."""
+        if frame.source_time is not None:
+            now = self._clock.now() if handed_over is None else handed_over
+            self.stats.latencies.append(now - frame.source_time)
+
+    # -- the pump -------------------------------------------------------------------------------
+    async def _pump(self) -> None:
+        try:
+            while not self._done:
+                async with self._lock:
+                    generation = self._generation
+                    commands = list(self._inbox)
+                    self._inbox.clear()
+                    self._inbox_samples = 0.0
+                    starving = self._out_video < self.scheduler.settings.hop_frames
+                    frames, last = await self._run(
+                        self._work, commands, self._clock.now(), starving
+                    )
+                for item in frames:
+                    if generation != self._generation:
+                        break  # interrupted meanwhile: these frames are past the played point
+                    while self._out_video >= self._queue_frames and generation == self._generation:
+                        self._space.clear()
+                        await self._space.wait()
+                    if generation == self._generation:
+                        self._emit(item)
+                if last:
+                    self._done = True
+                    self._avail.set()
+                    break
+                if not frames:
+                    await self._wait_for_work()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # surfaced to the consumer, not swallowed
+            log.exception("%s failed", self.name)
+            self._error = exc
+            self._avail.set()
+
+    def _work(
+        self, commands: list[tuple], now: float, starving: bool
+    ) -> tuple[list[OutputFrame], bool]:
+        """One step in a worker thread: apply commands, fill silence, run one window.
+
+        Returns the frames and whether the input has ended and everything is out."""
+        sched = self.scheduler
+        out: list[OutputFrame] = []
+        for cmd in commands:
+            if cmd[0] == "audio":
+                _, arr, rate, ch, arrival = cmd
+                try:
+                    sched.push_audio(arr, rate, ch, arrival)
+                except (AudioError, BufferFull) as exc:
+                    out.append(StateEvent(sched.emitted, "error", str(exc)))
+            elif cmd[0] == "end":
+                sched.end_segment()
+            elif cmd[0] == "finish":
+                sched.end_segment()
+                self._input_ended = True
+        if self._idle and not self._input_ended:
+            due = int((now - self._t0 - self._slack) * SPEECH_RATE)
+            sched.fill_silence(due)
+        t = time.perf_counter()
+        out.extend(sched.step(now, starving and not self._input_ended))
+        self.stats.stage_seconds["step"] += time.perf_counter() - t
+        if self._input_ended and not out:
+            return sched.drain(), True
+        return out, False
+
+    async def _wait_for_work(self) -> None:
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        wake = asyncio.ensure_future(self._wake.wait())
+        tick = asyncio.ensure_future(self._clock.sleep(self._tick))
+        try:
+            await asyncio.wait({wake, tick}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (wake, tick):
+                f.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await f
+        self._wake.clear()
+
+    async def _run(self, fn, *args):  # noqa: ANN001, ANN202
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _emit(self, item: OutputFrame) -> None:
+        self._out.append(item)
+        if isinstance(item, VideoFrame):
+            self._out_video += 1
+        self._avail.set()
+
+    # -- closing ----------------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Stop the pump, release the render stream; the iteration ends. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pump_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._pump_task
+        async with self._lock:
+            await self._run(self.scheduler.close)
+        self._out.clear()
+        self._avail.set()
+        self._space.set()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

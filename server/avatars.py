@@ -1,0 +1,74 @@
+"""Avatars a server can show: the bundled one and uploaded photos, prepared once and cached.
+
+Uploads are checked before any work: size, image type (by content, not by name), and the
+decompression-bomb limits of :func:`mmgt.avatar.load_image`; photos without a person or a face
+are refused with the extractor's message. Preparation (MediaPipe) runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import threading
+
+from mmgt.avatar import BUNDLED_AVATAR, load_image, prepare_avatar
+from mmgt.errors import ImageError
+from mmgt.types import Avatar
+
+DEFAULT_ID = "default"
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF", b"GIF8", b"BM")
+
+
+class UploadError(ImageError):
+    """An upload was refused before decoding (size or type)."""
+
+
+class AvatarStore:
+    """Prepared avatars by id; uploads keyed by content hash, least recently used dropped."""
+
+    def __init__(self, frame_size: int, max_uploads: int = 32, max_bytes: int = 10 << 20) -> None:
+        self.frame_size = frame_size
+        self.max_uploads = max_uploads
+        self.max_bytes = max_bytes
+        self._avatars: collections.OrderedDict[str, Avatar] = collections.OrderedDict()
+        self._lock = threading.Lock()  # MediaPipe graphs are not shared across threads
+
+    def _prepare(self, data: bytes | None, name: str) -> Avatar:
+        with self._lock:
+            image = load_image(BUNDLED_AVATAR if data is None else data)
+            return prepare_avatar(image, frame_size=self.frame_size, name=name)
+
+    async def load_default(self) -> Avatar:
+        if DEFAULT_ID not in self._avatars:
+            avatar = await asyncio.to_thread(self._prepare, None, "astronaut")
+            self._avatars[DEFAULT_ID] = avatar
+        return self._avatars[DEFAULT_ID]
+
+    def get(self, avatar_id: str) -> Avatar | None:
+        avatar = self._avatars.get(avatar_id)
+        if avatar is not None and avatar_id != DEFAULT_ID:
+            self._avatars.move_to_end(avatar_id)
+        return avatar
+
+    def ids(self) -> list[str]:
+        return list(self._avatars)
+
+    async def add_upload(self, data: bytes) -> tuple[str, Avatar]:
+        """Check, decode and prepare an uploaded photo; returns (id, avatar)."""
+        if len(data) == 0:
+            raise UploadError("the upload is empty")
+        if len(data) > self.max_bytes:
+            raise UploadError(f"the photo is larger than {self.max_bytes // 2**20} MB")
+        if not data.startswith(IMAGE_MAGIC):
+            raise UploadError("the upload is not a JPEG, PNG, WebP, GIF or BMP image")
+        avatar_id = "u" + hashlib.sha256(data).hexdigest()[:16]
+        known = self.get(avatar_id)
+        if known is not None:
+            return avatar_id, known
+        avatar = await asyncio.to_thread(self._prepare, data, avatar_id)
+        self._avatars[avatar_id] = avatar
+        uploads = [k for k in self._avatars if k != DEFAULT_ID]
+        for k in uploads[: max(0, len(uploads) - self.max_uploads)]:
+            del self._avatars[k]
+        return avatar_id, avatar
