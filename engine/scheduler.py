@@ -213,7 +213,8 @@ class StreamScheduler:
         self._ingest(self._to_speech.flush(), self._to_output.flush(), None)
 
     def fill_silence(self, until_samples: int) -> int:
-        """Append silence so the 16 kHz timeline reaches ``until_samples``; returns samples added."""
+        """Append silence until the 16 kHz timeline reaches ``until_samples``; returns the
+        number of samples added."""
         missing = until_samples - self.samples
         if missing <= 0:
             return 0
