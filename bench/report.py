@@ -26,6 +26,7 @@ SECTIONS = {
     "render": "`mmgt render` on a 60 s clip",
     "extractor": "Reference-pose extractor",
     "audio": "Audio front-end",
+    "live": "Live engine: websocket sessions under load (`bench/bench_live.py`)",
 }
 
 

@@ -52,6 +52,11 @@ class VirtualClock:
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
         await fut
 
+    @property
+    def waiting(self) -> int:
+        """Number of sleepers not yet woken (tests wait for a task to be idle on the clock)."""
+        return sum(not fut.done() for _, _, fut in self._sleepers)
+
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking each sleeper at its deadline and letting it run."""
         target = self._now + seconds

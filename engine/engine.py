@@ -152,6 +152,7 @@ class Engine:
             idle=idle,
             name=name,
             on_close=self.sessions.discard,
+            on_latency=self.metrics.latency_seconds.observe,
         )
         self.sessions.add(session)
         self.metrics.sessions_total.inc()

@@ -63,6 +63,7 @@ class Session:
         queue_frames: int = 25,
         name: str = "session",
         on_close=None,  # noqa: ANN001 - callable(Session) -> None
+        on_latency=None,  # noqa: ANN001 - callable(seconds) -> None
     ) -> None:
         self.name = name
         self.scheduler = scheduler
@@ -74,6 +75,7 @@ class Session:
         self._tick = tick_s
         self._queue_frames = queue_frames
         self._on_close = on_close
+        self._on_latency = on_latency
         self._inbox: collections.deque[tuple] = collections.deque()
         self._inbox_samples = 0.0  # seconds of audio waiting in the inbox
         self._out: collections.deque[OutputFrame] = collections.deque()
@@ -198,6 +200,8 @@ class Session:
         if frame.source_time is not None:
             now = self._clock.now() if handed_over is None else handed_over
             self.stats.latencies.append(now - frame.source_time)
+            if self._on_latency is not None:
+                self._on_latency(now - frame.source_time)
 
     # -- the pump -------------------------------------------------------------------------------
     async def _pump(self) -> None:

@@ -1,13 +1,166 @@
-"""python -m server (being written)."""
+"""python -m server: the live avatar server (browser page, WebRTC, websocket API).
 
+python -m server                       # http://127.0.0.1:8080/
+python -m server --host 0.0.0.0 --cert cert.pem --key key.pem   # https for remote browsers
+python -m server --smoke               # one scripted session end to end, then exit
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
 import logging
+import os
+import ssl
+import sys
+import time
+from dataclasses import replace
 
 from aiohttp import web
 
-from server.app import make_app
+from engine.scheduler import StreamSettings
 from server.settings import ServerSettings
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m server", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--cert", help="TLS certificate (PEM) to serve https")
+    p.add_argument("--key", help="TLS private key (PEM)")
+    p.add_argument("--max-sessions", type=int, default=4, help="sessions admitted at once")
+    p.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN/TURN URL for WebRTC (repeatable; none by default)",
+    )
+    p.add_argument("--ice-username", help="username for the TURN servers")
+    p.add_argument("--ice-credential", help="credential for the TURN servers")
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="extra browser Origin allowed to use the websocket and uploads",
+    )
+    p.add_argument("--driver", default="auto", choices=("auto", "procedural", "smga"))
+    p.add_argument("--smga-weights", help="SMGA weights (our safetensors or an official .pt)")
+    p.add_argument("--steps", type=int, help="SMGA DDIM steps per window (live default 2)")
+    p.add_argument("--renderer", default="warp", choices=("warp",))
+    p.add_argument("--size", type=int, default=512, help="video side in pixels")
+    p.add_argument("--hop", type=int, default=4, help="new frames per stage-1 window")
+    p.add_argument("--lookahead", type=int, default=0, help="future frames each window sees")
+    p.add_argument("--workers", type=int, help="worker threads (default: cores)")
+    p.add_argument("--smoke", action="store_true", help="run one scripted session and exit")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> ServerSettings:
+    if bool(args.cert) != bool(args.key):
+        raise SystemExit("error: --cert and --key go together")
+    ice = tuple(
+        {
+            "urls": url,
+            **({"username": args.ice_username} if args.ice_username else {}),
+            **({"credential": args.ice_credential} if args.ice_credential else {}),
+        }
+        for url in args.ice_server
+    )
+    options = {}
+    if args.smga_weights:
+        options["weights"] = args.smga_weights
+    if args.steps:
+        options["steps"] = args.steps
+    return ServerSettings(
+        host=args.host,
+        port=0 if args.smoke else args.port,
+        cert=args.cert,
+        key=args.key,
+        max_sessions=args.max_sessions,
+        ice_servers=ice,
+        allowed_origins=tuple(args.allow_origin),
+        frame_size=args.size,
+        driver=args.driver,
+        driver_options=options,
+        renderer=args.renderer,
+        stream=StreamSettings(hop_frames=args.hop, lookahead_frames=args.lookahead),
+        workers=args.workers,
+    )
+
+
+async def serve(settings: ServerSettings, *, smoke: bool) -> int:
+    """Run the server until interrupted (or, with ``smoke``, for one scripted session)."""
+    from server.app import make_app
+
+    app = make_app(settings)
+    runner = web.AppRunner(app, handle_signals=not smoke)
+    await runner.setup()
+    ssl_ctx = None
+    if settings.cert:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(settings.cert, settings.key)
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_ctx)
+    await site.start()
+    port = runner.addresses[0][1]
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"{settings.scheme}://{host}:{port}/"
+    try:
+        if smoke:
+            return await smoke_session(replace(settings, port=port), url)
+        print(f"Avatar server ready: open {url} in a browser (Ctrl+C to stop)", flush=True)
+        await asyncio.Event().wait()  # until cancelled (Ctrl+C)
+    finally:
+        await runner.cleanup()
+
+
+async def smoke_session(settings: ServerSettings, url: str) -> int:
+    """Speak the bundled sample through the websocket API and print the figures."""
+    from clients.ws.client import run_client, wav_chunks
+    from mmgt.audio import load_audio_native
+    from mmgt.avatar import BUNDLED_AVATAR
+
+    samples, rate = load_audio_native(BUNDLED_AVATAR.with_name("speech_sample.wav"))
+    samples = samples[: rate * 6]
+    ws_url = url.replace("http", "ws", 1) + "ws"
+    t0 = time.monotonic()
+    got = await run_client(ws_url, wav_chunks(samples, rate, realtime=True), sample_rate=rate)
+    wall = time.monotonic() - t0
+    done = next(e for e in got.events if e.get("type") == "done")
+    frames = len(got.video)
+    span = got.video[-1][2] - got.video[0][2] if frames > 1 else 0.0
+    print(f"smoke: driver {got.ready['driver']}, {got.ready['width']}×{got.ready['height']}")
+    print(f"smoke: {frames} frames for {len(samples) / rate:.2f} s of speech in {wall:.2f} s")
+    if span:
+        print(f"smoke: received at {(frames - 1) / span:.1f} fps")
+    if "latency_p50_ms" in done:
+        print(f"smoke: latency p50 {done['latency_p50_ms']} ms, p95 {done['latency_p95_ms']} ms")
+    errors = got.errors()
+    for e in errors:
+        print(f"smoke: error {e['code']}: {e['message']}", file=sys.stderr)
+    ok = frames >= int(len(samples) / rate * 25) - 2 and not errors
+    print("smoke: OK" if ok else "smoke: FAILED")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    settings = settings_from(args)
+    try:
+        return asyncio.run(serve(settings, smoke=args.smoke))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    s = ServerSettings()
-    web.run_app(make_app(s), host=s.host, port=s.port)
+    sys.exit(main())

@@ -41,6 +41,7 @@ class ServerSettings:
     renderer: str = "warp"
     stream: StreamSettings = field(default_factory=StreamSettings)
     workers: int | None = None
+    send_timeout_s: float = 10.0  # a websocket client that reads nothing this long is dropped
 
     @property
     def scheme(self) -> str:

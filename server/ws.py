@@ -1,7 +1,378 @@
-"""Websocket transport (being written)."""
+"""The websocket API (protocol version 1, see docs/protocol.md).
 
-from aiohttp import web
+Client → server: a JSON ``start`` message, then PCM16 binary chunks, and JSON control messages
+(``end_segment``, ``interrupt``, ``finish``). Server → client: JSON events and binary frames,
+each with a 16-byte header (:data:`HEADER`): JPEG video frames with their index, and the PCM16
+audio that plays with each frame (delayed with the video, so they stay in sync).
+
+Every bad input gets an ``error`` event with a code; only protocol-level abuse (floods, a
+consumer that stops reading) closes the connection. The server and other sessions go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import struct
+import time
+from dataclasses import replace
+
+import cv2
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from engine.frames import (
+    AudioFrame,
+    Interrupted,
+    SegmentEnd,
+    StateEvent,
+    VadEvent,
+    VideoFrame,
+)
+from engine.scheduler import BufferFull
+from mmgt.audio.decode import MAX_CHANNELS, MAX_RATE, MIN_RATE
+from mmgt.errors import AudioError
+from server.app import CTX, ServerContext, json_dumps, origin_allowed
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+KIND_VIDEO_JPEG = 1
+KIND_AUDIO_PCM16 = 2
+HEADER = struct.Struct("<BxxxqI")  # kind, pts (video: frame index; audio: sample), frame index
+FORMATS = ("jpeg",)
+PACES = ("realtime", "asap")
+MAX_MESSAGES_PER_S = 400  # token bucket: sustained rate …
+MAX_MESSAGE_BURST = 2000  # … and burst; beyond that the client is flooding
+STATS_EVERY_S = 2.0
+PACE_LEAD_S = 0.3  # realtime pace: frames leave at most this far ahead of their play time
+
+
+class ProtocolError(Exception):
+    """A bad message: reported to the client as an ``error`` event with ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_start(msg: dict, ctx: ServerContext) -> dict:
+    """Validate a ``start`` message; returns normalised options or raises ProtocolError."""
+    version = msg.get("protocol", PROTOCOL)
+    if version != PROTOCOL:
+        raise ProtocolError("bad_start", f"protocol {version!r} is not supported (use {PROTOCOL})")
+    rate, channels = msg.get("sample_rate"), msg.get("channels", 1)
+    if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
+        raise ProtocolError(
+            "bad_start", f"sample_rate must be an integer in {MIN_RATE}…{MAX_RATE}, got {rate!r}"
+        )
+    if not isinstance(channels, int) or isinstance(channels, bool):
+        raise ProtocolError("bad_start", f"channels must be an integer, got {channels!r}")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise ProtocolError("bad_start", f"channels must be 1…{MAX_CHANNELS}, got {channels}")
+    fps = ctx.settings.stream.fps
+    audio_rate = msg.get("audio_rate", rate if rate % fps == 0 else 48000)
+    if not isinstance(audio_rate, int) or audio_rate % fps or not 8000 <= audio_rate <= 96000:
+        raise ProtocolError(
+            "bad_start", f"audio_rate must be a multiple of {fps} in 8000…96000, got {audio_rate!r}"
+        )
+    fmt, pace = msg.get("format", "jpeg"), msg.get("pace", "realtime")
+    if fmt not in FORMATS:
+        raise ProtocolError("bad_start", f"format must be one of {FORMATS}, got {fmt!r}")
+    if pace not in PACES:
+        raise ProtocolError("bad_start", f"pace must be one of {PACES}, got {pace!r}")
+    quality = msg.get("jpeg_quality", 80)
+    if not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ProtocolError("bad_start", f"jpeg_quality must be 1…100, got {quality!r}")
+    avatar_id = msg.get("avatar", "default")
+    avatar = ctx.avatars.get(avatar_id) if isinstance(avatar_id, str) else None
+    if avatar is None:
+        raise ProtocolError("unknown_avatar", f"unknown avatar {avatar_id!r} (upload to /avatars)")
+    return {
+        "rate": rate,
+        "channels": channels,
+        "audio_rate": audio_rate,
+        "format": fmt,
+        "pace": pace,
+        "quality": quality,
+        "avatar": avatar,
+        "avatar_id": avatar_id,
+        "audio_out": bool(msg.get("audio_out", True)),
+    }
+
+
+class WsConnection:
+    """One websocket client: its session, sender task and limits."""
+
+    def __init__(self, ctx: ServerContext, ws: web.WebSocketResponse, name: str) -> None:
+        self.ctx = ctx
+        self.ws = ws
+        self.name = name
+        self.session = None
+        self.sender: asyncio.Task | None = None
+        self.admitted = False
+        self.options: dict = {}
+        self._tokens = float(MAX_MESSAGE_BURST)
+        self._last = time.monotonic()
+        self._last_error: dict[str, float] = {}
+
+    # -- receiving --------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            async for msg in self.ws:
+                if not self._take_token():
+                    await self.error("flood", "too many messages; closing", fatal=True)
+                    break
+                try:
+                    if msg.type == WSMsgType.TEXT:
+                        await self.on_text(msg.data)
+                    elif msg.type == WSMsgType.BINARY:
+                        self.on_audio(msg.data)
+                    elif msg.type == WSMsgType.ERROR:
+                        break
+                except ProtocolError as exc:
+                    await self.error(exc.code, str(exc), fatal=exc.code == "server_full")
+                    if exc.code == "server_full":
+                        break
+                if self.ws.closed:
+                    break
+        finally:
+            await self.close()
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(
+            MAX_MESSAGE_BURST, self._tokens + (now - self._last) * MAX_MESSAGES_PER_S
+        )
+        self._last = now
+        self._tokens -= 1
+        return self._tokens >= 0
+
+    async def on_text(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError("bad_json", f"message is not JSON: {exc.msg}") from None
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            raise ProtocolError("bad_message", 'messages are JSON objects with a "type"')
+        kind = msg["type"]
+        if kind == "start":
+            await self.start(msg)
+        elif self.session is None:
+            raise ProtocolError("not_started", f"send a start message before {kind!r}")
+        elif kind == "end_segment":
+            self.session.end_segment()
+        elif kind == "interrupt":
+            await self.session.interrupt()
+        elif kind == "finish":
+            self.session.finish()
+        else:
+            raise ProtocolError("bad_message", f"unknown message type {kind!r}")
+
+    def on_audio(self, data: bytes) -> None:
+        if self.session is None:
+            raise ProtocolError("not_started", "send a start message before audio")
+        try:
+            self.session.push_audio(data)
+        except BufferFull as exc:
+            raise ProtocolError("buffer_full", str(exc)) from None
+        except (AudioError, RuntimeError) as exc:
+            raise ProtocolError("bad_audio", str(exc)) from None
+
+    async def start(self, msg: dict) -> None:
+        if self.session is not None:
+            raise ProtocolError("bad_start", "this connection already has a session")
+        opts = parse_start(msg, self.ctx)
+        if not self.ctx.admission.enter():
+            self.ctx.engine.metrics.refused_total.inc()
+            raise ProtocolError(
+                "server_full", f"server full ({self.ctx.admission.limit} sessions); try later"
+            )
+        self.admitted = True
+        self.options = opts
+        engine = self.ctx.engine
+        settings = replace(
+            self.ctx.settings.stream,
+            output_rate=opts["audio_rate"],
+            realtime=opts["pace"] == "realtime",
+        )
+        state = await asyncio.to_thread(engine.avatar_state, opts["avatar"])
+        self.session = engine.open_session(
+            opts["avatar"],
+            input_rate=opts["rate"],
+            channels=opts["channels"],
+            settings=settings,
+            idle=opts["pace"] == "realtime",
+            name=self.name,
+            state=state,
+        )
+        size = opts["avatar"].frame_size
+        await self.send_json(
+            {
+                "type": "ready",
+                "protocol": PROTOCOL,
+                "session": self.name,
+                "fps": settings.fps,
+                "width": size,
+                "height": size,
+                "audio_rate": opts["audio_rate"],
+                "audio_channels": 1,
+                "driver": engine.driver_name,
+                "avatar": opts["avatar_id"],
+            }
+        )
+        self.sender = self.ctx.spawn(self.send_loop(), f"{self.name}-send")
+
+    # -- sending ------------------------------------------------------------------------------
+    async def send_loop(self) -> None:
+        session, opts = self.session, self.options
+        fps = session.scheduler.settings.fps
+        anchor: tuple[float, int] | None = None
+        last_stats = time.monotonic()
+        frames = 0
+        try:
+            async for item in session:
+                if isinstance(item, VideoFrame):
+                    jpeg = await asyncio.to_thread(_encode_jpeg, item.image, opts["quality"])
+                    if opts["pace"] == "realtime":
+                        anchor = await _pace(anchor, item.index, fps)
+                    session.record_latency(item)
+                    await self.send_bytes(
+                        HEADER.pack(KIND_VIDEO_JPEG, item.index, item.index) + jpeg
+                    )
+                    frames += 1
+                elif isinstance(item, AudioFrame):
+                    if opts["audio_out"]:
+                        head = HEADER.pack(KIND_AUDIO_PCM16, item.start_sample, item.index)
+                        await self.send_bytes(head + item.pcm16())
+                else:
+                    await self.send_json(_event(item, fps))
+                if time.monotonic() - last_stats >= STATS_EVERY_S:
+                    last_stats = time.monotonic()
+                    await self.send_json(_stats(session))
+            await self.send_json({**_stats(session), "type": "done", "frames": frames})
+            await self.ws.close()
+        except (TimeoutError, ConnectionResetError) as exc:
+            log.info("%s: client gone or not reading (%s)", self.name, type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=1008, message=b"slow consumer")
+        except RuntimeError as exc:  # the session failed
+            await self.error("internal", f"session failed: {exc}", fatal=True)
+            await self.ws.close(code=1011)
+
+    async def send_bytes(self, data: bytes) -> None:
+        await asyncio.wait_for(self.ws.send_bytes(data), self.ctx.settings.send_timeout_s)
+
+    async def send_json(self, obj: dict) -> None:
+        if not self.ws.closed:
+            text = json_dumps(obj)
+            await asyncio.wait_for(self.ws.send_str(text), self.ctx.settings.send_timeout_s)
+
+    async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
+        """Send an error event (per-chunk audio errors at most every 0.5 s: a flood of bad
+        chunks must not become a flood of replies)."""
+        self.ctx.engine.metrics.errors_total.labels(code).inc()
+        now = time.monotonic()
+        throttled = code in ("buffer_full", "bad_audio") and not fatal
+        if throttled and now - self._last_error.get(code, -1.0) < 0.5:
+            return
+        self._last_error[code] = now
+        with contextlib.suppress(Exception):
+            await self.send_json(
+                {"type": "error", "code": code, "message": message, "fatal": fatal}
+            )
+
+    async def close(self) -> None:
+        """Release everything this connection holds. Idempotent."""
+        if self.sender is not None:
+            self.sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.sender
+            self.sender = None
+        if self.session is not None:
+            await self.session.aclose()
+            self.session = None
+        if self.admitted:
+            self.ctx.admission.leave()
+            self.admitted = False
+        if not self.ws.closed:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
+
+
+def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+async def _pace(anchor: tuple[float, int] | None, index: int, fps: int) -> tuple[float, int]:
+    """Send frames as soon as they are ready but at most :data:`PACE_LEAD_S` ahead of real
+    time (so audio that arrives faster than real time is not all sent at once, and an
+    interrupt drops what the client has not yet been sent). A late frame re-anchors the clock,
+    as a client that stalled waiting for it would."""
+    now = time.monotonic()
+    if anchor is None:
+        return now, index
+    due = anchor[0] + (index - anchor[1]) / fps
+    if due - PACE_LEAD_S > now:
+        await asyncio.sleep(due - PACE_LEAD_S - now)
+        return anchor
+    return (now, index) if now > due else anchor
+
+
+def _event(item: object, fps: int) -> dict:
+    if isinstance(item, VadEvent):
+        return {"type": "vad", "speech": item.speech, "frame": item.index, "t": item.index / fps}
+    if isinstance(item, SegmentEnd):
+        return {"type": "segment_end", "segment": item.segment, "frame": item.index}
+    if isinstance(item, Interrupted):
+        return {
+            "type": "interrupted",
+            "played_frames": item.played_frames,
+            "played_s": item.played_s,
+            "dropped_frames": item.dropped_frames,
+            "dropped_audio_s": round(item.dropped_audio_s, 4),
+        }
+    if isinstance(item, StateEvent):
+        if item.state == "error":
+            return {"type": "error", "code": "bad_audio", "message": item.detail, "fatal": False}
+        return {
+            "type": "state",
+            "state": item.state,
+            "level": item.level,
+            "detail": item.detail,
+            "frame": item.index,
+        }
+    raise TypeError(f"unexpected item {type(item).__name__}")
+
+
+def _stats(session) -> dict:  # noqa: ANN001
+    lat = np.asarray(session.stats.latencies, dtype=np.float64)
+    out = {"type": "stats", "frames": session.stats.frames_out, "level": session.scheduler.level}
+    if lat.size:
+        out["latency_p50_ms"] = round(float(np.percentile(lat, 50)) * 1000, 1)
+        out["latency_p95_ms"] = round(float(np.percentile(lat, 95)) * 1000, 1)
+    return out
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPNotImplemented()
+    """GET /ws: check the Origin, upgrade, and serve one connection."""
+    ctx = request.app[CTX]
+    if not origin_allowed(request, ctx.settings):
+        ctx.engine.metrics.errors_total.labels("origin").inc()
+        raise web.HTTPForbidden(text="origin not allowed")
+    ws = web.WebSocketResponse(max_msg_size=ctx.settings.max_message_bytes, heartbeat=30)
+    await ws.prepare(request)
+    conn = WsConnection(ctx, ws, f"ws-{id(ws):x}")
+    ctx.connections.add(conn.close)
+    try:
+        await conn.run()
+    finally:
+        ctx.connections.discard(conn.close)
+    return ws

@@ -1,0 +1,159 @@
+"""Live engine under load: N websocket clients speaking in real time to one server.
+
+The server runs in its own process (``python -m server``), the clients in this one. Each client
+streams the bundled speech sample in 20 ms PCM16 chunks at real-time pace and reads frames.
+Per session count we record, on the server side, the latency from an audio chunk's arrival to
+the hand-over of the first encoded frame showing it (p50/p95 over all sessions' frames, from
+the server's ``done`` figures), the sustained fps each client received, frames held under
+load (degradation), and the server's memory per session.
+
+    python -m bench.bench_live [--sessions 1 3 4 5] [--seconds 20] [--driver auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from bench._common import write_result
+from clients.ws.client import run_client, wav_chunks
+from mmgt.audio import load_audio_native
+from mmgt.avatar import BUNDLED_AVATAR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
+
+
+def start_server(port: int, args: argparse.Namespace, sessions: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--port",
+        str(port),
+        "--driver",
+        args.driver,
+        "--max-sessions",
+        str(max(sessions, 1)),
+        "--size",
+        str(args.size),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    for _ in range(600):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
+
+
+async def one_client(url: str, samples: np.ndarray, rate: int) -> dict:
+    got = await run_client(url, wav_chunks(samples, rate, realtime=True), sample_rate=rate)
+    done = next(e for e in got.events if e.get("type") == "done")
+    times = [t for _, _, t in sorted(got.video)]
+    steady = times[25:]  # skip the first second (start-up)
+    fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0
+    levels = [e["level"] for e in got.events if e.get("type") == "state"]
+    return {
+        "frames": len(got.video),
+        "fps": fps,
+        "p50_ms": done.get("latency_p50_ms"),
+        "p95_ms": done.get("latency_p95_ms"),
+        "max_level": max(levels, default=0),
+        "errors": len(got.errors()),
+    }
+
+
+async def load_run(url: str, n: int, samples: np.ndarray, rate: int, pid: int) -> dict:
+    base = rss_mb(pid)
+    peak = base
+    clients = [asyncio.create_task(one_client(url, samples, rate)) for _ in range(n)]
+    while not all(c.done() for c in clients):
+        peak = max(peak, rss_mb(pid))
+        await asyncio.sleep(0.5)
+    results = [c.result() for c in clients]
+    return {
+        "sessions": n,
+        "fps_min": round(min(r["fps"] for r in results), 2),
+        "latency_p50_ms_median": float(np.median([r["p50_ms"] for r in results])),
+        "latency_p95_ms_max": max(r["p95_ms"] for r in results),
+        "degraded_sessions": sum(r["max_level"] > 0 for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "server_rss_idle_mb": round(base, 1),
+        "server_rss_peak_mb": round(peak, 1),
+        "memory_per_session_mb": round((peak - base) / n, 1),
+        "holds_25fps": all(r["fps"] >= 24.5 and r["max_level"] == 0 for r in results),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sessions", type=int, nargs="+", default=[1, 3, 4, 5])
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--driver", default="auto")
+    p.add_argument("--size", type=int, default=512)
+    args = p.parse_args()
+    samples, rate = load_audio_native(BUNDLED_AVATAR.with_name("speech_sample.wav"))
+    samples = np.tile(samples, int(np.ceil(args.seconds * rate / len(samples))))
+    samples = samples[: int(args.seconds * rate)]
+    runs = []
+    for n in args.sessions:
+        port = free_port()
+        server = start_server(port, args, n)
+        try:
+            url = f"ws://127.0.0.1:{port}/ws"
+            asyncio.run(load_run(url, 1, samples[: rate * 3], rate, server.pid))  # warm-up
+            run = asyncio.run(load_run(url, n, samples, rate, server.pid))
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as r:
+                run["driver"] = json.loads(r.read())["driver"]
+        finally:
+            server.terminate()
+            server.wait(30)
+        print(run, flush=True)
+        runs.append(run)
+    holding = [r["sessions"] for r in runs if r["holds_25fps"]]
+    write_result(
+        "live",
+        {
+            "seconds_per_client": args.seconds,
+            "frame_size": args.size,
+            "runs": runs,
+            "max_sessions_at_25fps": max(holding, default=0),
+            "p95_at_3_sessions_ms": next(
+                (r["latency_p95_ms_max"] for r in runs if r["sessions"] == 3), None
+            ),
+            "note": "server in its own process; clients in the benchmark process on the same "
+            "2-core machine; latency measured on the server",
+        },
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()

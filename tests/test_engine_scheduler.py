@@ -1,0 +1,220 @@
+"""The sliding-window scheduler, driven synchronously with fake renderers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from engine.frames import AudioFrame, Interrupted, SegmentEnd, StateEvent, VadEvent, VideoFrame
+from engine.scheduler import BufferFull, StreamSettings
+from mmgt.audio import extract_light_features, load_audio
+from mmgt.avatar import BUNDLED_AVATAR
+from mmgt.drivers import ProceduralDriver
+from mmgt.errors import AudioError
+from tests.engine_fakes import SIZE, image_index, make_scheduler
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"))[: 16000 * 4]
+
+
+def run(sched, audio: np.ndarray, chunk: int = 320, rate: int = 16000) -> list:  # noqa: ANN001
+    out = []
+    for i in range(0, len(audio), chunk):
+        sched.push_audio(audio[i : i + chunk], rate, 1, float(i))
+        while got := sched.step(None):
+            out.extend(got)
+    sched.end_segment()
+    while got := sched.step(None):
+        out.extend(got)
+    out.extend(sched.drain())
+    return out
+
+
+def split(items: list) -> tuple[list[VideoFrame], list[AudioFrame], list]:
+    video = [f for f in items if isinstance(f, VideoFrame)]
+    audio = [f for f in items if isinstance(f, AudioFrame)]
+    events = [f for f in items if not isinstance(f, VideoFrame | AudioFrame)]
+    return video, audio, events
+
+
+@pytest.mark.parametrize("window", [False, True])
+def test_every_frame_once_in_order_with_its_own_audio(speech, window):
+    sched, _ = make_scheduler(window=window)
+    video, audio, events = split(run(sched, speech, chunk=517))
+    n = -(-len(speech) // 640)
+    assert [v.index for v in video] == list(range(n))
+    assert [image_index(v.image) for v in video] == list(range(n))  # renderer order kept
+    assert [a.index for a in audio] == list(range(n))
+    # 16 kHz in and out: frame i carries exactly input samples [640 i, 640 (i + 1)).
+    joined = np.concatenate([a.samples for a in audio])
+    np.testing.assert_allclose(joined[: len(speech)], speech, atol=1e-7)
+    assert all(a.start_sample == a.index * 640 for a in audio)
+    assert all(v.pts == a.pts for v, a in zip(video, audio, strict=True))
+    assert [e for e in events if isinstance(e, SegmentEnd)] == [SegmentEnd(n - 1, 1)]
+
+
+def test_items_alternate_video_then_its_audio(speech):
+    sched, _ = make_scheduler()
+    items = [f for f in run(sched, speech) if isinstance(f, VideoFrame | AudioFrame)]
+    for v, a in zip(items[::2], items[1::2], strict=True):
+        assert isinstance(v, VideoFrame) and isinstance(a, AudioFrame) and v.index == a.index
+
+
+def test_windowed_poses_equal_whole_clip_generation(speech):
+    """Hop windows with committed context give the procedural driver's whole-clip output."""
+    sched, rec = make_scheduler(hop_frames=3)
+    run(sched, speech, chunk=999)
+    streamed = np.concatenate([p.points for p in rec.poses])
+    whole = ProceduralDriver().generate(
+        extract_light_features(speech), sched.reference_pose, frame_size=SIZE
+    )
+    np.testing.assert_allclose(streamed, whole.points[: len(streamed)], atol=1e-4)
+    assert len(streamed) == len(whole.points)
+
+
+def test_lookahead_and_hop_bound_the_window():
+    sched, rec = make_scheduler(hop_frames=4, lookahead_frames=2)
+    sched.push_audio(np.zeros(640 * 5 + 200, np.float32), 16000, 1, 0.0)
+    assert sched.step(None) == []  # 5 final frames < hop + look-ahead
+    sched.push_audio(np.zeros(640, np.float32), 16000, 1, 0.0)
+    out = sched.step(None)
+    assert [v.index for v in out if isinstance(v, VideoFrame)] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("rate,channels,out_rate", [(44100, 2, 48000), (8000, 1, 24000)])
+def test_any_input_rate_and_channels(speech, rate, channels, out_rate):
+    import soxr
+
+    x = soxr.resample(speech, 16000, rate)
+    if channels == 2:
+        x = np.stack([x, x], 1)
+    sched, _ = make_scheduler(input_rate=rate, output_rate=out_rate)
+    out = []
+    for i in range(0, len(x), 1000):
+        sched.push_audio(x[i : i + 1000], rate, channels, None)
+        while got := sched.step(None):
+            out.extend(got)
+    video, audio, _ = split(out)
+    assert len(video) >= int(len(speech) / 640) - 6
+    assert all(a.samples.size == out_rate // 25 for a in audio)
+    # The audio that comes back is the speech (correlates with it at zero lag).
+    back = soxr.resample(np.concatenate([a.samples for a in audio]), out_rate, 16000)
+    m = min(len(back), len(speech)) - 2000
+    r = np.corrcoef(back[1000:m], speech[1000:m])[0, 1]
+    assert r > 0.95
+
+
+def test_interrupt_drops_the_rest_and_resumes_where_playback_stopped(speech):
+    sched, rec = make_scheduler()
+    sched.push_audio(speech, 16000, 1, 0.0)
+    out = []
+    while got := sched.step(None):
+        out.extend(got)
+    video, _, _ = split(out)
+    assert len(video) > 60
+    result = sched.interrupt(played_frames=30)
+    assert isinstance(result, Interrupted)
+    assert result.played_frames == 30 and result.played_s == pytest.approx(1.2)
+    assert result.dropped_frames == len(video) - 30
+    assert result.dropped_audio_s == pytest.approx(len(speech) / 16000 - 1.2, abs=0.01)
+    assert len(rec.streams) == 2 and rec.streams[0].closed  # a fresh render stream
+    after = run(sched, np.full(6400, 0.01, np.float32))
+    video2, audio2, _ = split(after)
+    assert [v.index for v in video2] == list(range(30, 40))
+    np.testing.assert_allclose(audio2[0].samples[:100], 0.01, atol=1e-6)
+    # Poses continue from the last played frame (committed context), not from a reset.
+    first_new = rec.poses[-len(rec.poses)].start_frame if rec.poses else None
+    assert first_new is not None
+
+
+def test_segment_end_pads_to_a_whole_frame():
+    sched, _ = make_scheduler()
+    video, audio, events = split(run(sched, np.full(1000, 0.1, np.float32)))
+    assert [v.index for v in video] == [0, 1]
+    assert events == [SegmentEnd(1, 1)]
+    assert audio[1].samples[1000 - 640 :].max() == 0.0  # padded with silence
+
+
+def test_idle_fill_advances_the_timeline_with_silence():
+    sched, _ = make_scheduler()
+    assert sched.fill_silence(640 * 10 + 192) == 640 * 10 + 192
+    video, audio, _ = split(sched.step(None) + sched.step(None))
+    assert [v.index for v in video] == list(range(8))
+    assert all(v.source_time is None for v in video)  # idle frames carry no latency source
+    assert max(np.abs(a.samples).max() for a in audio) == 0.0
+    assert sched.fill_silence(100) == 0  # never goes backwards
+
+
+def test_degrades_under_lag_without_drift(speech):
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        steps: int = 4
+
+    class SlowDriver(ProceduralDriver):
+        settings = Settings()
+
+    driver = SlowDriver()
+    sched, _ = make_scheduler(driver=driver, realtime=True, recover_after_s=1.0)
+    sched.push_audio(speech, 16000, 1, 0.0)  # 4 s arrive at once: far behind "real time"
+    out, levels = [], []
+    for _ in range(4):
+        out.extend(sched.step(now=0.0, starving=True))
+        levels.append(sched.level)
+    assert levels == [1, 2, 3, 3]
+    assert sched.driver.settings.steps == 1
+    assert sched.counters["held_frames"] > 0
+    states = [e for e in out if isinstance(e, StateEvent)]
+    assert [s.level for s in states] == [1, 2, 3]
+    # Caught up, then calm for long enough: quality comes back one level at a time.
+    while got := sched.step(now=0.5, starving=True):
+        out.extend(got)
+    seen = []
+    for k in range(12):  # real-time input: 4 frames every 160 ms
+        sched.push_audio(np.zeros(640 * 4, np.float32), 16000, 1, 0.0)
+        while got := sched.step(now=2.0 + 0.16 * k * 4, starving=True):
+            out.extend(got)
+        seen.append(sched.level)
+    assert seen == sorted(seen, reverse=True)  # only steps back up
+    assert sched.level == 0 and sched.driver.settings.steps == 4
+    video, audio, _ = split(out)
+    assert [v.index for v in video] == list(range(len(video)))
+    assert [a.index for a in audio] == [v.index for v in video]
+
+
+def test_no_degradation_when_the_consumer_is_not_waiting(speech):
+    sched, _ = make_scheduler(realtime=True)
+    sched.push_audio(speech, 16000, 1, 0.0)
+    for _ in range(5):
+        sched.step(now=0.0, starving=False)
+    assert sched.level == 0
+
+
+def test_bad_audio_is_refused_and_the_stream_goes_on():
+    sched, _ = make_scheduler(max_buffered_s=1.0)
+    with pytest.raises(AudioError, match="NaN"):
+        sched.push_audio(np.array([0.0, np.nan], np.float32), 16000, 1, None)
+    with pytest.raises(AudioError):
+        sched.push_audio(np.zeros((10, 3), np.float32), 16000, 2, None)
+    with pytest.raises(BufferFull, match="buffer full"):
+        sched.push_audio(np.zeros(32000, np.float32), 16000, 1, None)
+    sched.push_audio(np.zeros(6400, np.float32), 16000, 1, None)
+    assert len(split(sched.step(None))[0]) == 4
+
+
+def test_vad_events_mark_speech_and_silence(speech):
+    sched, _ = make_scheduler(vad=True)
+    audio = np.concatenate([np.zeros(16000, np.float32), speech[: 16000 * 2], np.zeros(16000)])
+    events = [e for e in run(sched, audio.astype(np.float32)) if isinstance(e, VadEvent)]
+    assert events[0].speech and 25 <= events[0].index <= 45
+    assert not events[-1].speech and events[-1].index >= 70
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="multiple"):
+        StreamSettings(output_rate=44099)
+    with pytest.raises(ValueError):
+        StreamSettings(hop_frames=0)

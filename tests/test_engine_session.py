@@ -1,0 +1,148 @@
+"""The asyncio Session on a virtual clock: pacing-free output, idle, interruption, A/V pts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from engine.clock import VirtualClock
+from engine.frames import AudioFrame, Interrupted, SegmentEnd, VideoFrame
+from engine.scheduler import BufferFull
+from engine.session import Session
+from mmgt.audio import load_audio
+from mmgt.avatar import BUNDLED_AVATAR
+from mmgt.errors import AudioError
+from tests.engine_fakes import make_scheduler
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"))
+
+
+def new_session(clock: VirtualClock | None = None, **kw) -> Session:  # noqa: ANN003
+    sched, _ = make_scheduler(output_rate=24000, **kw)
+    return Session(sched, clock=clock or VirtualClock(), name="test")
+
+
+async def caught_up(session: Session, clock: VirtualClock, backlog_s: float = 0.4) -> None:
+    """Let real (thread) time pass until the session has rendered what virtual time gave it and
+    its pump is idle, waiting on the clock."""
+    for _ in range(5000):
+        idle = clock.waiting > 0 and not session._inbox
+        if idle and session.scheduler.buffered_s <= backlog_s:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("the session did not catch up")
+
+
+async def collect(session: Session, out: list) -> None:
+    async for item in session:
+        out.append(item)
+
+
+async def test_ten_minutes_on_a_virtual_clock_keep_av_locked(speech):
+    """Speech with long pauses for 10 virtual minutes: every frame once, audio pts = video pts,
+    and the idle fill keeps frames coming through the pauses."""
+    clock = VirtualClock()
+    session = new_session(clock)
+    items: list = []
+    consumer = asyncio.create_task(collect(session, items))
+    chunk = 3200  # 200 ms
+    rng = np.random.default_rng(0)
+    t = 0.0
+    while t < 600.0:
+        if rng.random() < 0.75:  # 25 % of the time nobody speaks
+            start = int(rng.integers(0, len(speech) - chunk))
+            session.push_audio(speech[start : start + chunk], 16000, 1)
+        await clock.advance(0.2)
+        t += 0.2
+        await caught_up(session, clock)
+    session.finish()
+    await asyncio.wait_for(consumer, 60)
+    video = [f for f in items if isinstance(f, VideoFrame)]
+    audio = [f for f in items if isinstance(f, AudioFrame)]
+    assert [v.index for v in video] == list(range(len(video)))
+    assert [a.index for a in audio] == [v.index for v in video]
+    offsets = {round(v.pts - a.pts, 9) for v, a in zip(video, audio, strict=True)}
+    assert offsets == {0.0}
+    assert len(video) >= 600 * 25 - 25  # the pauses were filled: the timeline kept moving
+    assert all(a.samples.size == 960 for a in audio)
+    await session.aclose()
+
+
+async def test_idle_session_keeps_producing_silent_frames():
+    clock = VirtualClock()
+    session = new_session(clock)
+    items: list = []
+    consumer = asyncio.create_task(collect(session, items))
+    for _ in range(100):
+        await clock.advance(0.02)
+        await caught_up(session, clock)
+    await asyncio.sleep(0.1)
+    video = [f for f in items if isinstance(f, VideoFrame)]
+    assert 35 <= len(video) <= 50  # 2 s minus the idle slack and one hop
+    assert all(f.source_time is None for f in video)
+    await session.aclose()
+    await consumer
+
+
+async def test_interrupt_reports_what_was_played_and_resumes_there(speech):
+    session = new_session(idle=False) if False else new_session()
+    session.push_audio(speech[: 16000 * 3], 16000, 1)
+    got = []
+    async for item in session:
+        got.append(item)
+        if isinstance(item, VideoFrame) and item.index == 9:
+            break
+    result = await session.interrupt()
+    assert isinstance(result, Interrupted)
+    assert result.played_frames == 10 and result.played_s == pytest.approx(0.4)
+    assert result.dropped_audio_s == pytest.approx(3 - 0.4, abs=0.05)
+    session.push_audio(np.zeros(3200, np.float32), 16000, 1)
+    session.finish()
+    rest = [item async for item in session]
+    assert rest[0] == result  # the event goes out first, so transports can tell clients
+    indices = [f.index for f in rest if isinstance(f, VideoFrame)]
+    assert indices[0] == 10 and indices == list(range(10, 10 + len(indices)))
+    await session.aclose()
+
+
+async def test_finish_ends_the_iteration_after_the_last_frame(speech):
+    session = new_session()
+    session.push_audio(speech[:8000], 16000, 1)
+    session.finish()
+    items = [item async for item in session]
+    video = [f for f in items if isinstance(f, VideoFrame)]
+    assert len(video) == 13 and isinstance(items[-1], SegmentEnd)
+    with pytest.raises(RuntimeError, match="finished"):
+        session.push_audio(speech[:100], 16000, 1)
+    await session.aclose()
+
+
+async def test_bad_chunks_are_refused_and_the_session_goes_on():
+    session = new_session(max_buffered_s=1.0)
+    with pytest.raises(AudioError, match="whole number"):
+        session.push_audio(b"\x00\x01\x02", 16000, 1)
+    with pytest.raises(BufferFull):
+        session.push_audio(np.zeros(32000, np.int16), 16000, 1)
+    session.push_audio(np.zeros(3200, np.int16).tobytes(), 16000, 1)
+    session.finish()
+    video = [f async for f in session if isinstance(f, VideoFrame)]
+    assert len(video) == 5
+    await session.aclose()
+
+
+async def test_close_cancels_the_pump_and_ends_iteration():
+    before = len(asyncio.all_tasks())
+    session = new_session()
+    session.push_audio(np.zeros(16000, np.float32), 16000, 1)
+    await asyncio.sleep(0.05)
+    await session.aclose()
+    await session.aclose()  # idempotent
+    assert [f async for f in session] == []
+    assert len(asyncio.all_tasks()) == before
+    with pytest.raises(RuntimeError, match="closed"):
+        session.push_audio(np.zeros(10, np.float32), 16000, 1)

@@ -1,0 +1,304 @@
+"""The websocket API end to end: a real server, the Python client, and bad inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tracemalloc
+
+import cv2
+import numpy as np
+import pytest
+import pytest_asyncio
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
+
+from clients.ws.client import decode_jpeg, run_client, wav_chunks
+from mmgt.audio import load_audio
+from mmgt.avatar import BUNDLED_AVATAR
+from server.app import CTX, make_app
+from server.settings import ServerSettings
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+SIZE = 256
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def client():
+    settings = ServerSettings(
+        driver="procedural", frame_size=SIZE, max_sessions=3, send_timeout_s=1.0
+    )
+    app = make_app(settings)
+    async with TestClient(TestServer(app)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"))
+
+
+def ws_url(client: TestClient) -> str:
+    return str(client.make_url("/ws")).replace("http", "ws", 1)
+
+
+async def start(ws, **fields) -> dict:  # noqa: ANN001, ANN003
+    msg = {"type": "start", "protocol": 1, "sample_rate": 16000, "channels": 1, **fields}
+    await ws.send_str(json.dumps(msg))
+    return await ws.receive_json(timeout=30)
+
+
+async def idle_server(client: TestClient) -> None:
+    ctx = client.app[CTX]
+    for _ in range(200):
+        if ctx.admission.active == 0 and not ctx.engine.sessions:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{ctx.admission.active} sessions still admitted")
+
+
+def mouth_opening(frames: list[np.ndarray], box: list[int]) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return np.array(
+        [255.0 - cv2.cvtColor(f[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY).mean() for f in frames]
+    )
+
+
+def best_lag(a: np.ndarray, b: np.ndarray, max_lag: int = 5) -> int:
+    """Lag (frames) at which ``b`` best follows ``a`` (positive: b later)."""
+    a = (a - a.mean()) / (a.std() + 1e-9)
+    b = (b - b.mean()) / (b.std() + 1e-9)
+    n = len(a)
+    scores = {
+        k: float(np.mean(a[max(0, -k) : n - max(0, k)] * b[max(0, k) : n - max(0, -k)]))
+        for k in range(-max_lag, max_lag + 1)
+    }
+    return max(scores, key=scores.get)
+
+
+async def test_speech_in_video_and_synced_audio_out(client, speech):
+    audio = speech[: 16000 * 6]
+    got = await run_client(
+        ws_url(client), wav_chunks(audio, 16000, realtime=False), sample_rate=16000, pace="asap"
+    )
+    assert got.ready["width"] == SIZE and got.ready["audio_rate"] == 16000
+    video = sorted(got.video)
+    assert [v[0] for v in video] == list(range(150))
+    assert not got.errors()
+    assert any(e["type"] == "vad" and e["speech"] for e in got.events)
+    done = got.events[-1]
+    assert done["type"] == "done" and done["frames"] == 150
+    back = got.audio_samples()
+    # The audio comes back unchanged, placed by pts (to PCM16 precision).
+    np.testing.assert_allclose(back[: len(audio)], audio, atol=2e-4)
+    # Lips follow the audio envelope that arrives with them: within one frame (40 ms).
+    resp = await client.get("/avatars/default")
+    box = (await resp.json())["mouth_box"]
+    box = [v * SIZE // 512 for v in box] if max(box) > SIZE else box
+    frames = [decode_jpeg(v[1]) for v in video]
+    opening = mouth_opening(frames, box)
+    envelope = np.sqrt((back[: 150 * 640].reshape(150, 640) ** 2).mean(1))
+    assert np.corrcoef(opening, envelope)[0, 1] > 0.3
+    assert abs(best_lag(envelope, opening)) <= 1
+    await idle_server(client)
+
+
+async def test_bad_messages_get_error_events_and_the_session_goes_on(client):
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_bytes(b"\x00\x00")
+        assert (await ws.receive_json())["code"] == "not_started"
+        await ws.send_str("{not json")
+        assert (await ws.receive_json())["code"] == "bad_json"
+        await ws.send_str(json.dumps([1, 2]))
+        assert (await ws.receive_json())["code"] == "bad_message"
+        for bad in (
+            {"sample_rate": 7},
+            {"sample_rate": "16k"},
+            {"channels": 9},
+            {"format": "gif"},
+            {"pace": "warp"},
+            {"audio_rate": 44101},
+            {"protocol": 2},
+        ):
+            reply = await start(ws, **bad)
+            assert reply["type"] == "error" and reply["code"] == "bad_start", bad
+        reply = await start(ws, avatar="nobody")
+        assert reply["code"] == "unknown_avatar"
+        reply = await start(ws)
+        assert reply["type"] == "ready"
+        await ws.send_bytes(b"\x00\x01\x02")  # odd byte count
+        assert (await next_of(ws, "error"))["code"] == "bad_audio"
+        await ws.send_str(json.dumps({"type": "dance"}))
+        assert (await next_of(ws, "error"))["code"] == "bad_message"
+        await ws.send_bytes(np.zeros(3200, "<i2").tobytes())
+        await ws.send_str(json.dumps({"type": "finish"}))
+        assert (await next_of(ws, "done"))["frames"] >= 5
+    await idle_server(client)
+
+
+async def next_of(ws, kind: str) -> dict:  # noqa: ANN001
+    while True:
+        msg = await ws.receive(timeout=30)
+        if msg.type == WSMsgType.TEXT and json.loads(msg.data)["type"] == kind:
+            return json.loads(msg.data)
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED):
+            raise AssertionError(f"closed before {kind}")
+
+
+async def test_interrupt_reports_the_played_position(client, speech):
+    async with client.ws_connect("/ws") as ws:
+        assert (await start(ws, pace="realtime"))["type"] == "ready"
+        pcm = (speech[: 16000 * 8] * 32767).astype("<i2")
+        for i in range(0, pcm.size, 8000):
+            await ws.send_bytes(pcm[i : i + 8000].tobytes())
+        frames = 0
+        while frames < 10:
+            msg = await ws.receive(timeout=30)
+            frames += msg.type == WSMsgType.BINARY and msg.data[0] == 1
+        await ws.send_str(json.dumps({"type": "interrupt"}))
+        event = await next_of(ws, "interrupted")
+        assert 10 <= event["played_frames"] < 100
+        assert event["dropped_audio_s"] > 4.0
+        await ws.send_str(json.dumps({"type": "finish"}))
+        await next_of(ws, "done")
+    await idle_server(client)
+
+
+async def test_admission_control_refuses_clearly(client):
+    ctx = client.app[CTX]
+    ctx.admission.limit = 1
+    try:
+        async with client.ws_connect("/ws") as first, client.ws_connect("/ws") as second:
+            assert (await start(first))["type"] == "ready"
+            reply = await start(second)
+            assert reply["code"] == "server_full" and reply["fatal"]
+            msg = await second.receive(timeout=10)
+            assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+    finally:
+        ctx.admission.limit = 3
+    await idle_server(client)
+    metrics = await (await client.get("/metrics")).text()
+    assert "mmgt_sessions_refused_total 1.0" in metrics
+
+
+async def test_oversized_message_and_flood_close_only_that_connection(client):
+    async with client.ws_connect("/ws") as ws:
+        await start(ws)
+        await ws.send_bytes(b"\x00" * (2 * 1024 * 1024))
+        msg = await ws.receive(timeout=10)
+        while msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+            msg = await ws.receive(timeout=10)
+        assert ws.close_code == 1009  # message too big
+    async with client.ws_connect("/ws") as ws:
+        for _ in range(3000):
+            await ws.send_str('{"type": "end_segment"}')
+        event = await next_of(ws, "error")
+        assert event["code"] in ("flood", "not_started")
+        if event["code"] == "not_started":
+            event = await next_of_code(ws, "flood")
+        assert event["fatal"]
+    await idle_server(client)
+    assert (await (await client.get("/health")).json())["ok"]
+
+
+async def next_of_code(ws, code: str) -> dict:  # noqa: ANN001
+    while True:
+        event = await next_of(ws, "error")
+        if event["code"] == code:
+            return event
+
+
+async def test_origin_is_checked(client):
+    resp = await client.get(
+        "/ws",
+        headers={
+            "Origin": "https://evil.example",
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
+    assert resp.status == 403
+    async with client.ws_connect("/ws", headers={"Origin": str(client.make_url(""))}) as ws:
+        assert (await start(ws))["type"] == "ready"
+    await idle_server(client)
+
+
+async def test_slow_consumer_is_dropped_and_the_server_survives(client, speech):
+    async with client.ws_connect("/ws") as ws:
+        await start(ws, pace="asap")
+        pcm = (np.tile(speech, 2)[: 16000 * 30] * 32767).astype("<i2")
+        for i in range(0, pcm.size, 16000):
+            await ws.send_bytes(pcm[i : i + 16000].tobytes())
+        await ws.send_str(json.dumps({"type": "finish"}))
+        await asyncio.sleep(4.0)  # read nothing: the server's send times out (1 s here)
+        codes = []
+        while (msg := await ws.receive(timeout=10)).type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            if msg.type == WSMsgType.TEXT:
+                codes.append(json.loads(msg.data)["type"])
+        assert "done" not in codes
+    await idle_server(client)
+
+
+async def test_abrupt_disconnects_leak_no_tasks_or_memory(client, speech):
+    pcm = (speech[:16000] * 32767).astype("<i2").tobytes()
+
+    async def cycle() -> None:
+        async with client.ws_connect("/ws") as ws:
+            await start(ws)
+            await ws.send_bytes(pcm)
+            await ws.receive(timeout=30)
+        await idle_server(client)
+
+    for _ in range(5):  # warm caches and pools first
+        await cycle()
+    await asyncio.sleep(0.2)
+    tasks = len(asyncio.all_tasks())
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(50):
+        await cycle()
+    await asyncio.sleep(0.3)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(asyncio.all_tasks()) <= tasks
+    assert grown < 2 * 1024 * 1024
+
+
+async def test_uploads_are_checked_and_usable(client):
+    bad = await client.post("/avatars", data=b"GIF89a not really" * 10)
+    assert bad.status in (415, 422)
+    assert "error" in await bad.json()
+    text = await client.post("/avatars", data=b"hello, I am not a photo")
+    assert text.status == 415
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "PNG")
+    nobody = await client.post("/avatars", data=buf.getvalue())
+    assert nobody.status == 422 and "person" in (await nobody.json())["error"].lower()
+    huge = await client.post("/avatars", data=b"\x89PNG\r\n\x1a\n" + b"\x00" * (11 << 20))
+    assert huge.status == 413
+    photo = BUNDLED_AVATAR.read_bytes()
+    ok = await client.post("/avatars", data=photo)
+    assert ok.status == 200
+    avatar_id = (await ok.json())["id"]
+    assert avatar_id in (await (await client.get("/avatars")).json())["avatars"]
+    async with client.ws_connect("/ws") as ws:
+        assert (await start(ws, avatar=avatar_id))["type"] == "ready"
+    await idle_server(client)
+
+
+async def test_health_and_metrics(client):
+    health = await (await client.get("/health")).json()
+    assert health["ok"] and health["max_sessions"] == 3 and health["driver"] == "procedural"
+    text = await (await client.get("/metrics")).text()
+    for name in (
+        "mmgt_sessions ",
+        "mmgt_stage_seconds_bucket",
+        "mmgt_latency_seconds_count",
+        "mmgt_sessions_opened_total",
+    ):
+        assert name in text
