@@ -293,20 +293,23 @@ class Session:
 
     # -- closing ----------------------------------------------------------------------------------
     async def aclose(self) -> None:
-        """Stop the pump, release the render stream; the iteration ends. Idempotent."""
+        """Stop the pump, release the render stream; the iteration ends. Idempotent; the
+        bookkeeping (``on_close``) happens even if the caller is cancelled meanwhile."""
         if self._closed:
             return
         self._closed = True
-        self._pump_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._pump_task
-        async with self._lock:
-            await self._run(self.scheduler.close)
-        self._out.clear()
-        self._avail.set()
-        self._space.set()
-        if self._on_close is not None:
-            self._on_close(self)
+        try:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump_task
+            async with self._lock:
+                await self._run(self.scheduler.close)
+        finally:
+            self._out.clear()
+            self._avail.set()
+            self._space.set()
+            if self._on_close is not None:
+                self._on_close(self)
 
     async def __aenter__(self) -> Session:
         return self

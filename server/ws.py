@@ -117,6 +117,7 @@ class WsConnection:
         self._tokens = float(MAX_MESSAGE_BURST)
         self._last = time.monotonic()
         self._last_error: dict[str, float] = {}
+        self._closer: asyncio.Task | None = None
 
     # -- receiving --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -285,18 +286,26 @@ class WsConnection:
             )
 
     async def close(self) -> None:
-        """Release everything this connection holds. Idempotent."""
+        """Release everything this connection holds. Idempotent, and completes even if the
+        caller is cancelled (aiohttp cancels handlers of clients that vanish)."""
+        if self._closer is None:
+            self._closer = self.ctx.spawn(self._release(), f"{self.name}-close")
+        await asyncio.shield(self._closer)
+
+    async def _release(self) -> None:
         if self.sender is not None:
             self.sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.sender
             self.sender = None
-        if self.session is not None:
-            await self.session.aclose()
-            self.session = None
-        if self.admitted:
-            self.ctx.admission.leave()
-            self.admitted = False
+        try:
+            if self.session is not None:
+                await self.session.aclose()
+                self.session = None
+        finally:
+            if self.admitted:
+                self.ctx.admission.leave()
+                self.admitted = False
         if not self.ws.closed:
             with contextlib.suppress(Exception):
                 await self.ws.close()

@@ -218,3 +218,30 @@ def test_settings_are_validated():
         StreamSettings(output_rate=44099)
     with pytest.raises(ValueError):
         StreamSettings(hop_frames=0)
+
+
+def test_smga_driver_streams_in_live_windows(speech):
+    """A (tiny, untrained) SMGA model behind the scheduler: windows fit the model's length,
+    the context is committed, and streaming is reproducible."""
+    import torch
+
+    from engine.engine import Engine
+    from mmgt.drivers.smga import SamplerSettings, SMGADriver
+    from mmgt.models.smga import SMGA, preset
+
+    torch.manual_seed(0)
+    model = SMGA(preset("tiny"))  # 16-frame windows
+
+    def streamed() -> np.ndarray:
+        drv = SMGADriver(model, feature_kind="light-v1", settings=SamplerSettings(steps=2, seed=3))
+        settings = StreamSettings(hop_frames=4, lookahead_frames=2, output_rate=16000, vad=False)
+        Engine._fit_smga_context(drv, settings)
+        assert drv.context_frames == 16 - 2 * 4 - 2
+        sched, rec = make_scheduler(driver=drv, hop_frames=4, lookahead_frames=2)
+        video, _, _ = split(run(sched, speech[: 16000 * 2], chunk=640))
+        assert [v.index for v in video] == list(range(50))
+        return np.concatenate([p.points for p in rec.poses])
+
+    first, second = streamed(), streamed()
+    assert first.shape == (50, 134, 3) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, second)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import tracemalloc
 
+import aiohttp
 import cv2
 import numpy as np
 import pytest
@@ -56,7 +58,9 @@ async def idle_server(client: TestClient) -> None:
         if ctx.admission.active == 0 and not ctx.engine.sessions:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{ctx.admission.active} sessions still admitted")
+    raise AssertionError(
+        f"{ctx.admission.active} admitted, {len(ctx.engine.sessions)} sessions still open"
+    )
 
 
 def mouth_opening(frames: list[np.ndarray], box: list[int]) -> np.ndarray:
@@ -245,25 +249,30 @@ async def test_slow_consumer_is_dropped_and_the_server_survives(client, speech):
 
 async def test_abrupt_disconnects_leak_no_tasks_or_memory(client, speech):
     pcm = (speech[:16000] * 32767).astype("<i2").tobytes()
+    url = ws_url(client)
 
-    async def cycle() -> None:
-        async with client.ws_connect("/ws") as ws:
+    async def cycle(http: aiohttp.ClientSession) -> None:
+        # A plain client session: the test client keeps every websocket it opened.
+        async with http.ws_connect(url) as ws:
             await start(ws)
             await ws.send_bytes(pcm)
-            await ws.receive(timeout=30)
+            await ws.receive(timeout=30)  # then vanish mid-stream
         await idle_server(client)
 
-    for _ in range(5):  # warm caches and pools first
-        await cycle()
-    await asyncio.sleep(0.2)
-    tasks = len(asyncio.all_tasks())
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for _ in range(50):
-        await cycle()
-    await asyncio.sleep(0.3)
-    grown = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):  # warm caches and pools first
+            await cycle(http)
+        await asyncio.sleep(0.2)
+        gc.collect()
+        tasks = len(asyncio.all_tasks())
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(50):
+            await cycle(http)
+        await asyncio.sleep(0.3)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
     assert len(asyncio.all_tasks()) <= tasks
     assert grown < 2 * 1024 * 1024
 
@@ -302,3 +311,24 @@ async def test_health_and_metrics(client):
         "mmgt_sessions_opened_total",
     ):
         assert name in text
+
+
+async def test_concurrent_sessions_are_isolated(client, speech):
+    """Two sessions at once: one speaks, one is silent; each sees only its own audio."""
+    talk = speech[: 16000 * 4]
+    quiet = np.zeros_like(talk)
+    url = ws_url(client)
+    a, b = await asyncio.gather(
+        run_client(url, wav_chunks(talk, 16000, realtime=False), sample_rate=16000, pace="asap"),
+        run_client(url, wav_chunks(quiet, 16000, realtime=False), sample_rate=16000, pace="asap"),
+    )
+    assert a.ready["session"] != b.ready["session"]
+    assert len(a.video) == len(b.video) == 100
+    box = (await (await client.get("/avatars/default")).json())["mouth_box"]
+    motion = [
+        np.abs(np.diff(mouth_opening([decode_jpeg(v[1]) for v in sorted(r.video)], box)))
+        for r in (a, b)
+    ]
+    assert motion[0].mean() > 5 * (motion[1].mean() + 1e-3)
+    assert np.abs(b.audio_samples()).max() == 0.0
+    await idle_server(client)
