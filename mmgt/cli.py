@@ -208,6 +208,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         info["onnxruntime_providers"] = ort.get_available_providers()
     except ImportError:
         pass
+    # The live server's thread budget (engine.engine.EngineConfig defaults).
+    info["live_worker_threads"] = os.cpu_count()
+    info["live_intra_op_threads"] = "1 per session (torch and ONNX Runtime); OpenCV 1"
     width = max(len(k) for k in info)
     for k, v in info.items():
         print(f"{k:<{width}}  {v}")

@@ -332,3 +332,40 @@ async def test_concurrent_sessions_are_isolated(client, speech):
     assert motion[0].mean() > 5 * (motion[1].mean() + 1e-3)
     assert np.abs(b.audio_samples()).max() == 0.0
     await idle_server(client)
+
+
+async def test_command_line_client_writes_an_mp4(client, speech, tmp_path):
+    import av
+
+    from clients.ws.__main__ import main as client_main
+    from mmgt.audio import write_wav
+
+    wav = tmp_path / "in.wav"
+    write_wav(wav, speech[: 16000 * 2], 16000)
+    out = tmp_path / "out.mp4"
+    code = await asyncio.to_thread(
+        client_main, ["--url", ws_url(client), "--wav", str(wav), "--out", str(out), "--fast"]
+    )
+    assert code == 0 and out.exists()
+    with av.open(str(out)) as container:
+        kinds = {s.type for s in container.streams}
+        frames = sum(1 for _ in container.decode(video=0))
+    assert kinds == {"video", "audio"} and frames == 50
+    bad = await asyncio.to_thread(
+        client_main, ["--url", ws_url(client), "--wav", str(wav), "--avatar", "nobody"]
+    )
+    assert bad == 1
+    await idle_server(client)
+
+
+async def test_shutdown_closes_live_sessions_cleanly(speech):
+    app = make_app(ServerSettings(driver="procedural", frame_size=128))
+    async with TestClient(TestServer(app)) as c:
+        ws = await c.ws_connect("/ws")
+        await start(ws)
+        await ws.send_bytes((speech[:16000] * 32767).astype("<i2").tobytes())
+        await ws.receive(timeout=30)
+        assert app[CTX].admission.active == 1
+    # Leaving the context shut the server down: the connection and its session are gone.
+    assert app[CTX].admission.active == 0 and not app[CTX].engine.sessions
+    assert ws.closed

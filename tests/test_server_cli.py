@@ -1,0 +1,40 @@
+"""python -m server: argument handling and the --smoke self-check, as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.__main__ import parse_args, settings_from
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_settings_from_the_command_line():
+    s = settings_from(parse_args([
+        "--host", "0.0.0.0", "--port", "9000", "--max-sessions", "2",
+        "--ice-server", "turn:turn.example:3478", "--ice-username", "u", "--ice-credential", "p",
+        "--allow-origin", "https://app.example", "--hop", "2", "--lookahead", "1",
+    ]))  # fmt: skip
+    assert (s.host, s.port, s.max_sessions) == ("0.0.0.0", 9000, 2)
+    assert s.ice_servers == ({"urls": "turn:turn.example:3478", "username": "u",
+                              "credential": "p"},)  # fmt: skip
+    assert s.allowed_origins == ("https://app.example",)
+    assert (s.stream.hop_frames, s.stream.lookahead_frames) == (2, 1)
+    assert s.scheme == "http" and settings_from(parse_args([])).ice_servers == ()
+    with pytest.raises(SystemExit):
+        settings_from(parse_args(["--cert", "c.pem"]))
+
+
+@pytest.mark.slow
+def test_smoke_runs_one_session_end_to_end():
+    proc = subprocess.run(
+        [sys.executable, "-m", "server", "--smoke", "--driver", "procedural", "--size", "256"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "smoke: OK" in proc.stdout
+    assert "latency p50" in proc.stdout and "149 frames" in proc.stdout
