@@ -245,3 +245,26 @@ def test_smga_driver_streams_in_live_windows(speech):
     first, second = streamed(), streamed()
     assert first.shape == (50, 134, 3) and np.isfinite(first).all()
     np.testing.assert_array_equal(first, second)
+
+
+def test_hop_driver_reproduces_the_live_scheduler(speech):
+    """mmgt.drivers.hop (used by `mmgt eval --live-hop`) windows exactly like the engine."""
+    import torch
+
+    from engine.engine import Engine
+    from mmgt.drivers.hop import HopDriver
+    from mmgt.drivers.smga import SamplerSettings, SMGADriver
+    from mmgt.models.smga import SMGA, preset
+
+    torch.manual_seed(1)
+    drv = SMGADriver(SMGA(preset("tiny")), feature_kind="light-v1",
+                     settings=SamplerSettings(steps=2, seed=5))  # fmt: skip
+    Engine._fit_smga_context(drv, StreamSettings(hop_frames=3, lookahead_frames=2))
+    audio = speech[: 16000 * 2]
+    sched, rec = make_scheduler(driver=drv, hop_frames=3, lookahead_frames=2)
+    run(sched, audio, chunk=700)
+    live = np.concatenate([p.points for p in rec.poses])
+    offline = HopDriver(drv, hop=3, lookahead=2).generate(
+        extract_light_features(audio), sched.reference_pose, frame_size=SIZE
+    )
+    np.testing.assert_array_equal(live, offline.points)

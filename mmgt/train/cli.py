@@ -53,6 +53,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--weights", type=Path, help="SMGA weights (default: the shipped model)")
     e.add_argument("--steps", type=int, help="DDIM steps for SMGA")
     e.add_argument("--max-clips", type=int, default=200)
+    e.add_argument(
+        "--live-hop",
+        type=int,
+        help="generate as the live engine does: this many new frames per window",
+    )
+    e.add_argument("--lookahead", type=int, default=0, help="with --live-hop: future frames")
     e.add_argument("--out", type=Path, help="write the results as JSON")
 
 
@@ -119,6 +125,12 @@ def run_eval(args: argparse.Namespace) -> int:
     drivers = [DriverUnderTest("procedural", make_driver("procedural"))]
     try:
         smga = make_driver("smga", weights=args.weights, steps=args.steps)
+        if args.live_hop:  # the live engine's windows: commit all but 2 hops + look-ahead
+            from mmgt.drivers.hop import HopDriver
+
+            context = smga.window - 2 * args.live_hop - args.lookahead
+            smga = make_driver("smga", weights=args.weights, steps=args.steps, context=context)
+            smga = HopDriver(smga, args.live_hop, args.lookahead)
         drivers.insert(0, DriverUnderTest("smga", smga))
     except InputError as exc:
         log.warning("SMGA not evaluated: %s", exc)
