@@ -20,14 +20,9 @@ from engine.metrics import EngineMetrics
 from engine.scheduler import StreamScheduler, StreamSettings
 from engine.session import Session
 from engine.vad import VoiceActivity
-from mmgt.drivers import DEFAULT_SMGA_WEIGHTS, make_driver
+from mmgt.drivers import default_driver_name, make_driver
 from mmgt.renderers import make_renderer
 from mmgt.types import Avatar, Driver, Renderer
-
-
-def default_driver_name() -> str:
-    """``smga`` when the trained CPU model is shipped, else ``procedural``."""
-    return "smga" if DEFAULT_SMGA_WEIGHTS.exists() else "procedural"
 
 
 @dataclass(frozen=True)
@@ -74,8 +69,12 @@ class Engine:
 
             torch.set_num_threads(cfg.intra_op_threads)
         import cv2
+        from threadpoolctl import threadpool_limits
 
-        cv2.setNumThreads(1)  # parallelism comes from sessions, not from inside one frame
+        # Parallelism comes from sessions, not from inside one frame: OpenCV and BLAS threads
+        # would oversubscribe the cores (the warp runs 8× slower with them on a busy machine).
+        cv2.setNumThreads(1)
+        threadpool_limits(limits=max(cfg.intra_op_threads, 1))
         self.workers = cfg.workers or os.cpu_count() or 1
         self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="engine")
         self.clock = clock or MonotonicClock()

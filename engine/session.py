@@ -86,6 +86,7 @@ class Session:
         self._lock = asyncio.Lock()
         self._generation = 0
         self._played = 0  # video frames handed to the consumer
+        self._starved = False  # the consumer found the queue empty since the last step
         self._finishing = False
         self._input_ended = False  # set in the worker once "finish" has been applied
         self._done = False  # no more frames will be produced
@@ -177,6 +178,7 @@ class Session:
 
     async def __anext__(self) -> OutputFrame:
         while not self._out:
+            self._starved = True  # the consumer waits for frames: the engine is behind
             if self._error is not None:
                 raise self._error
             if self._done or self._closed:
@@ -212,7 +214,7 @@ class Session:
                     commands = list(self._inbox)
                     self._inbox.clear()
                     self._inbox_samples = 0.0
-                    starving = self._out_video < self.scheduler.settings.hop_frames
+                    starving, self._starved = self._starved, False
                     frames, last = await self._run(
                         self._work, commands, self._clock.now(), starving
                     )

@@ -53,7 +53,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="speech audio: wav/mp3/flac/ogg, any rate (default: the bundled speech sample)",
     )
     r.add_argument("--out", type=Path, default=Path("out/avatar.mp4"), help="output .mp4")
-    r.add_argument("--driver", choices=DRIVERS, default="procedural", help="audio → motion")
+    r.add_argument(
+        "--driver",
+        choices=DRIVERS,
+        default="auto",
+        help="audio → motion (auto: the shipped SMGA model if present, else procedural)",
+    )
     r.add_argument("--renderer", choices=RENDERERS, default="warp", help="motion → frames")
     g = r.add_argument_group("SMGA driver (--driver smga)")
     g.add_argument(

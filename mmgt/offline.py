@@ -54,7 +54,7 @@ def render_video(
     image: str | os.PathLike[str] | None = None,
     avatar: Avatar | None = None,
     size: int = 512,
-    driver: str = "procedural",
+    driver: str = "auto",
     renderer: str = "warp",
     seed: int = 0,
     debug: bool = False,

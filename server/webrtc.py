@@ -1,9 +1,439 @@
-"""WebRTC transport (being written): POST /offer."""
+"""WebRTC transport: ``POST /offer`` (SDP offer → answer), one engine session per peer connection.
+
+The page sends its microphone (opus) plus a recv-only video transceiver and a data channel
+(``events``). Per connection (:class:`PeerSession`): a reader task pushes the received audio into
+the session, a pump task moves the session's frames to an outgoing video track (25 fps, 90 kHz
+pts) and audio track (48 kHz, 20 ms frames). Both tracks wait on one shared :class:`Pacer`, so
+a frame and its audio leave together and Chrome lip-syncs them from the RTCP sender reports. The
+data channel carries JSON events: ``vad``, ``state``, ``segment_end`` and periodic ``stats``.
+
+ICE: no STUN/TURN unless ``ServerSettings.ice_servers`` says so, and host candidates follow the
+interface the server listens on (see :func:`bind_ice_to`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import fractions
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable
+
+import aioice.ice
+import av
+import numpy as np
 from aiohttp import web
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+
+from engine.frames import AudioFrame, SegmentEnd, StateEvent, VadEvent, VideoFrame
+from engine.scheduler import BufferFull
+from engine.session import Session
+from mmgt.errors import AudioError
+from server.app import CTX, ServerContext, origin_allowed
+from server.avatars import DEFAULT_ID
+
+log = logging.getLogger(__name__)
+
+VIDEO_CLOCK = 90000
+AUDIO_RATE = 48000
+AUDIO_PACKET = AUDIO_RATE // 50  # 20 ms
+CONNECT_TIMEOUT_S = 30.0
+QUEUE_S = 2.0  # frames kept for a track whose sender is not pulling (oldest dropped)
+RUNNING = {"type": "state", "state": "running", "detail": "connected"}
+_ORIGINAL_HOST_ADDRESSES = aioice.ice.get_host_addresses
+
+
+def bind_ice_to(host: str) -> None:
+    """Make aioice's host candidates follow the listening interface (process-wide patch).
+
+    aioice always drops 127.0.0.1 and offers every other interface. A server on 127.0.0.1 should
+    offer only loopback, one on a specific address only that address, one on 0.0.0.0 / :: every
+    interface. aioice reads a module function, so this is the one module-level state here; with
+    several servers in one process the last one started wins.
+    """
+
+    def addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        if host in ("127.0.0.1", "localhost"):
+            return ["127.0.0.1"] if use_ipv4 else []
+        if host == "::1":
+            return ["::1"] if use_ipv6 else []
+        if host in ("", "0.0.0.0", "::"):
+            loopback = ["127.0.0.1"] if use_ipv4 else []
+            return _ORIGINAL_HOST_ADDRESSES(use_ipv4, use_ipv6) + loopback
+        return [host]
+
+    aioice.ice.get_host_addresses = addresses
+
+
+class Pacer:
+    """One start time shared by the tracks of a connection: pts ``t`` leaves at ``start + t``."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+
+    async def wait(self, pts: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self.start is None:
+            self.start = loop.time() - pts
+        delay = self.start + pts - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class _QueueTrack(MediaStreamTrack):
+    """A track fed by the pump; a full queue drops its oldest item (sender not pulling)."""
+
+    def __init__(self, pacer: Pacer, maxsize: int) -> None:
+        super().__init__()
+        self.pacer = pacer
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize)
+
+    def put(self, item: object) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(item)
+
+    def stop(self) -> None:
+        super().stop()
+        self.put(None)  # wake a pending recv
+
+    async def _next(self) -> object:
+        item = await self.queue.get()
+        if item is None or self.readyState != "live":
+            raise MediaStreamError
+        return item
+
+
+class AvatarVideoTrack(_QueueTrack):
+    """Session video frames as ``av.VideoFrame`` (rgb24, pts = index · 3600 at 90 kHz)."""
+
+    kind = "video"
+
+    def __init__(self, pacer: Pacer, on_sent: Callable[[VideoFrame], None]) -> None:
+        super().__init__(pacer, int(QUEUE_S * 25))
+        self.on_sent = on_sent
+
+    async def recv(self) -> av.VideoFrame:
+        frame: VideoFrame = await self._next()
+        await self.pacer.wait(frame.pts)
+        out = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+        out.pts = frame.index * (VIDEO_CLOCK // frame.fps)
+        out.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.on_sent(frame)  # handed to aiortc's encoder now
+        return out
+
+
+class AvatarAudioTrack(_QueueTrack):
+    """Session audio as 20 ms s16 mono ``av.AudioFrame`` at 48 kHz."""
+
+    kind = "audio"
+
+    def __init__(self, pacer: Pacer) -> None:
+        super().__init__(pacer, int(QUEUE_S * 50))
+
+    def put_frame(self, frame: AudioFrame) -> None:
+        """Split a 40 ms engine frame into 20 ms packets (the output rate is 48 kHz)."""
+        pcm = np.clip(frame.samples, -1.0, 1.0) * 32767.0
+        pcm = pcm.round().astype(np.int16)
+        for start in range(0, len(pcm), AUDIO_PACKET):
+            self.put((frame.start_sample + start, pcm[start : start + AUDIO_PACKET]))
+
+    async def recv(self) -> av.AudioFrame:
+        start, pcm = await self._next()
+        await self.pacer.wait(start / AUDIO_RATE)
+        out = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        out.sample_rate = AUDIO_RATE
+        out.pts = start
+        out.time_base = fractions.Fraction(1, AUDIO_RATE)
+        return out
+
+
+def pcm_of(frame: av.AudioFrame) -> tuple[np.ndarray, int, int]:
+    """(samples (n, channels), rate, channels) of a decoded frame, whatever its layout."""
+    channels = len(frame.layout.channels)
+    arr = frame.to_ndarray()
+    arr = arr.T if frame.format.is_planar else arr.reshape(-1, channels)
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+    elif arr.dtype != np.int16:
+        scale = float(np.iinfo(arr.dtype).max)
+        arr = (arr / scale).astype(np.float32)
+    return np.ascontiguousarray(arr), frame.sample_rate, channels
+
+
+class OfferError(ValueError):
+    """The offer cannot be answered (the message is shown to the client)."""
+
+
+class PeerSession:
+    """Everything one peer connection owns; :meth:`close` releases all of it (idempotent).
+
+    Created once admission is granted: it owns that admission slot, the engine session (opened
+    when ICE/DTLS connect, so no frames pile up during the handshake), the tasks and the tracks.
+    """
+
+    def __init__(self, ctx: ServerContext, pc: RTCPeerConnection, avatar, state, name: str):  # noqa: ANN001
+        self.ctx, self.pc, self.avatar, self.state, self.name = ctx, pc, avatar, state, name
+        self.session: Session | None = None
+        self.channel = None  # the page's data channel, once it opens
+        self.pacer = Pacer()
+        self.video = AvatarVideoTrack(self.pacer, self._video_sent)
+        self.audio = AvatarAudioTrack(self.pacer)
+        self.tasks: set[asyncio.Task] = set()
+        self.sent_frames = 0
+        self._latencies: list[float] = []  # seconds, frames sent since the last stats event
+        self.closed = False
+        self._closing: asyncio.Task | None = None
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_state)
+
+    # -- signalling -------------------------------------------------------------------------
+    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        """Apply the offer, attach the avatar tracks, return the local answer."""
+        try:
+            await self.pc.setRemoteDescription(offer)
+        except Exception as exc:  # aiortc raises various types for malformed SDP
+            raise OfferError(f"malformed SDP offer: {exc or type(exc).__name__}") from exc
+        kinds = {t.kind for t in self.pc.getTransceivers()}
+        if "video" not in kinds:
+            raise OfferError("the offer has no video m-line (add a recvonly video transceiver)")
+        self.pc.addTrack(self.video)
+        if "audio" in kinds:
+            self.pc.addTrack(self.audio)
+        try:
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as exc:
+            raise OfferError(f"cannot answer the offer: {exc or type(exc).__name__}") from exc
+        self.spawn(self._connect_timeout(), "connect-timeout")
+        return self.pc.localDescription
+
+    def spawn(self, coro, what: str) -> None:  # noqa: ANN001
+        task = self.ctx.spawn(coro, f"{self.name}-{what}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self.spawn(self._read_audio(track), "reader")
+
+    def _on_datachannel(self, channel) -> None:  # noqa: ANN001
+        self.channel = channel
+        if self.session is not None:  # connected before the channel opened
+            self.send(RUNNING)
+
+        @channel.on("message")
+        def _message(message: object) -> None:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if json.loads(message).get("type") == "bye":
+                    self.close_soon()
+
+    async def _on_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("%s: connection %s", self.name, state)
+        if state == "connected" and self.session is None and not self.closed:
+            self._start()
+        elif state in ("failed", "closed"):
+            self.close_soon()
+
+    async def _connect_timeout(self) -> None:
+        await asyncio.sleep(CONNECT_TIMEOUT_S)
+        if self.session is None:
+            log.info("%s: not connected after %.0f s, closing", self.name, CONNECT_TIMEOUT_S)
+            self.close_soon()
+
+    # -- streaming --------------------------------------------------------------------------
+    def _start(self) -> None:
+        stream = dataclasses.replace(self.ctx.settings.stream, output_rate=AUDIO_RATE)
+        self.session = self.ctx.engine.open_session(
+            self.avatar,
+            input_rate=AUDIO_RATE,
+            channels=2,  # aiortc's opus decoder gives s16 stereo 48 kHz; others are converted
+            settings=stream,
+            name=self.name,
+            state=self.state,
+        )
+        self.send(RUNNING)
+        self.spawn(self._pump(), "pump")
+        self.spawn(self._stats(), "stats")
+
+    async def _read_audio(self, track: MediaStreamTrack) -> None:
+        """Push the peer's audio into the session (dropped until the session starts)."""
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if self.session is None or self.closed:
+                continue
+            try:
+                self.session.push_audio(*pcm_of(frame))
+            except (BufferFull, AudioError) as exc:
+                log.warning("%s: %s", self.name, exc)
+
+    async def _pump(self) -> None:
+        """Session frames → tracks, events → data channel; closes the peer when it ends."""
+        try:
+            async for item in self.session:
+                if isinstance(item, VideoFrame):
+                    self.video.put(item)
+                elif isinstance(item, AudioFrame):
+                    self.audio.put_frame(item)
+                elif isinstance(item, VadEvent):
+                    self.send({"type": "vad", "speech": item.speech, "index": item.index})
+                elif isinstance(item, StateEvent):
+                    self.send(
+                        {"type": "state", "state": item.state, "detail": item.detail}
+                        | {"level": item.level, "index": item.index}
+                    )
+                elif isinstance(item, SegmentEnd):
+                    self.send({"type": "segment_end", "index": item.index})
+        except Exception:
+            log.exception("%s: session failed", self.name)
+            self.send({"type": "state", "state": "error", "detail": "session failed"})
+        self.close_soon()
+
+    def _video_sent(self, frame: VideoFrame) -> None:
+        self.sent_frames += 1
+        if self.session is not None and frame.source_time is not None:
+            now = self.ctx.engine.clock.now()
+            self.session.record_latency(frame, now)
+            self._latencies.append(now - frame.source_time)
+            self.ctx.engine.metrics.latency_seconds.observe(now - frame.source_time)
+
+    async def _stats(self, period: float = 1.0) -> None:
+        """Every ``period``: frames sent per second and the median latency of those frames."""
+        last_frames, last_time = self.sent_frames, time.monotonic()
+        while True:
+            await asyncio.sleep(period)
+            now, fresh = time.monotonic(), self._latencies
+            self._latencies = []
+            self.send(
+                {
+                    "type": "stats",
+                    "fps": round((self.sent_frames - last_frames) / (now - last_time), 1),
+                    "latency_ms": round(1000 * statistics.median(fresh)) if fresh else None,
+                    "frames": self.sent_frames,
+                    "level": self.session.scheduler.level,
+                }
+            )
+            last_frames, last_time = self.sent_frames, now
+
+    def send(self, event: dict) -> None:
+        """Send a JSON event on the page's data channel (dropped if it is not open)."""
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(json.dumps(event, separators=(",", ":")))
+
+    # -- closing ----------------------------------------------------------------------------
+    def close_soon(self) -> None:
+        """Close from a callback or from one of this peer's own tasks."""
+        if self._closing is None and not self.closed:
+            self._closing = self.ctx.spawn(self.close(), f"{self.name}-close")
+
+    async def close(self) -> None:
+        """Close the session and the peer connection, release admission, stop the tasks."""
+        if self.closed:
+            return
+        self.closed = True
+        self.ctx.connections.discard(self.close)
+        current = asyncio.current_task()
+        for task in list(self.tasks):
+            if task is not current:
+                task.cancel()
+        self.video.stop()
+        self.audio.stop()
+        try:
+            if self.session is not None:
+                await self.session.aclose()
+            await self.pc.close()
+        finally:
+            self.ctx.admission.leave()
+            log.info("%s: closed (%d frames sent)", self.name, self.sent_frames)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _parse_offer(body: object) -> tuple[RTCSessionDescription, str]:
+    if not isinstance(body, dict):
+        raise OfferError("the request body must be a JSON object")
+    sdp, kind, avatar = body.get("sdp"), body.get("type"), body.get("avatar", DEFAULT_ID)
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise OfferError("missing 'sdp' (the browser's offer SDP as a string)")
+    if not sdp.startswith("v="):
+        raise OfferError("malformed SDP offer: it must start with 'v=0'")
+    if kind != "offer":
+        raise OfferError(f"'type' must be \"offer\", got {kind!r}")
+    if not isinstance(avatar, str):
+        raise OfferError("'avatar' must be an avatar id string")
+    return RTCSessionDescription(sdp=sdp, type=kind), avatar
+
+
+async def offer(request: web.Request) -> web.Response:
+    """POST /offer: ``{"sdp", "type": "offer", "avatar"}`` → the answer ``{"sdp", "type"}``."""
+    ctx = request.app[CTX]
+    errors = ctx.engine.metrics.errors_total
+    if not origin_allowed(request, ctx.settings):
+        errors.labels("origin").inc()
+        return _error(403, "origin not allowed")
+    try:
+        description, avatar_id = _parse_offer(await request.json())
+    except (ValueError, UnicodeDecodeError) as exc:  # OfferError and JSONDecodeError
+        errors.labels("offer").inc()
+        message = str(exc) if isinstance(exc, OfferError) else f"request body is not JSON: {exc}"
+        return _error(400, message)
+    avatar = ctx.avatars.get(avatar_id)
+    if avatar is None:
+        errors.labels("offer").inc()
+        return _error(404, f"unknown avatar {avatar_id!r}")
+    if not ctx.admission.enter():
+        ctx.engine.metrics.refused_total.inc()
+        return _error(503, f"server full ({ctx.admission.limit} sessions)")
+    try:
+        state = await asyncio.to_thread(ctx.engine.avatar_state, avatar)
+    except BaseException:
+        ctx.admission.leave()
+        raise
+    ice = [RTCIceServer(**server) for server in ctx.settings.ice_servers]
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+    peer = PeerSession(ctx, pc, avatar, state, f"webrtc-{id(pc):x}")
+    ctx.connections.add(peer.close)
+    try:
+        answer = await peer.answer(description)
+    except OfferError as exc:
+        await peer.close()
+        errors.labels("offer").inc()
+        return _error(400, str(exc))
+    except BaseException:
+        await peer.close()
+        raise
+    return web.json_response({"sdp": answer.sdp, "type": answer.type})
+
+
+async def _bind_ice(app: web.Application) -> None:
+    bind_ice_to(app[CTX].settings.host)
+
+
+async def rtc_config(request: web.Request) -> web.Response:
+    """GET /rtc-config: the ICE servers the page should use (the server's ``--ice-server``)."""
+    return web.json_response({"iceServers": list(request.app[CTX].settings.ice_servers)})
 
 
 def setup_routes(app: web.Application) -> None:
-    """Add the WebRTC signalling route(s) to ``app``."""
+    """Add ``POST /offer`` and ``GET /rtc-config``; bind ICE host candidates to the server's
+    interface."""
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/rtc-config", rtc_config)
+    app.on_startup.append(_bind_ice)

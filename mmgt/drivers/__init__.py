@@ -9,9 +9,14 @@ from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver
 from mmgt.errors import InputError
 from mmgt.types import Driver
 
-DRIVERS = ("procedural", "smga")
+DRIVERS = ("auto", "procedural", "smga")
 # The CPU default trained in this repository (see mmgt/weights/README.md).
 DEFAULT_SMGA_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "smga_small.safetensors"
+
+
+def default_driver_name() -> str:
+    """``smga`` when the trained CPU model is shipped, else ``procedural``."""
+    return "smga" if DEFAULT_SMGA_WEIGHTS.exists() else "procedural"
 
 
 def make_driver(
@@ -25,12 +30,14 @@ def make_driver(
     context: int | None = None,
     heads: int = 8,
 ) -> Driver:
-    """Build a driver by name (see :data:`DRIVERS`).
+    """Build a driver by name (see :data:`DRIVERS`; ``auto`` is :func:`default_driver_name`).
 
     ``smga`` loads ``weights`` — one of our ``.safetensors`` packages (default: the shipped CPU
     model) or an official checkpoint — and samples with its recommended settings unless
     ``steps``/``guidance``/``eta``/``context`` override them (official: 50 / 2 / 1 / 8).
     """
+    if name == "auto":
+        name = default_driver_name()
     if name == "procedural":
         return ProceduralDriver(ProceduralConfig(seed=seed))
     if name == "smga":
@@ -64,4 +71,11 @@ def make_driver(
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 
 
-__all__ = ["DEFAULT_SMGA_WEIGHTS", "DRIVERS", "ProceduralConfig", "ProceduralDriver", "make_driver"]
+__all__ = [
+    "DEFAULT_SMGA_WEIGHTS",
+    "DRIVERS",
+    "default_driver_name",
+    "ProceduralConfig",
+    "ProceduralDriver",
+    "make_driver",
+]

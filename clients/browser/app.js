@@ -1,0 +1,252 @@
+// mmgt browser client: microphone → WebRTC (POST /offer) → the avatar's video and audio.
+// No build step, no external scripts. Test mode (?test=1&seconds=N&report=/path) turns off the
+// browser's audio processing, starts by itself, measures mouth motion against the received
+// audio for each presented frame and POSTs the series as JSON to the report path.
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  avatar: $("avatar"), photo: $("photo"), start: $("start"), stop: $("stop"),
+  mute: $("mute"), video: $("video"), status: $("status"), error: $("error"),
+};
+const params = new URLSearchParams(location.search);
+const TEST = params.get("test") === "1";
+
+let conn = null; // the live connection: {pc, mic, channel, remote, startedAt, firstFrameMs}
+const view = { connection: "idle", state: "", fps: null, latency: null, speech: false };
+
+function render() {
+  const parts = [view.connection];
+  if (view.state) parts.push(view.state);
+  if (view.fps !== null) parts.push(`${view.fps.toFixed(1)} fps`);
+  if (view.latency !== null) parts.push(`latency ${view.latency} ms`);
+  if (conn) parts.push(view.speech ? "speech" : "silence");
+  ui.status.textContent = parts.join(" · ");
+}
+
+function showError(message) {
+  ui.error.hidden = !message;
+  ui.error.textContent = message || "";
+}
+
+async function errorText(resp) {
+  const body = await resp.json().catch(() => null);
+  return (body && body.error) || `HTTP ${resp.status} ${resp.statusText}`;
+}
+
+async function loadAvatars() {
+  const resp = await fetch("/avatars");
+  if (!resp.ok) return;
+  const { avatars } = await resp.json();
+  ui.avatar.replaceChildren(...avatars.map((id) => new Option(
+    id === "default" ? "Bundled avatar" : `Photo ${id.slice(1, 7)}`, id)));
+}
+
+async function uploadPhoto(file) {
+  showError("");
+  view.connection = "preparing photo…";
+  render();
+  const form = new FormData();
+  form.append("image", file);
+  try {
+    const resp = await fetch("/avatars", { method: "POST", body: form });
+    if (!resp.ok) throw new Error(`upload refused: ${await errorText(resp)}`);
+    const { id } = await resp.json();
+    await loadAvatars();
+    ui.avatar.value = id;
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    view.connection = conn ? view.connection : "idle";
+    render();
+  }
+}
+
+function iceGathered(pc, timeoutMs = 5000) {
+  // aiortc takes no trickled candidates: send the offer once gathering is complete.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") resolve(); };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, timeoutMs);
+  });
+}
+
+function onEvent(event) {
+  if (event.type === "stats") {
+    view.fps = event.fps;
+    view.latency = event.latency_ms;
+  } else if (event.type === "state") {
+    view.state = event.state === "running" ? "" : `${event.state} ${event.detail || ""}`.trim();
+  } else if (event.type === "vad") {
+    view.speech = event.speech;
+  }
+  render();
+}
+
+async function start() {
+  showError("");
+  setRunning(true);
+  view.connection = "starting";
+  render();
+  const audio = TEST
+    ? { echoCancellation: false, noiseSuppression: false, autoGainControl: false }
+    : true;
+  const c = { startedAt: performance.now(), firstFrameMs: null, remote: new MediaStream() };
+  conn = c;
+  try {
+    c.mic = await navigator.mediaDevices.getUserMedia({ audio });
+    const rtc = await (await fetch("/rtc-config")).json();  // the server's --ice-server list
+    c.pc = new RTCPeerConnection({ iceServers: rtc.iceServers || [] });
+    c.pc.ontrack = (e) => {
+      c.remote.addTrack(e.track);
+      ui.video.srcObject = c.remote;
+    };
+    c.pc.onconnectionstatechange = () => {
+      view.connection = c.pc.connectionState;
+      render();
+      if (["failed", "closed"].includes(c.pc.connectionState) && conn === c) stop();
+    };
+    for (const track of c.mic.getAudioTracks()) c.pc.addTrack(track, c.mic);
+    c.pc.addTransceiver("video", { direction: "recvonly" });
+    c.channel = c.pc.createDataChannel("events");
+    c.channel.onmessage = (e) => onEvent(JSON.parse(e.data));
+    await c.pc.setLocalDescription(await c.pc.createOffer());
+    await iceGathered(c.pc);
+    const resp = await fetch("/offer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({
+        sdp: c.pc.localDescription.sdp, type: c.pc.localDescription.type, avatar: ui.avatar.value,
+      }),
+    });
+    if (!resp.ok) throw new Error(await errorText(resp));
+    await c.pc.setRemoteDescription(await resp.json());
+    ui.video.requestVideoFrameCallback(() => {
+      c.firstFrameMs = performance.now() - c.startedAt;
+    });
+  } catch (err) {
+    showError(err.name === "NotAllowedError" ? "microphone permission denied" : err.message);
+    stop();
+  }
+}
+
+function stop() {
+  const c = conn;
+  conn = null;
+  if (c) {
+    if (c.channel && c.channel.readyState === "open") c.channel.send('{"type":"bye"}');
+    if (c.pc) c.pc.close();
+    if (c.mic) c.mic.getTracks().forEach((t) => t.stop());
+  }
+  ui.video.srcObject = null;
+  Object.assign(view, { connection: "idle", state: "", fps: null, latency: null, speech: false });
+  setRunning(false);
+  render();
+}
+
+function setRunning(running) {
+  ui.start.disabled = running;
+  ui.stop.disabled = !running;
+  ui.mute.disabled = !running;
+  ui.avatar.disabled = running;
+}
+
+function toggleMute() {
+  ui.video.muted = !ui.video.muted;
+  ui.mute.textContent = ui.video.muted ? "Unmute" : "Mute";
+  ui.mute.setAttribute("aria-pressed", String(ui.video.muted));
+}
+
+// -- test mode ------------------------------------------------------------------------------
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function until(predicate, timeoutMs) {
+  const end = performance.now() + timeoutMs;
+  while (!predicate() && performance.now() < end) await sleep(50);
+  return predicate();
+}
+
+async function measure(c, seconds) {
+  // Per presented frame: mouth-box darkness and frame-to-frame change, received audio RMS.
+  const info = await (await fetch(`/avatars/${encodeURIComponent(ui.avatar.value)}`)).json();
+  await until(() => c.remote.getAudioTracks().length && ui.video.videoWidth, 20000);
+  const scale = ui.video.videoWidth / info.size;
+  const [x0, y0, x1, y1] = info.mouth_box.map((v) => Math.round(v * scale));
+  const w = x1 - x0, h = y1 - y0;
+  const canvas = document.createElement("canvas");
+  canvas.width = w;
+  canvas.height = h;
+  const g = canvas.getContext("2d", { willReadFrequently: true });
+  const actx = new AudioContext();
+  await actx.resume();
+  const analyser = actx.createAnalyser();
+  analyser.fftSize = 1024; // ~21 ms at 48 kHz
+  actx.createMediaStreamSource(new MediaStream(c.remote.getAudioTracks())).connect(analyser);
+  const buf = new Float32Array(analyser.fftSize);
+  const frames = [];
+  let prev = null, running = true;
+  const onFrame = (now, meta) => {
+    g.drawImage(ui.video, x0, y0, w, h, 0, 0, w, h);
+    const px = g.getImageData(0, 0, w, h).data;
+    const luma = new Float32Array(w * h);
+    let sum = 0, diff = 0;
+    for (let i = 0; i < luma.length; i++) {
+      luma[i] = 0.299 * px[4 * i] + 0.587 * px[4 * i + 1] + 0.114 * px[4 * i + 2];
+      sum += luma[i];
+      if (prev) diff += Math.abs(luma[i] - prev[i]);
+    }
+    prev = luma;
+    analyser.getFloatTimeDomainData(buf);
+    let sq = 0;
+    for (const v of buf) sq += v * v;
+    frames.push({
+      now, media_time: meta.mediaTime, rtp: meta.rtpTimestamp, presented: meta.presentedFrames,
+      dark: 255 - sum / luma.length, diff: diff / luma.length, rms: Math.sqrt(sq / buf.length),
+    });
+    if (running) ui.video.requestVideoFrameCallback(onFrame);
+  };
+  ui.video.requestVideoFrameCallback(onFrame);
+  await sleep(seconds * 1000);
+  running = false;
+  const inbound = {};
+  (await c.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") inbound[s.kind] = s; });
+  return {
+    frames, mouth_box: info.mouth_box, video_size: [ui.video.videoWidth, ui.video.videoHeight],
+    frames_decoded: inbound.video ? inbound.video.framesDecoded : 0,
+    frames_dropped: inbound.video ? inbound.video.framesDropped : 0,
+    audio_samples_received: inbound.audio ? inbound.audio.totalSamplesReceived : 0,
+    ice_state: c.pc.iceConnectionState, connection_state: c.pc.connectionState,
+    first_frame_ms: c.firstFrameMs, output_latency_s: actx.outputLatency || 0,
+    base_latency_s: actx.baseLatency || 0, status: ui.status.textContent,
+  };
+}
+
+async function testRun() {
+  const seconds = Number(params.get("seconds") || 10);
+  const reportPath = params.get("report");
+  let report;
+  try {
+    await start();
+    if (!conn) throw new Error(ui.error.textContent || "start failed");
+    report = await measure(conn, seconds);
+  } catch (err) {
+    report = { error: String(err && err.message ? err.message : err) };
+  }
+  stop();
+  window.mmgtReport = report;
+  if (reportPath && reportPath.startsWith("/")) {
+    await fetch(reportPath, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(report),
+    });
+  }
+}
+
+ui.start.addEventListener("click", start);
+ui.stop.addEventListener("click", stop);
+ui.mute.addEventListener("click", toggleMute);
+ui.photo.addEventListener("change", () => ui.photo.files[0] && uploadPhoto(ui.photo.files[0]));
+loadAvatars().catch(() => {}).finally(() => {
+  if (params.get("avatar")) ui.avatar.value = params.get("avatar");
+  if (TEST) testRun();
+});
+render();

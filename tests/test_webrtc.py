@@ -1,0 +1,196 @@
+"""WebRTC transport: an in-process server and an aiortc client over loopback.
+
+The client sends speech from a wav (resampled to 48 kHz) and receives the avatar's video and
+audio; the error paths (bad JSON / SDP, Origin, unknown avatar, admission) and the clean-up after
+the client leaves are checked on the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from aiohttp import web
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from server.app import CTX, make_app
+from server.settings import ServerSettings
+
+SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
+RATE = 48000
+
+
+class WavTrack(MediaStreamTrack):
+    """A looping wav as a live microphone: 20 ms s16 mono frames at 48 kHz, paced in real time."""
+
+    kind = "audio"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        pcm = soxr.resample(data.mean(1), rate, RATE)
+        self.pcm = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
+        self.pos = 0
+        self.start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        loop = asyncio.get_running_loop()
+        if self.start is None:
+            self.start = loop.time()
+        n = RATE // 50
+        await asyncio.sleep(max(0.0, self.start + self.pos / RATE - loop.time()))
+        chunk = np.take(self.pcm, np.arange(self.pos, self.pos + n), mode="wrap")
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = RATE, self.pos
+        frame.time_base = fractions.Fraction(1, RATE)
+        self.pos += n
+        return frame
+
+
+class Received:
+    """What the client got: video frame shapes, audio sample count and RMS, data channel events."""
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+        self.audio_samples = 0
+        self.audio_sq = 0.0
+        self.events: list[dict] = []
+
+    async def consume(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                if track.kind == "video":
+                    self.shapes.append(frame.to_ndarray(format="rgb24").shape)
+                else:
+                    pcm = frame.to_ndarray().astype(np.float64) / 32768
+                    self.audio_samples += frame.samples
+                    self.audio_sq += float((pcm**2).sum()) / len(frame.layout.channels)
+
+    @property
+    def audio_rms(self) -> float:
+        return (self.audio_sq / max(1, self.audio_samples)) ** 0.5
+
+
+async def start_server(**kw: object) -> tuple[web.AppRunner, str]:
+    settings = ServerSettings(driver="procedural", port=0, workers=2, **kw)
+    runner = web.AppRunner(make_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def connect(http: aiohttp.ClientSession, base: str, received: Received):
+    """Offer mic audio + recvonly video + an events channel; returns (pc, tasks, response)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    tasks: list[asyncio.Task] = []
+    pc.on("track", lambda t: tasks.append(asyncio.ensure_future(received.consume(t))))
+    pc.addTrack(WavTrack(SPEECH))
+    pc.addTransceiver("video", direction="recvonly")
+    channel = pc.createDataChannel("events")
+    channel.on("message", lambda m: received.events.append(json.loads(m)))
+    await pc.setLocalDescription(await pc.createOffer())
+    body = {"sdp": pc.localDescription.sdp, "type": "offer", "avatar": "default"}
+    async with http.post(f"{base}/offer", json=body) as resp:
+        answer = await resp.json()
+        if resp.status == 200:
+            await pc.setRemoteDescription(RTCSessionDescription(**answer))
+        return pc, tasks, resp.status, answer
+
+
+async def wait_for(predicate, seconds: float) -> bool:  # noqa: ANN001
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not predicate():
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+@pytest.mark.slow
+def test_stream_admission_and_cleanup() -> None:
+    """Video 512² and audio arrive with events; a second peer is refused; closing frees all."""
+
+    async def run() -> None:
+        runner, base = await start_server(max_sessions=1)
+        ctx = runner.app[CTX]
+        got, other = Received(), Received()
+        try:
+            async with aiohttp.ClientSession() as http:
+                pc, tasks, status, _ = await connect(http, base, got)
+                assert status == 200
+                assert ctx.admission.active == 1
+                pc2, _, status2, refused = await connect(http, base, other)
+                await pc2.close()
+                assert status2 == 503 and refused["error"] == "server full (1 sessions)"
+                ok = await wait_for(lambda: len(got.shapes) >= 75 and got.audio_samples, 60)
+                assert ok, f"only {len(got.shapes)} frames / {got.audio_samples} samples"
+                assert set(got.shapes) == {(512, 512, 3)}
+                assert got.audio_rms > 0.005  # the speech comes back (not just silence)
+                assert await wait_for(lambda: any(e["type"] == "stats" for e in got.events), 10)
+                assert {"state", "stats"} <= {e["type"] for e in got.events}
+                await pc.close()
+                for t in tasks:
+                    t.cancel()
+                assert await wait_for(lambda: ctx.admission.active == 0, 30)
+                assert await wait_for(lambda: not ctx.engine.sessions and not ctx.connections, 10)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())
+
+
+def test_offer_errors() -> None:
+    """Bad JSON / SDP → 400, foreign Origin → 403, unknown avatar → 404; nothing leaks."""
+
+    async def run() -> None:
+        runner, base = await start_server()
+        ctx = runner.app[CTX]
+        url = f"{base}/offer"
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def post(data: object, **kw: object) -> tuple[int, str]:
+                    body = data if isinstance(data, str) else json.dumps(data)
+                    async with http.post(url, data=body, **kw) as r:
+                        return r.status, (await r.json())["error"]
+
+                status, msg = await post("{not json")
+                assert status == 400 and "not JSON" in msg
+                status, msg = await post(["offer"])
+                assert status == 400 and "JSON object" in msg
+                status, msg = await post({"type": "offer"})
+                assert status == 400 and "sdp" in msg
+                status, msg = await post({"sdp": "v=0", "type": "answer"})
+                assert status == 400 and "type" in msg
+                status, msg = await post({"sdp": "this is not sdp", "type": "offer"})
+                assert status == 400 and "SDP" in msg
+                garbled = "v=0\r\nm=video port UDP/TLS/RTP/SAVPF 96\r\n"
+                status, msg = await post({"sdp": garbled, "type": "offer"})
+                assert status == 400 and "SDP" in msg, msg
+                status, msg = await post({"sdp": "v=0\r\n", "type": "offer", "avatar": "nope"})
+                assert status == 404 and "nope" in msg
+                headers = {"Origin": "http://evil.example"}
+                status, msg = await post({"sdp": "v=0\r\n", "type": "offer"}, headers=headers)
+                assert status == 403
+                assert ctx.admission.active == 0 and not ctx.connections
+                assert not ctx.engine.sessions
+                async with http.get(f"{base}/rtc-config") as r:
+                    assert (await r.json()) == {"iceServers": []}  # no STUN unless configured
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())
