@@ -59,6 +59,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         help="generate as the live engine does: this many new frames per window",
     )
     e.add_argument("--lookahead", type=int, default=0, help="with --live-hop: future frames")
+    e.add_argument("--guidance", type=float, help="classifier-free guidance for SMGA")
+    e.add_argument("--no-baseline", action="store_true", help="skip the procedural baseline")
     e.add_argument("--out", type=Path, help="write the results as JSON")
 
 
@@ -122,14 +124,15 @@ def run_eval(args: argparse.Namespace) -> int:
     from mmgt.train.evaluate import DriverUnderTest, evaluate_clips, evaluate_real_speech
 
     clips = _load_split(args.corpus, args.split)[: args.max_clips]
-    drivers = [DriverUnderTest("procedural", make_driver("procedural"))]
+    drivers = [] if args.no_baseline else [DriverUnderTest("procedural", make_driver("procedural"))]
     try:
-        smga = make_driver("smga", weights=args.weights, steps=args.steps)
+        sampler = {"steps": args.steps, "guidance": args.guidance}
+        smga = make_driver("smga", weights=args.weights, **sampler)
         if args.live_hop:  # the live engine's windows: commit all but 2 hops + look-ahead
             from mmgt.drivers.hop import HopDriver
 
             context = smga.window - 2 * args.live_hop - args.lookahead
-            smga = make_driver("smga", weights=args.weights, steps=args.steps, context=context)
+            smga = make_driver("smga", weights=args.weights, context=context, **sampler)
             smga = HopDriver(smga, args.live_hop, args.lookahead)
         drivers.insert(0, DriverUnderTest("smga", smga))
     except InputError as exc:
