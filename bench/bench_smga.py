@@ -64,7 +64,7 @@ def main() -> None:
     for name in presets:
         model = SMGA(preset(name, audio_dim=43 if name != "official" else 1059)).eval()
         w = model.config.frames
-        steps_list = (2, 4, 8) if name != "official" else (4, 50)
+        steps_list = (1, 2, 4, 8) if name != "official" else (4, 50)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         entry: dict[str, object] = {"window_frames": w, "params_millions": round(params, 2)}
         for steps in steps_list:

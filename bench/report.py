@@ -27,6 +27,7 @@ SECTIONS = {
     "extractor": "Reference-pose extractor",
     "audio": "Audio front-end",
     "live": "Live engine: websocket sessions under load (`bench/bench_live.py`)",
+    "smga": "SMGA sampling cost per second of motion (`bench/bench_smga.py`)",
 }
 
 

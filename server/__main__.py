@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--driver", default="auto", choices=("auto", "procedural", "smga"))
     p.add_argument("--smga-weights", help="SMGA weights (our safetensors or an official .pt)")
-    p.add_argument("--steps", type=int, help="SMGA DDIM steps per window (live default 2)")
+    p.add_argument("--steps", type=int, help="SMGA DDIM steps per window (live default 1)")
     p.add_argument("--renderer", default="warp", choices=("warp",))
     p.add_argument("--size", type=int, default=512, help="video side in pixels")
     p.add_argument("--hop", type=int, default=4, help="new frames per stage-1 window")
