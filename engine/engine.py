@@ -21,6 +21,7 @@ from engine.scheduler import StreamScheduler, StreamSettings
 from engine.session import Session
 from engine.vad import VoiceActivity
 from mmgt.drivers import default_driver_name, make_driver
+from mmgt.drivers.hop import live_context
 from mmgt.renderers import make_renderer
 from mmgt.types import Avatar, Driver, Renderer
 
@@ -96,9 +97,7 @@ class Engine:
         window = getattr(driver, "window", None)
         if window is None or not hasattr(driver, "settings"):
             return
-        context = window - stream.hop_frames * 2 - stream.lookahead_frames  # room for 2× hop
-        if context < 1:
-            raise ValueError(f"hop/look-ahead too long for a {window}-frame SMGA window")
+        context = live_context(window, stream.hop_frames, stream.lookahead_frames)
         driver.settings = replace(driver.settings, context=context)
         driver.context_frames = context
 

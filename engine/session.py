@@ -19,7 +19,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -42,7 +41,6 @@ class SessionStats:
     audio_in_s: float = 0.0
     dropped_frames: int = 0
     refused_chunks: int = 0
-    stage_seconds: dict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=2000)
     )
@@ -262,9 +260,7 @@ class Session:
         if self._idle and not self._input_ended:
             due = int((now - self._t0 - self._slack) * SPEECH_RATE)
             sched.fill_silence(due)
-        t = time.perf_counter()
         out.extend(sched.step(now, starving and not self._input_ended))
-        self.stats.stage_seconds["step"] += time.perf_counter() - t
         if self._input_ended and not out:
             return sched.drain(), True
         return out, False

@@ -36,12 +36,13 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
-from engine.frames import AudioFrame, SegmentEnd, StateEvent, VadEvent, VideoFrame
+from engine.frames import AudioFrame, VideoFrame
 from engine.scheduler import BufferFull
 from engine.session import Session
 from mmgt.errors import AudioError
 from server.app import CTX, ServerContext, origin_allowed
 from server.avatars import DEFAULT_ID
+from server.protocol import event_json
 
 log = logging.getLogger(__name__)
 
@@ -284,21 +285,15 @@ class PeerSession:
 
     async def _pump(self) -> None:
         """Session frames → tracks, events → data channel; closes the peer when it ends."""
+        frame_rate = self.session.scheduler.settings.fps
         try:
             async for item in self.session:
                 if isinstance(item, VideoFrame):
                     self.video.put(item)
                 elif isinstance(item, AudioFrame):
                     self.audio.put_frame(item)
-                elif isinstance(item, VadEvent):
-                    self.send({"type": "vad", "speech": item.speech, "index": item.index})
-                elif isinstance(item, StateEvent):
-                    self.send(
-                        {"type": "state", "state": item.state, "detail": item.detail}
-                        | {"level": item.level, "index": item.index}
-                    )
-                elif isinstance(item, SegmentEnd):
-                    self.send({"type": "segment_end", "index": item.index})
+                else:  # events: the websocket protocol's JSON, on the data channel
+                    self.send(event_json(item, frame_rate))
         except Exception:
             log.exception("%s: session failed", self.name)
             self.send({"type": "state", "state": "error", "detail": "session failed"})
@@ -308,9 +303,8 @@ class PeerSession:
         self.sent_frames += 1
         if self.session is not None and frame.source_time is not None:
             now = self.ctx.engine.clock.now()
-            self.session.record_latency(frame, now)
+            self.session.record_latency(frame, now)  # also feeds the engine's histogram
             self._latencies.append(now - frame.source_time)
-            self.ctx.engine.metrics.latency_seconds.observe(now - frame.source_time)
 
     async def _stats(self, period: float = 1.0) -> None:
         """Every ``period``: frames sent per second and the median latency of those frames."""

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
 import time
 from dataclasses import replace
 
@@ -23,25 +22,15 @@ import cv2
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from engine.frames import (
-    AudioFrame,
-    Interrupted,
-    SegmentEnd,
-    StateEvent,
-    VadEvent,
-    VideoFrame,
-)
+from engine.frames import AudioFrame, VideoFrame
 from engine.scheduler import BufferFull
 from mmgt.audio.decode import MAX_CHANNELS, MAX_RATE, MIN_RATE
 from mmgt.errors import AudioError
 from server.app import CTX, ServerContext, json_dumps, origin_allowed
+from server.protocol import HEADER, KIND_AUDIO_PCM16, KIND_VIDEO_JPEG, PROTOCOL, event_json
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = 1
-KIND_VIDEO_JPEG = 1
-KIND_AUDIO_PCM16 = 2
-HEADER = struct.Struct("<BxxxqI")  # kind, pts (video: frame index; audio: sample), frame index
 FORMATS = ("jpeg",)
 PACES = ("realtime", "asap")
 MAX_MESSAGES_PER_S = 400  # token bucket: sustained rate …
@@ -249,7 +238,7 @@ class WsConnection:
                         head = HEADER.pack(KIND_AUDIO_PCM16, item.start_sample, item.index)
                         await self.send_bytes(head + item.pcm16())
                 else:
-                    await self.send_json(_event(item, fps))
+                    await self.send_json(event_json(item, fps))
                 if time.monotonic() - last_stats >= STATS_EVERY_S:
                     last_stats = time.monotonic()
                     await self.send_json(_stats(session))
@@ -333,32 +322,6 @@ async def _pace(anchor: tuple[float, int] | None, index: int, fps: int) -> tuple
         await asyncio.sleep(due - PACE_LEAD_S - now)
         return anchor
     return (now, index) if now > due else anchor
-
-
-def _event(item: object, fps: int) -> dict:
-    if isinstance(item, VadEvent):
-        return {"type": "vad", "speech": item.speech, "frame": item.index, "t": item.index / fps}
-    if isinstance(item, SegmentEnd):
-        return {"type": "segment_end", "segment": item.segment, "frame": item.index}
-    if isinstance(item, Interrupted):
-        return {
-            "type": "interrupted",
-            "played_frames": item.played_frames,
-            "played_s": item.played_s,
-            "dropped_frames": item.dropped_frames,
-            "dropped_audio_s": round(item.dropped_audio_s, 4),
-        }
-    if isinstance(item, StateEvent):
-        if item.state == "error":
-            return {"type": "error", "code": "bad_audio", "message": item.detail, "fatal": False}
-        return {
-            "type": "state",
-            "state": item.state,
-            "level": item.level,
-            "detail": item.detail,
-            "frame": item.index,
-        }
-    raise TypeError(f"unexpected item {type(item).__name__}")
 
 
 def _stats(session) -> dict:  # noqa: ANN001

@@ -90,7 +90,7 @@ async def test_idle_session_keeps_producing_silent_frames():
 
 
 async def test_interrupt_reports_what_was_played_and_resumes_there(speech):
-    session = new_session(idle=False) if False else new_session()
+    session = new_session()
     session.push_audio(speech[: 16000 * 3], 16000, 1)
     got = []
     async for item in session:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import numpy as np
 
-HEADER = struct.Struct("<BxxxqI")  # kind, pts, frame index (server/ws.py)
-KIND_VIDEO_JPEG, KIND_AUDIO_PCM16 = 1, 2
+from server.protocol import HEADER, KIND_AUDIO_PCM16, KIND_VIDEO_JPEG
+
 CHUNK_MS = 20
 
 

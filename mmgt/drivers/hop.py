@@ -14,6 +14,15 @@ from mmgt.keypoints import layout
 from mmgt.types import AudioFeatures, Driver, KeypointSeq
 
 
+def live_context(window: int, hop: int, lookahead: int) -> int:
+    """Committed frames per live window of a ``window``-frame model: all but room for a doubled
+    hop (the engine doubles it under load) and the look-ahead."""
+    context = window - 2 * hop - lookahead
+    if context < 1:
+        raise ValueError(f"hop/look-ahead too long for a {window}-frame SMGA window")
+    return context
+
+
 class HopDriver:
     """Wraps a driver; ``generate`` runs it in live windows (whole clips only)."""
 

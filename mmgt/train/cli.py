@@ -128,10 +128,10 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         sampler = {"steps": args.steps, "guidance": args.guidance}
         smga = make_driver("smga", weights=args.weights, **sampler)
-        if args.live_hop:  # the live engine's windows: commit all but 2 hops + look-ahead
-            from mmgt.drivers.hop import HopDriver
+        if args.live_hop:  # the live engine's windows
+            from mmgt.drivers.hop import HopDriver, live_context
 
-            context = smga.window - 2 * args.live_hop - args.lookahead
+            context = live_context(smga.window, args.live_hop, args.lookahead)
             smga = make_driver("smga", weights=args.weights, context=context, **sampler)
             smga = HopDriver(smga, args.live_hop, args.lookahead)
         drivers.insert(0, DriverUnderTest("smga", smga))
