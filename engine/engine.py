@@ -33,7 +33,7 @@ class EngineConfig:
     Attributes:
         driver: ``procedural``, ``smga`` or ``auto`` (the shipped default).
         driver_options: passed to :func:`mmgt.drivers.make_driver` (weights, steps, …).
-        renderer: render backend name.
+        renderer: render backend name; ``renderer_options`` go to ``make_renderer``.
         stream: default per-session scheduler settings.
         workers: worker threads for model/render work (default: the machine's cores).
         intra_op_threads: torch intra-op threads (1: sessions scale across cores instead).
@@ -44,6 +44,7 @@ class EngineConfig:
     driver: str = "auto"
     driver_options: dict = field(default_factory=dict)
     renderer: str = "warp"
+    renderer_options: dict = field(default_factory=dict)
     stream: StreamSettings = field(default_factory=StreamSettings)
     workers: int | None = None
     intra_op_threads: int = 1
@@ -86,7 +87,7 @@ class Engine:
         options = live_driver_options(self.driver_name, cfg.driver_options)
         self._driver: Driver = make_driver(self.driver_name, seed=cfg.seed, **options)
         self._fit_smga_context(self._driver, cfg.stream)
-        self.renderer: Renderer = make_renderer(cfg.renderer)
+        self.renderer: Renderer = make_renderer(cfg.renderer, **cfg.renderer_options)
         self._states: collections.OrderedDict[str, object] = collections.OrderedDict()
         self._states_lock = threading.Lock()
         self.sessions: set[Session] = set()
@@ -143,6 +144,7 @@ class Engine:
             settings=settings,
             needs_masks=renderer.needs_masks,
             needs_audio=renderer.needs_audio,
+            audio_kind=getattr(renderer, "audio_kind", "light-v1"),
             vad_factory=VoiceActivity,
             observe=self.metrics.observe_stage,
         )

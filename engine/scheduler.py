@@ -47,6 +47,7 @@ from mmgt.audio.features import FEATURE_DIM, HOP, LOOKAHEAD_SAMPLES, LightFeatur
 from mmgt.errors import AudioError
 from mmgt.keypoints import layout
 from mmgt.masks import MotionMaskStream
+from mmgt.types import PCM_AUDIO_KIND as PCM_KIND
 from mmgt.types import AudioFeatures, Driver, KeypointSeq, RenderStream
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class StreamScheduler:
         settings: StreamSettings | None = None,
         needs_masks: bool = False,
         needs_audio: bool = False,
+        audio_kind: str = "light-v1",
         vad_factory=None,  # noqa: ANN001 - () -> engine.vad.VoiceActivity
         observe=None,  # noqa: ANN001 - (stage: str, seconds: float) -> None
     ) -> None:
@@ -126,6 +128,11 @@ class StreamScheduler:
         self._open_stream = render_stream_factory
         self.render: RenderStream = render_stream_factory()
         self.needs_audio = needs_audio
+        if audio_kind not in ("light-v1", PCM_KIND):
+            raise ValueError(f"unknown renderer audio kind {audio_kind!r}")
+        self.audio_kind = audio_kind
+        self._pcm = np.zeros(0, np.float32)  # 16 kHz speech from timeline sample _pcm_start
+        self._pcm_start = 0
         use_masks = needs_masks if s.masks is None else s.masks
         self._masks = MotionMaskStream(frame_size) if use_masks else None
         self._vad = vad_factory() if (s.vad and vad_factory is not None) else None
@@ -202,6 +209,8 @@ class StreamScheduler:
                 self._arrivals.append((self.samples, arrival))
             feats = self._stream.push(speech)
             self._add_features(feats)
+            if self.needs_audio and self.audio_kind == PCM_KIND:
+                self._pcm = np.concatenate([self._pcm, speech])
             if self._vad is not None:
                 for change in self._vad.push(speech):
                     frame = max(change.sample // HOP, self.emitted)
@@ -253,6 +262,15 @@ class StreamScheduler:
         lo, hi = start - self._feat_start, stop - self._feat_start
         return AudioFeatures(self._feat[lo:hi], self.settings.fps, start, "light-v1")
 
+    def _render_audio(self, start: int, stop: int) -> AudioFeatures:
+        """The renderer's audio for frames [start, stop): light features or 16 kHz PCM rows."""
+        if self.audio_kind != PCM_KIND:
+            return self._window_features(start, stop)
+        lo, hi = start * HOP - self._pcm_start, stop * HOP - self._pcm_start
+        rows = self._pcm[max(lo, 0) : hi]
+        rows = np.pad(rows, (max(-lo, 0), (stop - start) * HOP - rows.size - max(-lo, 0)))
+        return AudioFeatures(rows.reshape(-1, HOP), self.settings.fps, start, PCM_KIND)
+
     def _trim(self) -> None:
         # Keep the driver's context plus enough history to resume after an interrupt that
         # drops the frames still queued for the consumer.
@@ -263,6 +281,10 @@ class StreamScheduler:
         if keep_from > self._poses_start:
             self._poses = self._poses[keep_from - self._poses_start :]
             self._poses_start = keep_from
+        cut = self.posed * HOP - self._pcm_start  # PCM is only needed for unrendered frames
+        if cut > 0 and self._pcm.size:
+            self._pcm = self._pcm[cut:]
+            self._pcm_start += cut
 
     # -- the work -------------------------------------------------------------------------
     def step(self, now: float | None, starving: bool = True) -> list[OutputFrame]:
@@ -327,7 +349,7 @@ class StreamScheduler:
             self._observe("masks", time.perf_counter() - t)
         audio = None
         if self.needs_audio:
-            audio = self._window_features(poses.start_frame, poses.stop_frame)
+            audio = self._render_audio(poses.start_frame, poses.stop_frame)
         t = time.perf_counter()
         images = self.render.push(poses, masks, audio)
         if len(poses):
@@ -407,6 +429,10 @@ class StreamScheduler:
             self._feat, self._feat_start = self._feat[:0], played
         self._feat = self._feat[: played - self._feat_start]
         self._force_until = 0
+        keep = max(0, played * HOP - self._pcm_start)
+        self._pcm = self._pcm[:keep]
+        if not keep:
+            self._pcm_start = played * HOP
         self.render.close()
         self.render = self._open_stream()
         self._reset_timeline(played, self.input_rate, self.channels)

@@ -2,8 +2,9 @@
 
 Subcommands: ``render`` (photo + speech → mp4), ``prepare-avatar`` (photo → framed image and
 reference pose), ``doctor`` (versions, threads, devices), ``data`` (training corpus), ``train``
-and ``eval`` (SMGA). Errors caused by the input are printed as one line, with exit code 2;
-nothing partial is left on disk.
+and ``eval`` (SMGA), ``check-weights`` (key and shape diff of an official weights folder).
+Errors caused by the input are printed as one line, with exit code 2; nothing partial is left
+on disk.
 """
 
 from __future__ import annotations
@@ -60,16 +61,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="audio → motion (auto: the shipped SMGA model if present, else procedural)",
     )
     r.add_argument("--renderer", choices=RENDERERS, default="warp", help="motion → frames")
+    r.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="official weights folder (docs/weights.md): stage_1/ and wavlm/ for --driver smga, "
+        "stage_2/ and the base models for --renderer diffusion",
+    )
     g = r.add_argument_group("SMGA driver (--driver smga)")
     g.add_argument(
         "--smga-weights",
         type=Path,
         help="our .safetensors or an official checkpoint (default: the shipped CPU model)",
-    )
-    g.add_argument(
-        "--weights-dir",
-        type=Path,
-        help="official weights folder: stage_1/audio2pose_best_model.pt and wavlm/",
     )
     g.add_argument(
         "--wavlm", type=Path, help="WavLM for official checkpoints: transformers folder or .pt"
@@ -79,6 +81,18 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eta", type=float, help="DDIM eta (official 1)")
     g.add_argument("--context", type=int, help="frames each window continues from")
     g.add_argument("--smga-heads", type=int, default=8, help="heads of an official checkpoint")
+    d = r.add_argument_group("diffusion renderer (--renderer diffusion)")
+    d.add_argument(
+        "--stage2-preset",
+        choices=("tiny",),
+        help="random tiny stage-2 models instead of --weights-dir (checks the pipeline; noise)",
+    )
+    d.add_argument("--render-steps", type=int, help="DDIM steps (official 30)")
+    d.add_argument("--render-guidance", type=float, help="classifier-free guidance (official 3.5)")
+    d.add_argument("--mask-mode", choices=("official", "paper"), default="official",
+                   help="MM-HAA mask wiring (docs/models.md)")  # fmt: skip
+    d.add_argument("--device", default="cpu", help="cpu or cuda:N")
+    d.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="network precision")
     r.add_argument(
         "--debug",
         action="store_true",
@@ -95,9 +109,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     from mmgt.train import cli as train_cli
     from mmgt.train.corpus import cli as corpus_cli
+    from mmgt.weights import check
 
     corpus_cli.add_cli(sub)
     train_cli.add_cli(sub)
+    check.add_cli(sub)
     return parser
 
 
@@ -116,7 +132,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     audio = args.audio or Path(__file__).resolve().parent / "assets" / "speech_sample.wav"
     weights, wavlm = args.smga_weights, args.wavlm
-    if args.weights_dir is not None:
+    if args.weights_dir is not None and args.driver == "smga":
         weights = weights or args.weights_dir / "stage_1" / "audio2pose_best_model.pt"
         wavlm = wavlm or _find_wavlm(args.weights_dir / "wavlm")
     options = {
@@ -129,6 +145,14 @@ def _cmd_render(args: argparse.Namespace) -> int:
     }
     if args.driver != "smga" and any(v is not None for k, v in options.items() if k != "heads"):
         raise InputError("SMGA options (--smga-weights, --steps, …) need --driver smga")
+    renderer_options = None
+    if args.renderer == "diffusion":
+        from mmgt.renderers import diffusion_options
+
+        renderer_options = diffusion_options(args, live=False)
+    elif args.stage2_preset or args.render_steps is not None or args.render_guidance is not None:
+        raise InputError("diffusion options (--stage2-preset, --render-steps, …) need "
+                         "--renderer diffusion")  # fmt: skip
     result = render_video(
         audio,
         args.out,
@@ -141,6 +165,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         driver_options=options if args.driver == "smga" else None,
         wavlm=wavlm,
+        renderer_options=renderer_options,
     )
     t = result.timings
     rt = result.duration_s / t["render_encode"] if t["render_encode"] else float("inf")
@@ -231,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from mmgt.train import cli as train_cli
     from mmgt.train.corpus import cli as corpus_cli
+    from mmgt.weights import check
 
     commands = {
         "render": _cmd_render,
@@ -239,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": corpus_cli.run_cli,
         "train": train_cli.run_train,
         "eval": train_cli.run_eval,
+        "check-weights": check.run_cli,
     }
     try:
         import torch

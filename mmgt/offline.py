@@ -61,13 +61,16 @@ def render_video(
     progress: bool = True,
     driver_options: dict | None = None,
     wavlm: str | os.PathLike[str] | None = None,
+    renderer_options: dict | None = None,
 ) -> RenderResult:
     """Render ``audio`` spoken by the photo ``image`` (or the bundled avatar) into ``out``.
 
     ``driver_options`` go to :func:`mmgt.drivers.make_driver` (e.g. ``weights``, ``steps``);
     ``wavlm`` is the WavLM model (folder or ``WavLM-Large.pt``) that official SMGA checkpoints
-    need for their features. Raises :class:`~mmgt.errors.InputError` subclasses for bad photos,
-    audio or weights; no output file (nor debug file) is left behind when anything fails.
+    need for their features; ``renderer_options`` go to :func:`mmgt.renderers.make_renderer`
+    (e.g. the diffusion renderer's ``weights_dir``). Raises :class:`~mmgt.errors.InputError`
+    subclasses for bad photos, audio or weights; no output file (nor debug file) is left behind
+    when anything fails.
     """
     out = Path(out)
     if out.suffix.lower() != ".mp4":
@@ -95,9 +98,10 @@ def render_video(
     timings["driver"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    rnd = make_renderer(renderer)
+    rnd = make_renderer(renderer, **(renderer_options or {}))
     state = rnd.prepare(avatar)
     stream = rnd.open_stream(state)
+    whole_clip = getattr(rnd, "render_clip", None)  # window renderers render the clip at once
     timings["prepare"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -112,8 +116,12 @@ def render_video(
         bar = stack.enter_context(
             tqdm(total=len(poses), unit="frame", disable=not progress, desc="render")
         )
-        for i in range(len(poses)):
-            frame = stream.push(poses.frames(poses.start_frame + i, poses.start_frame + i + 1))[0]
+        if whole_clip is not None:
+            frames = iter(whole_clip(state, poses, speech))
+        else:
+            p0 = poses.start_frame
+            frames = (stream.push(poses.frames(p0 + i, p0 + i + 1))[0] for i in range(len(poses)))
+        for i, frame in enumerate(frames):
             writer.write(frame)
             if debug:
                 pose_img = render_pose(poses.points[i], size)

@@ -101,6 +101,11 @@ class KeypointSeq:
         return KeypointSeq(pts, first.frame_size, first.fps, first.start_frame)
 
 
+# AudioFeatures kind of raw speech rows: 16 kHz PCM, one row of 16000 / fps samples per frame
+# (renderers that run their own audio encoder, e.g. stage 2's wav2vec2, ask for it).
+PCM_AUDIO_KIND = "pcm16k"
+
+
 @dataclass(frozen=True, slots=True)
 class AudioFeatures:
     """Per-video-frame audio features.

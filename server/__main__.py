@@ -48,7 +48,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--driver", default="auto", choices=("auto", "procedural", "smga"))
     p.add_argument("--smga-weights", help="SMGA weights (our safetensors or an official .pt)")
     p.add_argument("--steps", type=int, help="SMGA DDIM steps per window (live default 1)")
-    p.add_argument("--renderer", default="warp", choices=("warp",))
+    p.add_argument("--renderer", default="warp", choices=("warp", "diffusion"))
+    p.add_argument(
+        "--weights-dir", help="official weights folder for --renderer diffusion (docs/weights.md)"
+    )
+    p.add_argument(
+        "--stage2-preset",
+        choices=("tiny",),
+        help="--renderer diffusion with random tiny models (a pipeline check: the video is noise)",
+    )
+    p.add_argument("--render-steps", type=int, help="diffusion steps per window (live default 2)")
+    p.add_argument("--render-guidance", type=float, help="diffusion CFG (live default off)")
+    p.add_argument("--device", default="cpu", help="diffusion renderer device: cpu or cuda:N")
+    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
     p.add_argument("--size", type=int, default=512, help="video side in pixels")
     p.add_argument("--hop", type=int, default=4, help="new frames per stage-1 window")
     p.add_argument("--lookahead", type=int, default=0, help="future frames each window sees")
@@ -74,6 +86,11 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         options["weights"] = args.smga_weights
     if args.steps:
         options["steps"] = args.steps
+    renderer_options = {}
+    if args.renderer == "diffusion":
+        from mmgt.renderers import diffusion_options
+
+        renderer_options = diffusion_options(args, live=True)
     return ServerSettings(
         host=args.host,
         port=0 if args.smoke else args.port,
@@ -86,6 +103,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         driver=args.driver,
         driver_options=options,
         renderer=args.renderer,
+        renderer_options=renderer_options,
         stream=StreamSettings(hop_frames=args.hop, lookahead_frames=args.lookahead),
         workers=args.workers,
     )

@@ -191,6 +191,7 @@ def make_app(settings: ServerSettings, engine: Engine | None = None) -> web.Appl
                 driver=settings.driver,
                 driver_options=dict(settings.driver_options),
                 renderer=settings.renderer,
+                renderer_options=dict(settings.renderer_options),
                 stream=settings.stream,
                 workers=settings.workers,
             )

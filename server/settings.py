@@ -21,7 +21,8 @@ class ServerSettings:
         max_upload_bytes: photo upload limit.
         max_message_bytes: largest websocket message accepted.
         frame_size: output video side (multiple of 64).
-        driver, driver_options, renderer: engine choices (``auto``: the shipped default).
+        driver, driver_options, renderer, renderer_options: engine choices
+            (``auto``: the shipped default).
         stream: scheduler settings for live sessions.
         workers: worker threads (default: the machine's cores).
     """
@@ -39,6 +40,7 @@ class ServerSettings:
     driver: str = "auto"
     driver_options: dict = field(default_factory=dict)
     renderer: str = "warp"
+    renderer_options: dict = field(default_factory=dict)
     stream: StreamSettings = field(default_factory=StreamSettings)
     workers: int | None = None
     send_timeout_s: float = 10.0  # a websocket client that reads nothing this long is dropped

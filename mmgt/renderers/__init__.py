@@ -2,17 +2,83 @@
 
 from __future__ import annotations
 
+from mmgt.errors import InputError
 from mmgt.renderers.warp import WarpConfig, WarpRenderer
 from mmgt.types import Renderer
 
-RENDERERS = ("warp",)
+RENDERERS = ("warp", "diffusion")
 
 
-def make_renderer(name: str) -> Renderer:
-    """Build a renderer by name (see :data:`RENDERERS`)."""
+def make_renderer(name: str, **options: object) -> Renderer:
+    """Build a renderer by name (see :data:`RENDERERS`).
+
+    ``diffusion`` options: ``weights_dir`` (official stage-2 files) or ``preset="tiny"`` (random
+    tiny models: a pipeline check whose video is noise), ``device``, ``dtype``, ``steps``,
+    ``guidance``, ``mask_mode``, ``seed``, ``live`` (few-step live defaults).
+    """
     if name == "warp":
+        if options:
+            raise InputError(f"the warp renderer takes no options ({', '.join(options)})")
         return WarpRenderer()
+    if name == "diffusion":
+        return _diffusion(**options)
     raise ValueError(f"unknown renderer {name!r}; choose one of {', '.join(RENDERERS)}")
 
 
-__all__ = ["RENDERERS", "WarpConfig", "WarpRenderer", "make_renderer"]
+def diffusion_options(args: object, *, live: bool) -> dict:
+    """``make_renderer("diffusion", …)`` options from the shared command-line flags."""
+    return {
+        "weights_dir": None if args.stage2_preset else args.weights_dir,
+        "preset": args.stage2_preset,
+        "device": args.device,
+        "dtype": args.dtype,
+        "steps": args.render_steps,
+        "guidance": args.render_guidance,
+        "mask_mode": getattr(args, "mask_mode", "official"),
+        "seed": getattr(args, "seed", 42),
+        "live": live,
+    }
+
+
+def _diffusion(
+    weights_dir=None,
+    preset=None,
+    device="cpu",
+    dtype="fp32",
+    steps=None,
+    guidance=None,
+    mask_mode="official",
+    seed=42,
+    live=False,
+) -> Renderer:  # noqa: ANN001
+    from dataclasses import replace
+
+    from mmgt.models.mmhaa import MASK_MODES
+    from mmgt.renderers.diffusion import DiffusionRenderer, DiffusionSettings
+    from mmgt.weights.stage2_models import Stage2Models
+
+    if (weights_dir is None) == (preset is None):
+        raise InputError(
+            "the diffusion renderer needs --weights-dir (official stage-2 weights, see "
+            "docs/weights.md) or --stage2-preset tiny (random tiny models, a pipeline check)"
+        )
+    if mask_mode not in MASK_MODES:
+        raise InputError(f"--mask-mode must be one of {', '.join(MASK_MODES)}")
+    if dtype == "fp16" and str(device) == "cpu":
+        raise InputError("--dtype fp16 needs a CUDA device (--device cuda:0)")
+    if weights_dir is not None:
+        models = Stage2Models.from_folder(weights_dir, device=device, dtype=dtype)
+    else:
+        models = Stage2Models.random(preset, seed=seed).to(device, dtype)
+    settings = DiffusionSettings.live() if live else DiffusionSettings()
+    settings = replace(settings, mask_mode=mask_mode, seed=seed)
+    if steps is not None:
+        settings = replace(settings, steps=steps)
+    if guidance is not None:
+        settings = replace(settings, guidance=guidance)
+    if not 1 <= settings.steps <= 1000:
+        raise InputError(f"diffusion steps must be in 1..1000, got {settings.steps}")
+    return DiffusionRenderer(models, settings)
+
+
+__all__ = ["RENDERERS", "WarpConfig", "WarpRenderer", "diffusion_options", "make_renderer"]

@@ -1,0 +1,159 @@
+"""ReferenceNet and the reference bank: spatial detail of the avatar photo for every frame.
+
+The ReferenceNet is an SD1.5 ``UNet2DConditionModel`` (diffusers, by import) run once per avatar
+on the reference latent at timestep 0 with the CLIP embedding as context. Its head
+(``conv_norm_out``/``conv_out``) is removed, as in the official copy, so its state dict has the
+official keys. While it runs, the self-attention processor of each of its 16 transformer
+blocks records its input, i.e. ``norm1`` of the block input (official "writer"; the bank).
+
+In the denoising UNet the processor of the spatial self-attention with the same module name
+reads that bank: keys/values become ``[LN1 h, bank]`` (the bank repeated over frames) while the
+queries stay ``LN1 h`` (official "reader", mmgt_official §4.6). Pairing by module name equals
+the official width-sorted pairing for this structure (fixture README C.8). Rows flagged as the
+unconditional CFG half attend without the bank, as the official reader recomputes them.
+
+The per-call state travels in ``cross_attention_kwargs`` (``reference=``), never in module
+attributes, so one network can serve many sessions from several threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import Attention
+from torch import Tensor, nn
+
+BANK_DTYPE = torch.float16  # the official reader stores the bank in float16 even in fp32 runs
+
+
+def attend(attn: Attention, query_in: Tensor, kv_in: Tensor) -> Tensor:
+    """Multi-head scaled-dot-product attention with ``attn``'s projections (no mask, no norm)."""
+    n, lq, _ = query_in.shape  # (N, Lq, C) ; kv_in (N, Lk, Ckv)
+    heads = attn.heads
+    q = attn.to_q(query_in)
+    k = attn.to_k(kv_in)
+    v = attn.to_v(kv_in)
+    d = q.shape[-1] // heads
+    q, k, v = (t.reshape(n, -1, heads, d).transpose(1, 2) for t in (q, k, v))  # (N, H, L, d)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, lq, heads * d)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+@dataclass
+class ReferenceWrite:
+    """Collects the bank during a ReferenceNet pass: block name → (B, h·w, C)."""
+
+    bank: dict[str, Tensor] = field(default_factory=dict)
+    dtype: torch.dtype = BANK_DTYPE
+
+
+@dataclass(frozen=True)
+class ReferenceRead:
+    """Bank to read in a denoising pass.
+
+    ``bank`` values are (1, h·w, C) (one avatar; broadcast over the batch) or (B, h·w, C);
+    the denoising batch is folded as (B·frames); its first ``uncond_rows`` rows attend without
+    the bank (the unconditional half of a CFG batch).
+    """
+
+    bank: Mapping[str, Tensor]
+    frames: int
+    uncond_rows: int = 0
+
+
+class SelfAttnProcessor:
+    """Self-attention that writes or reads the reference bank under its block's name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        reference: ReferenceWrite | ReferenceRead | None = None,
+    ) -> Tensor:
+        if isinstance(reference, ReferenceWrite):
+            reference.bank[self.name] = hidden_states.to(reference.dtype)
+        if not isinstance(reference, ReferenceRead) or self.name not in reference.bank:
+            return attend(attn, hidden_states, hidden_states)
+        n = hidden_states.shape[0]  # (B·F, L, C)
+        bank = reference.bank[self.name].to(hidden_states.dtype)  # (1 or B, L, C)
+        if bank.shape[0] == 1:
+            bank = bank.expand(n, -1, -1)  # one avatar for every row
+        else:
+            bank = bank.repeat_interleave(reference.frames, 0)  # (B, …) → (B·F, …)
+        u = reference.uncond_rows
+        cond = attend(attn, hidden_states[u:], torch.cat([hidden_states[u:], bank[u:]], 1))
+        if u == 0:
+            return cond
+        return torch.cat([attend(attn, hidden_states[:u], hidden_states[:u]), cond], 0)
+
+
+class CrossAttnProcessor:
+    """Plain cross-attention that accepts (and ignores) the ``reference`` argument."""
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        reference: object = None,
+    ) -> Tensor:
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        return attend(attn, hidden_states, context)
+
+
+def install_reference_processors(unet: nn.Module) -> list[str]:
+    """Give every spatial transformer block of ``unet`` the bank-aware processors.
+
+    Returns the block names (the bank keys), in module order.
+    """
+    from diffusers.models.attention import BasicTransformerBlock
+
+    names = []
+    for name, module in unet.named_modules():
+        if isinstance(module, BasicTransformerBlock):
+            module.attn1.set_processor(SelfAttnProcessor(name))
+            if module.attn2 is not None:
+                module.attn2.set_processor(CrossAttnProcessor())
+            names.append(name)
+    return names
+
+
+def build_reference_unet(unet_config: dict) -> UNet2DConditionModel:
+    """An SD1.5-layout ReferenceNet without its output head, with bank processors installed."""
+    unet = UNet2DConditionModel(**unet_config)
+    unet.conv_norm_out = None
+    unet.conv_act = None
+    unet.conv_out = nn.Identity()
+    install_reference_processors(unet)
+    return unet
+
+
+def reference_bank(
+    unet: UNet2DConditionModel,
+    reference_latent: Tensor,  # (B, 4, h, w), already scaled by the VAE factor
+    clip_embed: Tensor,  # (B, 1, D) image embedding (cross-attention context)
+    dtype: torch.dtype = BANK_DTYPE,
+) -> dict[str, Tensor]:
+    """Run the ReferenceNet once (timestep 0) and return its bank: name → (B, h·w, C).
+
+    Differentiable (training runs it with gradients); wrap inference in ``torch.no_grad``."""
+    writer = ReferenceWrite(dtype=dtype)
+    t = torch.zeros((), dtype=torch.long, device=reference_latent.device)
+    unet(
+        reference_latent,
+        t,
+        encoder_hidden_states=clip_embed,
+        cross_attention_kwargs={"reference": writer},
+        return_dict=False,
+    )
+    return writer.bank

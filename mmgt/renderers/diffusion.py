@@ -1,0 +1,293 @@
+"""Renderer ``diffusion``: MMGT stage 2 (MM-HAA video diffusion) behind the renderer interface.
+
+Per avatar, :meth:`DiffusionRenderer.prepare` computes once what every window and session
+reuses: the VAE latent of the photo, its CLIP image embedding and the ReferenceNet bank.
+
+Per frame the renderer needs the pose image (drawn like the official renderer at the model's
+resolution; the official pipeline also passes it through an x264 round trip, which is skipped
+here), the motion-mask pyramid wired into the three MM-HAA branches, and wav2vec2 audio tokens.
+Masks are computed here from the poses at the model resolution, so the renderer works at any
+avatar size; frames are decoded by the VAE and resized to the avatar size.
+
+* :meth:`DiffusionRenderer.render_clip`: offline, the official long-video scheme (whole-clip
+  wav2vec2, overlapping windows averaged at every step; :mod:`.diffusion_windows`).
+* :meth:`DiffusionRenderer.open_stream`: live; each window continues from the latents of the
+  frames already emitted. Audio arrives as 16 kHz PCM rows (``audio_kind = "pcm16k"``, 640
+  samples per frame) and wav2vec2 runs over a causal look-behind window (see
+  :mod:`mmgt.audio.wav2vec` for how that differs from offline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmgt.audio import wav2vec as w2v
+from mmgt.keypoints.render import render_pose
+from mmgt.masks import MotionMaskStream
+from mmgt.models.mmhaa import OFFICIAL_REGION_WEIGHTS, BranchMasks, branch_masks
+from mmgt.models.reference import ReferenceRead, reference_bank
+from mmgt.renderers.diffusion_windows import context_windows, sample_continuation, sample_offline
+from mmgt.schedulers.video import DDIMSampler, VideoScheduleConfig
+from mmgt.types import PCM_AUDIO_KIND, AudioFeatures, Avatar, KeypointSeq, MaskSet
+from mmgt.weights.stage2_models import LATENT_SCALE, Stage2Models
+
+SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """Sampling settings. Official offline: 30 steps, CFG 3.5, windows 12/4, weights [1, 1, 2]."""
+
+    steps: int = 30
+    guidance: float = 3.5
+    window: int = 12
+    overlap: int = 4
+    closed_loop: bool = True
+    region_weights: tuple[float, float, float] = OFFICIAL_REGION_WEIGHTS
+    mask_mode: str = "official"
+    audio_context_s: float = 2.0  # live wav2vec2 look-behind
+    seed: int = 42
+
+    @staticmethod
+    def live(steps: int = 2, guidance: float = 1.0) -> DiffusionSettings:
+        """Few-step sampling for the live engine (CFG off by default: it doubles the cost)."""
+        return DiffusionSettings(steps=steps, guidance=guidance)
+
+
+@dataclass(frozen=True, eq=False)
+class DiffusionAvatarState:
+    """Per-avatar cache shared by every window and session (read-only after ``prepare``)."""
+
+    avatar: Avatar
+    reference_latent: torch.Tensor  # (1, 4, h, w), scaled
+    clip_embed: torch.Tensor  # (1, 1, D)
+    bank: dict[str, torch.Tensor] = field(repr=False)
+
+
+@dataclass
+class _Window:
+    """Conditions of consecutive frames at the model resolution."""
+
+    pose: torch.Tensor  # (F, C0, h, w) pose-guider features
+    tokens: torch.Tensor  # (1, F, tokens, D)
+    masks: BranchMasks
+
+
+class DiffusionRenderer:
+    name = "diffusion"
+    needs_masks = False  # computed here at the model resolution
+    needs_audio = True
+    audio_kind = PCM_AUDIO_KIND
+
+    def __init__(self, models: Stage2Models, settings: DiffusionSettings | None = None) -> None:
+        self.models = models
+        self.settings = settings or DiffusionSettings()
+        self.schedule = VideoScheduleConfig()
+        self.prepare_calls = 0
+
+    # -- per avatar ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare(self, avatar: Avatar) -> DiffusionAvatarState:
+        self.prepare_calls += 1
+        m, res = self.models, self.models.resolution
+        image = Image.fromarray(avatar.image).resize((res, res), Image.LANCZOS)
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        latent = m.vae.encode(x.to(m.device, m.dtype)).latent_dist.mean * LATENT_SCALE
+        clip = self._clip_embed(avatar.image)
+        bank = reference_bank(m.net.reference_unet, latent, clip)
+        return DiffusionAvatarState(avatar, latent, clip, bank)
+
+    def _clip_embed(self, image: np.ndarray) -> torch.Tensor:
+        from transformers import CLIPImageProcessorPil
+
+        small = Image.fromarray(image).resize((224, 224), Image.BICUBIC)
+        pixels = CLIPImageProcessorPil()(images=small, return_tensors="pt").pixel_values
+        enc = self.models.image_encoder
+        embeds = enc(pixel_values=pixels.to(self.models.device, self.models.dtype)).image_embeds
+        return embeds[:, None]  # (1, 1, D)
+
+    def open_stream(self, state: DiffusionAvatarState) -> DiffusionStream:
+        return DiffusionStream(self, state)
+
+    # -- conditions ---------------------------------------------------------------------------
+    def _poses_at_model_size(self, poses: KeypointSeq) -> np.ndarray:
+        return poses.resized(self.models.resolution).points  # (F, 134, 3)
+
+    @torch.no_grad()
+    def _window(
+        self, points: np.ndarray, masks: Sequence[MaskSet], tokens: torch.Tensor
+    ) -> _Window:
+        m, res = self.models, self.models.resolution
+        images = np.stack([render_pose(p, res) for p in points])  # (F, H, W, 3)
+        pose = torch.from_numpy(images).permute(3, 0, 1, 2)[None].float() / 255  # (1, 3, F, H, W)
+        features = m.net.pose_guider(pose.to(m.device, m.dtype))
+        wired = branch_masks(masks, self.settings.mask_mode)
+        wired = BranchMasks(
+            *(
+                tuple(t.to(m.device, m.dtype) for t in lv)
+                for lv in (wired.full, wired.face, wired.lip)
+            )
+        )
+        return _Window(features, tokens.to(m.device, m.dtype), wired)
+
+    def _denoiser(self, state: DiffusionAvatarState, cond: _Window):
+        """The window denoiser of :mod:`.diffusion_windows` (CFG batch when guidance > 1)."""
+        unet, s = self.models.net.denoising_unet, self.settings
+
+        def denoise(x: torch.Tensor, t: int, idx: Sequence[int]) -> torch.Tensor:
+            f = x.shape[2]
+            pose, tokens, masks = (
+                cond.pose[list(idx)],
+                cond.tokens[:, list(idx)],
+                cond.masks.frames(list(idx)),
+            )
+            if s.guidance <= 1.0:
+                return unet(
+                    x,
+                    t,
+                    state.clip_embed,
+                    tokens,
+                    masks,
+                    pose,
+                    ReferenceRead(state.bank, f),
+                    s.region_weights,
+                )
+            context = torch.cat([torch.zeros_like(state.clip_embed), state.clip_embed])
+            audio = torch.cat([torch.zeros_like(tokens), tokens])  # zero tokens after projection
+            v = unet(
+                x.repeat(2, 1, 1, 1, 1),
+                t,
+                context,
+                audio,
+                masks.repeat(2),
+                pose.repeat(2, 1, 1, 1),
+                ReferenceRead(state.bank, f, uncond_rows=f),
+                s.region_weights,
+            )
+            return v[:1] + s.guidance * (v[1:] - v[:1])
+
+        return denoise
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, size: int) -> list[np.ndarray]:
+        """(1, 4, F, h, w) latents → F RGB uint8 frames of ``size``² (one frame at a time)."""
+        frames = []
+        for k in range(latents.shape[2]):
+            x = self.models.vae.decode(latents[:, :, k] / LATENT_SCALE).sample
+            x = (x / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
+            img = (x * 255).astype(np.uint8)  # truncation, as the official save
+            if img.shape[0] != size:
+                img = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
+            frames.append(img)
+        return frames
+
+    def _noise(self, generator: torch.Generator, frames: int) -> torch.Tensor:
+        h = self.models.config.unet.sample_size
+        noise = torch.randn((1, 4, frames, h, h), generator=generator)
+        return noise.to(self.models.device, self.models.dtype)
+
+    # -- offline ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_clip(
+        self, state: DiffusionAvatarState, poses: KeypointSeq, speech16k: np.ndarray
+    ) -> list[np.ndarray]:
+        """Render a whole clip the official way (``len(poses)`` frames at the avatar size)."""
+        s, n = self.settings, len(poses)
+        points = self._poses_at_model_size(poses)
+        mask_stream = MotionMaskStream(self.models.resolution, names=("face_hands", "lips"))
+        masks = [mask_stream.push(p, i) for i, p in enumerate(points)]
+        tokens = w2v.audio_tokens(self.models.wav2vec, self.models.net.audioproj, speech16k, n)
+        cond = self._window(points, masks, tokens)
+        windows = context_windows(n, s.window, s.overlap, s.closed_loop)
+        sampler = DDIMSampler(self.schedule)
+        noise = self._noise(torch.Generator().manual_seed(s.seed), n)
+        latents = sample_offline(self._denoiser(state, cond), noise, sampler, s.steps, windows)
+        return self.decode(latents, state.avatar.frame_size)
+
+
+class DiffusionStream:
+    """One live session: windows of ``overlap`` committed + ``window − overlap`` new frames."""
+
+    def __init__(self, renderer: DiffusionRenderer, state: DiffusionAvatarState) -> None:
+        s = renderer.settings
+        self.renderer, self.state = renderer, state
+        self.window = s.window
+        self.context = s.overlap
+        self.new_frames = s.window - s.overlap
+        self.latency_frames = self.new_frames
+        self._masks = MotionMaskStream(renderer.models.resolution, names=("face_hands", "lips"))
+        self._audio = w2v.StreamingAudioTokens(
+            renderer.models.wav2vec, renderer.models.net.audioproj, context_s=s.audio_context_s
+        )
+        self._points: list[np.ndarray] = []  # model-size poses not yet rendered
+        self._mask_sets: list[MaskSet] = []
+        self._tokens: list[torch.Tensor] = []  # (1, tokens, D) per pending frame
+        self._committed: torch.Tensor | None = None  # (1, 4, C, h, w)
+        self._generator = torch.Generator().manual_seed(s.seed)
+        self._sampler = DDIMSampler(renderer.schedule)
+        self.windows_rendered = 0
+        self.frames_emitted = 0
+
+    def push(
+        self,
+        poses: KeypointSeq,
+        masks: Sequence[MaskSet] | None = None,
+        audio: AudioFeatures | None = None,
+    ) -> list[np.ndarray]:
+        if audio is None or audio.kind != PCM_AUDIO_KIND or len(audio) != len(poses):
+            raise ValueError("the diffusion renderer needs one pcm16k audio row per pose")
+        points = self.renderer._poses_at_model_size(poses)
+        for k, p in enumerate(points):
+            self._points.append(p)
+            self._mask_sets.append(self._masks.push(p, poses.start_frame + k))
+        self._tokens.extend(self._audio.push(audio.values.reshape(-1)))
+        out: list[np.ndarray] = []
+        while len(self._points) >= self.new_frames and len(self._tokens) >= self.new_frames:
+            out.extend(self._render(self.new_frames))
+        return out
+
+    def flush(self) -> list[np.ndarray]:
+        self._tokens.extend(self._audio.flush())
+        real = len(self._points)
+        if real == 0:
+            return []
+        pad = self.new_frames - real
+        self._points += [self._points[-1]] * pad
+        self._mask_sets += [self._mask_sets[-1]] * pad
+        self._tokens += [self._tokens[-1]] * (len(self._points) - len(self._tokens))
+        return self._render(self.new_frames)[:real]
+
+    def close(self) -> None:
+        self._points.clear()
+        self._mask_sets.clear()
+        self._tokens.clear()
+        self._committed = None
+
+    @torch.no_grad()
+    def _render(self, n: int) -> list[np.ndarray]:
+        r, s = self.renderer, self.renderer.settings
+        points, masks = np.stack(self._points[:n]), self._mask_sets[:n]
+        tokens = torch.stack(self._tokens[:n], dim=1)  # (1, n, tokens, D)
+        del self._points[:n], self._mask_sets[:n], self._tokens[:n]
+        c = 0 if self._committed is None else self._committed.shape[2]
+        if c:  # the committed frames' conditions come first in the window
+            points = np.concatenate([self._ctx_points, points])
+            masks = self._ctx_masks + list(masks)
+            tokens = torch.cat([self._ctx_tokens, tokens], dim=1)
+        cond = r._window(points, masks, tokens)
+        noise = r._noise(self._generator, c + n)
+        latents = sample_continuation(
+            r._denoiser(self.state, cond), noise, self._sampler, s.steps, self._committed
+        )
+        keep = min(self.context, c + n)
+        self._committed = latents[:, :, -keep:].clone()
+        self._ctx_points, self._ctx_masks = points[-keep:], list(masks[-keep:])
+        self._ctx_tokens = tokens[:, -keep:]
+        self.windows_rendered += 1
+        self.frames_emitted += n
+        return r.decode(latents[:, :, c:], self.state.avatar.frame_size)

@@ -1,0 +1,161 @@
+"""The stage-2 ``diffusion`` renderer end to end with random tiny models: live windows through
+the scheduler, the per-avatar cache, offline clips and ``mmgt render``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mmgt.renderers.diffusion as diffusion
+from engine.engine import Engine, EngineConfig
+from engine.frames import AudioFrame, VideoFrame
+from engine.scheduler import StreamScheduler, StreamSettings
+from mmgt.audio import load_audio
+from mmgt.avatar import BUNDLED_AVATAR
+from mmgt.cli import main
+from mmgt.drivers.procedural import ProceduralDriver
+from mmgt.renderers import make_renderer
+from mmgt.renderers.diffusion_windows import context_windows
+from mmgt.types import Avatar
+from tests.helpers import synthetic_reference_pose
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return make_renderer("diffusion", preset="tiny", live=True, seed=3)
+
+
+@pytest.fixture(scope="module")
+def avatar() -> Avatar:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    return Avatar("noise", image, synthetic_reference_pose() * np.float32([0.25, 0.25, 1]))
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"))[: 16000 * 2]
+
+
+def test_offline_windows_follow_the_official_plan():
+    plan = context_windows(80)
+    assert len(plan) == 10 and plan[0] == list(range(12)) and plan[-1][:8] == list(range(72, 80))
+    assert plan[-1][8:] == [0, 1, 2, 3]  # closed loop wraps around
+    open_plan = context_windows(30, closed_loop=False)
+    assert open_plan[-1] == list(range(18, 30)) and context_windows(7) == [list(range(7))]
+
+
+def test_live_windows_keep_committed_latents_and_contiguous_pts(
+    renderer, avatar, speech, monkeypatch
+):
+    seen: list[tuple[torch.Tensor | None, torch.Tensor]] = []
+    original = diffusion.sample_continuation
+
+    def spy(denoise, noise, sampler, steps, committed=None):  # noqa: ANN001, ANN202
+        before = None if committed is None else committed.clone()
+        out = original(denoise, noise, sampler, steps, committed)
+        if committed is not None:
+            assert torch.equal(committed, before)  # never modified in place
+            assert torch.equal(out[:, :, : committed.shape[2]], committed)
+        seen.append((before, out[:, :, -4:].clone()))
+        return out
+
+    monkeypatch.setattr(diffusion, "sample_continuation", spy)
+    state = renderer.prepare(avatar)
+    sched = StreamScheduler(
+        ProceduralDriver(),
+        lambda: renderer.open_stream(state),
+        avatar.reference_pose,
+        SIZE,
+        settings=StreamSettings(vad=False, realtime=False),
+        needs_audio=True,
+        audio_kind="pcm16k",
+    )
+    out = []
+    for k in range(0, speech.size, 3200):
+        sched.push_audio(speech[k : k + 3200], 16000, 1, None)
+        while frames := sched.step(None):
+            out.extend(frames)
+    sched.end_segment()
+    while frames := sched.step(None):
+        out.extend(frames)
+    out.extend(sched.drain())
+    video = [f for f in out if isinstance(f, VideoFrame)]
+    audio = [f for f in out if isinstance(f, AudioFrame)]
+    assert len(seen) >= 6  # ≥ 5 continued windows
+    for (_, tail), (committed, _) in zip(seen, seen[1:], strict=False):
+        assert torch.equal(committed, tail)  # each window continues from the last one's latents
+    assert [f.index for f in video] == list(range(len(video)))
+    assert [f.index for f in audio] == [f.index for f in video]
+    assert len(video) >= 50 and all(f.image.shape == (SIZE, SIZE, 3) for f in video)
+
+
+async def test_the_avatar_cache_is_built_once_for_two_sessions(avatar):
+    engine = Engine(
+        EngineConfig(
+            driver="procedural",
+            renderer="diffusion",
+            renderer_options={"preset": "tiny", "live": True},
+        )
+    )
+    try:
+        a = engine.open_session(avatar, name="a")
+        b = engine.open_session(avatar, name="b")
+        assert engine.renderer.prepare_calls == 1
+        assert a.scheduler.audio_kind == "pcm16k"
+        await a.aclose()
+        await b.aclose()
+    finally:
+        await engine.aclose()
+
+
+def test_render_clip_offline_is_deterministic(renderer, avatar, speech):
+    from dataclasses import replace
+
+    from mmgt.types import KeypointSeq
+
+    r = diffusion.DiffusionRenderer(
+        renderer.models, replace(renderer.settings, steps=2, guidance=2.0)
+    )
+    state = r.prepare(avatar)
+    poses = KeypointSeq(np.repeat(avatar.reference_pose[None], 14, 0), SIZE)
+    a = r.render_clip(state, poses, speech[: 14 * 640])
+    b = r.render_clip(state, poses, speech[: 14 * 640])
+    assert len(a) == 14 and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_cli_render_with_the_tiny_preset(tmp_path, speech):
+    import soundfile as sf
+
+    wav = tmp_path / "short.wav"
+    sf.write(wav, speech[: 16000 * 3 // 2], 16000)
+    out = tmp_path / "tiny.mp4"
+    args = [
+        "render",
+        "--renderer",
+        "diffusion",
+        "--stage2-preset",
+        "tiny",
+        "--render-steps",
+        "1",
+        "--audio",
+        str(wav),
+        "--size",
+        "128",
+        "--out",
+        str(out),
+        "-q",
+        "--driver",
+        "procedural",
+    ]
+    assert main(args) == 0
+    import av
+
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 38 and frames[0].shape == (128, 128, 3)
+    assert main(["render", "--renderer", "diffusion", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert not (tmp_path / "x.mp4").exists()
