@@ -39,7 +39,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     from mmgt.drivers import DRIVERS
-    from mmgt.renderers import RENDERERS
+    from mmgt.renderers import RENDERERS, add_diffusion_arguments
 
     parser = argparse.ArgumentParser(prog="mmgt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mmgt {__version__}")
@@ -81,18 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eta", type=float, help="DDIM eta (official 1)")
     g.add_argument("--context", type=int, help="frames each window continues from")
     g.add_argument("--smga-heads", type=int, default=8, help="heads of an official checkpoint")
-    d = r.add_argument_group("diffusion renderer (--renderer diffusion)")
-    d.add_argument(
-        "--stage2-preset",
-        choices=("tiny",),
-        help="random tiny stage-2 models instead of --weights-dir (checks the pipeline; noise)",
-    )
-    d.add_argument("--render-steps", type=int, help="DDIM steps (official 30)")
-    d.add_argument("--render-guidance", type=float, help="classifier-free guidance (official 3.5)")
-    d.add_argument("--mask-mode", choices=("official", "paper"), default="official",
-                   help="MM-HAA mask wiring (docs/models.md)")  # fmt: skip
-    d.add_argument("--device", default="cpu", help="cpu or cuda:N")
-    d.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="network precision")
+    add_diffusion_arguments(r.add_argument_group("diffusion renderer (--renderer diffusion)"),
+                            live=False)  # fmt: skip
     r.add_argument(
         "--debug",
         action="store_true",

@@ -19,6 +19,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from engine.scheduler import StreamSettings
+from mmgt.renderers import add_diffusion_arguments, diffusion_options
 from server.settings import ServerSettings
 
 
@@ -52,15 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--weights-dir", help="official weights folder for --renderer diffusion (docs/weights.md)"
     )
-    p.add_argument(
-        "--stage2-preset",
-        choices=("tiny",),
-        help="--renderer diffusion with random tiny models (a pipeline check: the video is noise)",
-    )
-    p.add_argument("--render-steps", type=int, help="diffusion steps per window (live default 2)")
-    p.add_argument("--render-guidance", type=float, help="diffusion CFG (live default off)")
-    p.add_argument("--device", default="cpu", help="diffusion renderer device: cpu or cuda:N")
-    p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32")
+    add_diffusion_arguments(p, live=True)
     p.add_argument("--size", type=int, default=512, help="video side in pixels")
     p.add_argument("--hop", type=int, default=4, help="new frames per stage-1 window")
     p.add_argument("--lookahead", type=int, default=0, help="future frames each window sees")
@@ -88,8 +81,6 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         options["steps"] = args.steps
     renderer_options = {}
     if args.renderer == "diffusion":
-        from mmgt.renderers import diffusion_options
-
         renderer_options = diffusion_options(args, live=True)
     return ServerSettings(
         host=args.host,

@@ -63,6 +63,10 @@ class BranchMasks:
         pick = lambda levels: tuple(m[index] for m in levels)  # noqa: E731
         return BranchMasks(pick(self.full), pick(self.face), pick(self.lip))
 
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> BranchMasks:
+        move = lambda levels: tuple(m.to(device, dtype) for m in levels)  # noqa: E731
+        return BranchMasks(move(self.full), move(self.face), move(self.lip))
+
     @staticmethod
     def zeros_like(other: BranchMasks) -> BranchMasks:
         z = lambda levels: tuple(torch.zeros_like(m) for m in levels)  # noqa: E731

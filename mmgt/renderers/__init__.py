@@ -25,6 +25,23 @@ def make_renderer(name: str, **options: object) -> Renderer:
     raise ValueError(f"unknown renderer {name!r}; choose one of {', '.join(RENDERERS)}")
 
 
+def add_diffusion_arguments(group, *, live: bool) -> None:  # noqa: ANN001 - argparse group
+    """The diffusion renderer's flags, shared by ``mmgt render`` and ``python -m server``."""
+    group.add_argument(
+        "--stage2-preset",
+        choices=("tiny",),
+        help="random tiny stage-2 models instead of --weights-dir (a pipeline check; noise)",
+    )
+    default_steps = "live default 2" if live else "official 30"
+    default_cfg = "live default off" if live else "official 3.5"
+    group.add_argument("--render-steps", type=int, help=f"diffusion DDIM steps ({default_steps})")
+    group.add_argument("--render-guidance", type=float, help=f"diffusion CFG ({default_cfg})")
+    group.add_argument("--mask-mode", choices=("official", "paper"), default="official",
+                       help="MM-HAA mask wiring (docs/models.md)")  # fmt: skip
+    group.add_argument("--device", default="cpu", help="diffusion renderer device: cpu or cuda:N")
+    group.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="precision")
+
+
 def diffusion_options(args: object, *, live: bool) -> dict:
     """``make_renderer("diffusion", …)`` options from the shared command-line flags."""
     return {
@@ -34,7 +51,7 @@ def diffusion_options(args: object, *, live: bool) -> dict:
         "dtype": args.dtype,
         "steps": args.render_steps,
         "guidance": args.render_guidance,
-        "mask_mode": getattr(args, "mask_mode", "official"),
+        "mask_mode": args.mask_mode,
         "seed": getattr(args, "seed", 42),
         "live": live,
     }
@@ -81,4 +98,11 @@ def _diffusion(
     return DiffusionRenderer(models, settings)
 
 
-__all__ = ["RENDERERS", "WarpConfig", "WarpRenderer", "diffusion_options", "make_renderer"]
+__all__ = [
+    "RENDERERS",
+    "WarpConfig",
+    "WarpRenderer",
+    "add_diffusion_arguments",
+    "diffusion_options",
+    "make_renderer",
+]

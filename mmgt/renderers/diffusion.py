@@ -126,13 +126,7 @@ class DiffusionRenderer:
         images = np.stack([render_pose(p, res) for p in points])  # (F, H, W, 3)
         pose = torch.from_numpy(images).permute(3, 0, 1, 2)[None].float() / 255  # (1, 3, F, H, W)
         features = m.net.pose_guider(pose.to(m.device, m.dtype))
-        wired = branch_masks(masks, self.settings.mask_mode)
-        wired = BranchMasks(
-            *(
-                tuple(t.to(m.device, m.dtype) for t in lv)
-                for lv in (wired.full, wired.face, wired.lip)
-            )
-        )
+        wired = branch_masks(masks, self.settings.mask_mode).to(m.device, m.dtype)
         return _Window(features, tokens.to(m.device, m.dtype), wired)
 
     def _denoiser(self, state: DiffusionAvatarState, cond: _Window):

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from mmgt.errors import InputError
 from mmgt.weights.smga import read_state_dict
@@ -26,12 +24,16 @@ from mmgt.weights.stage2 import (
     PREFIXES,
     VAE_DIR,
     WAV2VEC_DIR,
+    Stage2State,
     diff_state,
     expected_shapes,
     infer_config,
     read_stage2_state,
     sd_unet_config,
+    write_stage2_safetensors,
 )
+from mmgt.weights.wav2vec import strip_head
+from mmgt.weights.wavlm import _POS, _WN_NEW, _WN_OLD, _weight_norm_names
 
 SMGA_FILE = "stage_1/audio2pose_best_model.pt"
 
@@ -59,9 +61,10 @@ class _Shapes(dict):
         super().__init__({k: torch.empty(s, device="meta") for k, s in shapes.items()})
 
 
-def check_stage2(root: Path) -> Report:
+def check_stage2(root: Path, state: Stage2State | None = None) -> Report:
+    """Report on the stage-2 networks (``state``: already read from ``root``, if at hand)."""
     try:
-        state = read_stage2_state(root)
+        state = state or read_stage2_state(root)
     except InputError as exc:
         return Report("stage 2 networks", str(root / "stage_2"), "absent", notes=[str(exc)])
     config = infer_config(state.tensors, sd_unet_config(root))
@@ -96,21 +99,13 @@ def _check_pretrained(name: str, folder: Path, build) -> Report:  # noqa: ANN001
     found = _Shapes(_file_shapes(weights))
     for benign in ("vision_model.embeddings.position_ids", "embeddings.position_ids"):
         found.pop(benign, None)
-    if name == "wav2vec2":  # Wav2Vec2ForCTC layout: prefix and CTC head
-        found = _Shapes(
-            {
-                k.removeprefix("wav2vec2."): v.shape
-                for k, v in found.items()
-                if not k.startswith("lm_head.")
-            }
-        )
-        for old, new in (
-            ("weight_g", "parametrizations.weight.original0"),
-            ("weight_v", "parametrizations.weight.original1"),
-        ):
-            for k in [k for k in found if k.endswith("pos_conv_embed.conv." + old)]:
-                if k not in expected:
-                    found[k.replace(old, new)] = found.pop(k)
+    if name == "wav2vec2":  # Wav2Vec2ForCTC layout (prefix, CTC head), either weight-norm name
+        found = _Shapes({k: v.shape for k, v in strip_head(found).items()})
+        own = _weight_norm_names(model)
+        for spelling in (_WN_OLD, _WN_NEW):
+            for src, dst in zip(spelling, own, strict=True):
+                if src != dst and _POS + src in found:
+                    found[_POS + dst] = found.pop(_POS + src)
     problems = diff_state(expected, found)
     return Report(name, str(weights), "ok" if not problems else "problems", problems)
 
@@ -147,30 +142,24 @@ def check_smga(root: Path) -> Report:
     return Report("stage 1 SMGA", str(path), "ok" if not problems else "problems", problems)
 
 
-def check_folder(root: Path) -> list[Report]:
+def check_folder(root: Path, stage2: Stage2State | None = None) -> list[Report]:
     """Reports for every component of an official weights folder."""
     if not root.is_dir():
         raise InputError(f"weights folder not found: {root}")
     return [
         check_smga(root),
-        check_stage2(root),
+        check_stage2(root, stage2),
         _check_pretrained("VAE (sd-vae-ft-mse)", root / VAE_DIR, _vae),
         _check_pretrained("CLIP image encoder", root / IMAGE_ENCODER_DIR, _clip),
         _check_pretrained("wav2vec2", root / WAV2VEC_DIR, _wav2vec),
     ]
 
 
-def convert_stage2(root: Path) -> Path:
-    """Write the stage-2 tensors (checked first) as ``stage_2/net.safetensors``."""
-    report = check_stage2(root)
-    if report.status != "ok":
-        raise InputError("the stage-2 weights do not match; nothing converted")
-    state = read_stage2_state(root).tensors
+def convert_stage2(root: Path, state: Stage2State) -> Path:
+    """Write checked stage-2 tensors (read from ``root``) as ``stage_2/net.safetensors``."""
     out = root / "stage_2" / "net.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), {"format": "mmgt-stage2"})
-    os.replace(tmp, out)
+    write_stage2_safetensors(state.tensors, out)
     return out
 
 
@@ -182,7 +171,15 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    reports = check_folder(args.weights_dir)
+    if not args.weights_dir.is_dir():
+        raise InputError(f"weights folder not found: {args.weights_dir}")
+    stage2 = None
+    if args.convert:  # read the (large) net file once, for the check and the conversion
+        try:
+            stage2 = read_stage2_state(args.weights_dir)
+        except InputError:
+            stage2 = None
+    reports = check_folder(args.weights_dir, stage2)
     if args.json:
         print(json.dumps([asdict(r) for r in reports], indent=2))
     else:
@@ -195,6 +192,6 @@ def run_cli(args: argparse.Namespace) -> int:
             if len(r.problems) > 200:
                 print(f"           … and {len(r.problems) - 200} more")
     bad = any(r.status == "problems" for r in reports)
-    if args.convert and not bad:
-        print(f"converted: {convert_stage2(args.weights_dir)}")
+    if args.convert and not bad and stage2 is not None:
+        print(f"converted: {convert_stage2(args.weights_dir, stage2)}")
     return 1 if bad else 0

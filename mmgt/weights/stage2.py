@@ -219,10 +219,20 @@ def load_stage2_net(
     return net.eval()
 
 
+def write_stage2_safetensors(
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    config: Stage2Config | None = None,
+) -> None:
+    """Write stage-2 tensors as one safetensors file, atomically (no partial file is left)."""
+    meta = {"format": "mmgt-stage2"}
+    if config is not None:
+        meta["config"] = json.dumps(asdict(config))
+    tmp = Path(path).with_suffix(".tmp")
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
 def save_stage2_safetensors(net: Stage2Net, path: str | os.PathLike[str]) -> None:
     """Write the four networks as one safetensors file (the converted ``net-*.pth``)."""
-    tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    meta = {"format": "mmgt-stage2", "config": json.dumps(asdict(net.config))}
-    tmp = Path(path).with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_stage2_safetensors(net.state_dict(), path, net.config)

@@ -19,7 +19,13 @@ from torch import nn
 from mmgt.errors import WeightsError
 from mmgt.models.stage2 import PRESETS, Stage2Config, Stage2Net
 from mmgt.weights.smga import read_state_dict
-from mmgt.weights.stage2 import IMAGE_ENCODER_DIR, VAE_DIR, WAV2VEC_DIR, load_stage2_net
+from mmgt.weights.stage2 import (
+    IMAGE_ENCODER_DIR,
+    VAE_DIR,
+    WAV2VEC_DIR,
+    diff_state,
+    load_stage2_net,
+)
 
 LATENT_SCALE = 0.18215  # SD1.5 VAE scaling factor
 
@@ -158,14 +164,7 @@ def _weights_file(folder: Path) -> Path:
 
 def _load_strict(model: nn.Module, folder: Path, ignore: tuple[str, ...] = ()) -> None:
     state = {k: v for k, v in read_state_dict(_weights_file(folder)).items() if k not in ignore}
-    own = model.state_dict()
-    problems = [f"missing: {k}" for k in own if k not in state]
-    problems += [f"unexpected: {k}" for k in state if k not in own]
-    problems += [
-        f"shape {k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and own[k].shape != v.shape
-    ]
+    problems = diff_state({k: v.shape for k, v in model.state_dict().items()}, state)
     if problems:
         raise WeightsError(f"{folder} does not match its config:\n  " + "\n  ".join(problems[:40]))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
