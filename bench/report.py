@@ -30,6 +30,7 @@ SECTIONS = {
     "audio": "Audio front-end",
     "live": "Live engine: websocket sessions under load (`bench/bench_live.py`)",
     "smga": "SMGA sampling cost per second of motion (`bench/bench_smga.py`)",
+    "runtime": "ONNX Runtime vs torch, SMGA at the live hop (`bench/bench_runtime.py`)",
 }
 
 

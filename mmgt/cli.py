@@ -40,6 +40,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     from mmgt.drivers import DRIVERS
     from mmgt.renderers import RENDERERS, add_diffusion_arguments
+    from mmgt.runtime import add_backend_arguments
 
     parser = argparse.ArgumentParser(prog="mmgt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mmgt {__version__}")
@@ -67,6 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="official weights folder (docs/weights.md): stage_1/ and wavlm/ for --driver smga, "
         "stage_2/ and the base models for --renderer diffusion",
     )
+    add_backend_arguments(r)
     g = r.add_argument_group("SMGA driver (--driver smga)")
     g.add_argument(
         "--smga-weights",
@@ -118,7 +120,9 @@ def _set_threads(n: int | None) -> None:
 
 def _cmd_render(args: argparse.Namespace) -> int:
     from mmgt.avatar import BUNDLED_AVATAR
+    from mmgt.drivers import default_driver_name
     from mmgt.offline import render_video
+    from mmgt.runtime import backend_options
 
     audio = args.audio or Path(__file__).resolve().parent / "assets" / "speech_sample.wav"
     weights, wavlm = args.smga_weights, args.wavlm
@@ -135,6 +139,8 @@ def _cmd_render(args: argparse.Namespace) -> int:
     }
     if args.driver != "smga" and any(v is not None for k, v in options.items() if k != "heads"):
         raise InputError("SMGA options (--smga-weights, --steps, …) need --driver smga")
+    driver = default_driver_name() if args.driver == "auto" else args.driver
+    options.update(backend_options(args, driver))
     renderer_options = None
     if args.renderer == "diffusion":
         from mmgt.renderers import diffusion_options
@@ -153,7 +159,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         seed=args.seed,
         debug=args.debug,
         progress=not args.quiet,
-        driver_options=options if args.driver == "smga" else None,
+        driver_options=options if driver == "smga" else None,
         wavlm=wavlm,
         renderer_options=renderer_options,
     )

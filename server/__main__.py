@@ -20,6 +20,7 @@ from aiohttp import web
 
 from engine.scheduler import StreamSettings
 from mmgt.renderers import add_diffusion_arguments, diffusion_options
+from mmgt.runtime import add_backend_arguments, backend_options
 from server.settings import ServerSettings
 
 
@@ -49,6 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--driver", default="auto", choices=("auto", "procedural", "smga"))
     p.add_argument("--smga-weights", help="SMGA weights (our safetensors or an official .pt)")
     p.add_argument("--steps", type=int, help="SMGA DDIM steps per window (live default 1)")
+    add_backend_arguments(p)
     p.add_argument("--renderer", default="warp", choices=("warp", "diffusion"))
     p.add_argument(
         "--weights-dir", help="official weights folder for --renderer diffusion (docs/weights.md)"
@@ -79,6 +81,13 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         options["weights"] = args.smga_weights
     if args.steps:
         options["steps"] = args.steps
+    from mmgt.drivers import default_driver_name
+
+    driver = default_driver_name() if args.driver == "auto" else args.driver
+    try:
+        options.update(backend_options(args, driver))
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     renderer_options = {}
     if args.renderer == "diffusion":
         renderer_options = diffusion_options(args, live=True)

@@ -29,13 +29,22 @@ def make_driver(
     eta: float | None = None,
     context: int | None = None,
     heads: int = 8,
+    backend: str = "torch",
+    onnx_dir: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
 ) -> Driver:
     """Build a driver by name (see :data:`DRIVERS`; ``auto`` is :func:`default_driver_name`).
 
     ``smga`` loads ``weights`` — one of our ``.safetensors`` packages (default: the shipped CPU
     model) or an official checkpoint — and samples with its recommended settings unless
     ``steps``/``guidance``/``eta``/``context`` override them (official: 50 / 2 / 1 / 8).
+    ``backend="onnxruntime"`` runs its denoiser from ``onnx_dir`` (``python -m export.onnx``
+    output for the same weights) with ``threads`` intra-op threads.
     """
+    from mmgt.runtime import BACKENDS
+
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         name = default_driver_name()
     if name == "procedural":
@@ -60,8 +69,12 @@ def make_driver(
             context=context if context is not None else int(meta.get("context", 8)),
             seed=seed,
         )
+        step = None
+        if backend == "onnxruntime":
+            step = _ort_step(pkg.model, onnx_dir, threads)
         return SMGADriver(
             pkg.model,
+            step=step,
             feature_kind=meta.get("feature_kind", "light-v1"),
             settings=settings,
             audio_mean=pkg.audio_mean,
@@ -69,6 +82,19 @@ def make_driver(
             pose_std=pkg.pose_std,
         )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
+
+
+def _ort_step(model, onnx_dir, threads):  # noqa: ANN001, ANN202
+    """The SMGA denoiser step from an export folder, checked against the loaded weights."""
+    import torch
+
+    from mmgt.runtime import OnnxFolder, state_hash
+
+    if onnx_dir is None:
+        raise InputError("--backend onnxruntime needs --onnx-dir (python -m export.onnx output)")
+    folder = OnnxFolder(onnx_dir)
+    n = threads or torch.get_num_threads()
+    return folder.runner("smga_step", weights_hash=state_hash(model), threads=n)
 
 
 __all__ = [

@@ -19,7 +19,8 @@ import torch
 
 from mmgt.drivers import pose_space
 from mmgt.keypoints import layout
-from mmgt.models.smga import SMGA
+from mmgt.models.smga import SMGA, guided
+from mmgt.runtime import Runner
 from mmgt.schedulers.pose import CosineSchedule, ddim_sample
 from mmgt.types import AudioFeatures, KeypointSeq
 
@@ -50,8 +51,10 @@ class SMGADriver:
         audio_std: np.ndarray | None = None,
         pose_std: np.ndarray | None = None,
         keep_reference_scores: bool = True,
+        step: Runner | None = None,
     ) -> None:
         self.model = model.eval()
+        self.step = step  # the denoiser on another backend (same names as export.specs)
         self.feature_kind = feature_kind
         self.settings = settings or SamplerSettings()
         if not 0 <= self.settings.context < model.config.frames:
@@ -128,8 +131,8 @@ class SMGADriver:
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if s.guidance == 1.0:
-                return self.model(x, cond, a, t)
-            return self.model.guided(x, cond, a, t, s.guidance)
+                return self._forward(x, cond, a, t)
+            return guided(self._forward, x, cond, a, t, s.guidance)
 
         shape = (1, a.shape[1], layout.OFFICIAL_DIM)
         x = ddim_sample(
@@ -143,3 +146,18 @@ class SMGADriver:
             generator=gen,
         )
         return x[0].numpy()
+
+    def _forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        audio: torch.Tensor,
+        times: torch.Tensor,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.step is None:
+            return self.model(x, cond, audio, times, keep)
+        if keep is None:
+            keep = torch.ones(x.shape[0], dtype=torch.bool)
+        out = self.step(x=x, cond_frame=cond, audio=audio, times=times, keep=keep)
+        return out["x0"]

@@ -87,17 +87,22 @@ class RotaryEmbedding(nn.Module):
         self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def _cos_sin(self, length: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        if torch.compiler.is_compiling():  # export/compile trace: no Python-side cache
+            return self._compute_cos_sin(length, like)
         key = (length, like.dtype, like.device, self.freqs.data_ptr(), self.freqs._version)
         if key not in self._cache or torch.is_grad_enabled():
-            pos = torch.arange(length, device=like.device, dtype=self.freqs.dtype)
-            angles = (pos[:, None] * self.freqs[None, :]).repeat_interleave(2, dim=-1)  # (T, D)
-            sign = torch.ones_like(angles)
-            sign[:, 0::2] = -1.0  # rotate_half: (x0, x1) → (−x1, x0)
-            value = (angles.cos().to(like), (angles.sin() * sign).to(like))
+            value = self._compute_cos_sin(length, like)
             if torch.is_grad_enabled():
                 return value
             self._cache[key] = value
         return self._cache[key]
+
+    def _compute_cos_sin(self, length: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        pos = torch.arange(length, device=like.device, dtype=self.freqs.dtype)
+        angles = (pos[:, None] * self.freqs[None, :]).repeat_interleave(2, dim=-1)  # (T, D)
+        sign = torch.ones_like(angles)
+        sign[:, 0::2] = -1.0  # rotate_half: (x0, x1) → (−x1, x0)
+        return angles.cos().to(like), (angles.sin() * sign).to(like)
 
     def forward(self, x: Tensor) -> Tensor:
         """Rotate (B, T, D) features by their position along T."""
@@ -311,14 +316,22 @@ class SMGA(nn.Module):
         self, x: Tensor, cond_frame: Tensor, audio: Tensor, times: Tensor, weight: float
     ) -> Tensor:
         """Classifier-free guidance ``unc + (cond − unc)·w``, as one batched forward pass."""
-        b = x.shape[0]
-        keep = torch.arange(2 * b, device=x.device) < b
-        both = self(
-            torch.cat([x, x]),
-            torch.cat([cond_frame, cond_frame]),
-            torch.cat([audio, audio]),
-            torch.cat([times, times]),
-            keep,
-        )
-        cond, unc = both[:b], both[b:]
-        return unc + (cond - unc) * weight
+        return guided(self, x, cond_frame, audio, times, weight)
+
+
+def guided(
+    forward, x: Tensor, cond_frame: Tensor, audio: Tensor, times: Tensor, weight: float
+) -> Tensor:  # noqa: ANN001 - any callable with SMGA's forward signature (module or runner)
+    """Classifier-free guidance with one batched call of ``forward(x, cond_frame, audio, times,
+    keep)``: the first half keeps the audio, the second half drops it."""
+    b = x.shape[0]
+    keep = torch.arange(2 * b, device=x.device) < b
+    both = forward(
+        torch.cat([x, x]),
+        torch.cat([cond_frame, cond_frame]),
+        torch.cat([audio, audio]),
+        torch.cat([times, times]),
+        keep,
+    )
+    cond, unc = both[:b], both[b:]
+    return unc + (cond - unc) * weight

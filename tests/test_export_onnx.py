@@ -1,0 +1,159 @@
+"""ONNX export of the SMGA denoiser step and the ONNX Runtime backend behind the runner API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from export.onnx import ATOL, RTOL, write_folder
+from export.onnx import main as export_main
+from export.specs import smga_step
+from mmgt.audio import extract_light_features
+from mmgt.cli import main as cli_main
+from mmgt.drivers.smga import SamplerSettings, SMGADriver
+from mmgt.errors import InputError
+from mmgt.models.smga import SMGA, preset
+from mmgt.runtime import MANIFEST, OnnxFolder, OrtRunner, TorchRunner, state_hash
+from tests.helpers import synthetic_reference_pose
+
+SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory) -> tuple[SMGA, Path]:
+    torch.manual_seed(3)
+    model = SMGA(preset("tiny", dropout=0.0)).eval()
+    folder = tmp_path_factory.mktemp("onnx")
+    write_folder([smga_step(model)], folder, log=lambda _: None)
+    return model, folder
+
+
+def test_manifest_records_names_axes_hash_and_two_checked_sizes(tiny_export):
+    model, folder = tiny_export
+    manifest = json.loads((folder / MANIFEST).read_text())
+    entry = manifest["networks"]["smga_step"]
+    assert (folder / entry["file"]).is_file()
+    assert list(entry["inputs"]) == ["x", "cond_frame", "audio", "times", "keep"]
+    assert entry["inputs"]["x"]["shape"] == ["batch", "frames", 402]
+    assert entry["outputs"] == ["x0"]
+    assert entry["weights_sha256"] == state_hash(model)
+    assert {c["sizes"] for c in entry["checks"]} == {"opt", "second"}
+    sizes = [c["shapes"] for c in entry["checks"]]
+    assert sizes[0] != sizes[1]  # the dynamic axes really were exercised at two sizes
+    assert not list(folder.glob(".export-*"))  # no temporary files left behind
+
+
+@pytest.mark.parametrize(("batch", "frames"), [(1, 3), (2, 16), (4, 9)])
+def test_ort_equals_torch_at_any_size(tiny_export, batch, frames):
+    model, folder = tiny_export
+    spec = smga_step(model)
+    inputs = spec.make_inputs({"batch": batch, "frames": frames}, seed=batch * 100 + frames)
+    ort_out = OrtRunner(folder / "smga_step.onnx")(**inputs)["x0"]
+    torch_out = TorchRunner(model, spec.inputs, spec.outputs)(**inputs)["x0"]
+    assert ort_out.shape == (batch, frames, 402)
+    torch.testing.assert_close(ort_out, torch_out, rtol=RTOL, atol=ATOL)
+
+
+def test_runner_reports_the_provider_in_use(tiny_export):
+    _, folder = tiny_export
+    runner = OnnxFolder(folder).runner("smga_step", weights_hash=None)
+    assert runner.provider == "CPUExecutionProvider"
+    assert runner.input_names == ("x", "cond_frame", "audio", "times", "keep")
+
+
+def test_driver_on_ort_matches_torch(tiny_export):
+    """Whole guided sampling through ORT: the same keypoints as torch to 1e-3 px.
+
+    Each step's x̂0 differs by ≲1e-5 (normalised units, 1/500 of a pixel at 512²); DDIM
+    compounds that over 4 steps, still far below a visible difference."""
+    model, folder = tiny_export
+    rng = np.random.default_rng(0)
+    speech = rng.standard_normal(16000 * 2).astype(np.float32) * 0.1
+    features = extract_light_features(speech)
+    settings = SamplerSettings(steps=4, eta=0.0, guidance=2.0, context=4)
+    step = OnnxFolder(folder).runner("smga_step", weights_hash=state_hash(model))
+    ref = synthetic_reference_pose()
+    on_torch = SMGADriver(model, feature_kind=features.kind, settings=settings)
+    on_ort = SMGADriver(model, feature_kind=features.kind, settings=settings, step=step)
+    a = on_torch.generate(features, ref, frame_size=512).points
+    b = on_ort.generate(features, ref, frame_size=512).points
+    assert a.shape == b.shape == (len(features), 134, 3)
+    assert np.abs(a - b).max() < 1e-3
+
+
+def test_stale_or_missing_exports_are_refused(tiny_export, tmp_path):
+    model, folder = tiny_export
+    other = SMGA(preset("tiny", dropout=0.0))
+    with pytest.raises(InputError, match="other weights"):
+        OnnxFolder(folder).runner("smga_step", weights_hash=state_hash(other))
+    with pytest.raises(InputError, match="no 'unet_step'"):
+        OnnxFolder(folder).runner("unet_step", weights_hash=None)
+    with pytest.raises(InputError, match="export the models first"):
+        OnnxFolder(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
+    with pytest.raises(InputError, match="cannot read"):
+        OnnxFolder(tmp_path)
+
+
+def _frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def shipped_export(tmp_path_factory) -> Path:
+    """``python -m export.onnx`` on the shipped CPU SMGA model."""
+    onnx_dir = tmp_path_factory.mktemp("shipped") / "onnx"
+    assert export_main(["--onnx-dir", str(onnx_dir)]) == 0
+    return onnx_dir
+
+
+@pytest.mark.slow
+def test_server_engine_runs_smga_on_onnxruntime(shipped_export):
+    from engine.engine import Engine
+    from server.__main__ import parse_args, settings_from
+
+    args = parse_args(["--backend", "onnxruntime", "--onnx-dir", str(shipped_export)])
+    settings = settings_from(args)
+    assert settings.driver_options["backend"] == "onnxruntime"
+    from engine.engine import EngineConfig
+
+    engine = Engine(EngineConfig(driver=settings.driver, driver_options=settings.driver_options))
+    try:
+        step = engine._driver.step
+        assert step.backend == "onnxruntime" and step.provider == "CPUExecutionProvider"
+    finally:
+        engine.executor.shutdown()
+    with pytest.raises(SystemExit, match="--onnx-dir"):
+        settings_from(parse_args(["--backend", "onnxruntime"]))
+
+
+@pytest.mark.slow
+def test_export_cli_then_render_on_onnxruntime_equals_torch(tmp_path, capsys, shipped_export):
+    """``python -m export.onnx`` on the shipped model, then ``render --backend onnxruntime``:
+    the same video as torch (poses agree to ~1e-3 px, so the warp gives the same pixels up to
+    rounding and the encoder's reaction to it)."""
+    onnx_dir = shipped_export
+    audio = tmp_path / "short.wav"
+    import soundfile as sf
+
+    samples, rate = sf.read(SPEECH, dtype="float32")
+    sf.write(audio, samples[: rate * 2], rate)
+    base = ["render", "--audio", str(audio), "--size", "128", "-q", "--driver", "smga"]
+    assert cli_main([*base, "--out", str(tmp_path / "torch.mp4")]) == 0
+    assert cli_main([*base, "--out", str(tmp_path / "ort.mp4"), "--backend", "onnxruntime",
+                     "--onnx-dir", str(onnx_dir)]) == 0  # fmt: skip
+    a, b = _frames(tmp_path / "torch.mp4"), _frames(tmp_path / "ort.mp4")
+    assert a.shape == b.shape and len(a) == 50
+    assert np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() < 0.5
+    # The backend flags are checked: ORT without a folder, and a folder for torch.
+    assert cli_main([*base, "--out", str(tmp_path / "x.mp4"), "--backend", "onnxruntime"]) == 2
+    assert "--onnx-dir" in capsys.readouterr().err
+    assert cli_main([*base, "--out", str(tmp_path / "x.mp4"), "--driver", "procedural",
+                     "--backend", "onnxruntime", "--onnx-dir", str(onnx_dir)]) == 2  # fmt: skip
+    assert not (tmp_path / "x.mp4").exists()
