@@ -15,7 +15,9 @@ Ratios are torch time / ORT time from the same run, interleaved to share machine
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +53,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         drv_torch = make_driver("smga", steps=1)
         model = drv_torch.model
-        write_folder([smga_step(model)], Path(tmp), log=lambda _: None)
-        step = OnnxFolder(tmp).runner("smga_step", weights_hash=state_hash(model), threads=1)
         spec = smga_step(model)
+        write_folder([spec], Path(tmp), log=lambda _: None)
+        step = OnnxFolder(tmp).runner("smga_step", weights_hash=state_hash(model), threads=1)
         torch_step = TorchRunner(model, spec.inputs, spec.outputs)
         window = model.config.frames
         context = live_context(window, HOP, 0)
@@ -63,10 +65,9 @@ def main() -> None:
             results[key] = _time_pair(lambda x=x: torch_step(**x), lambda x=x: step(**x),
                                       args.repeats)  # fmt: skip
             print(key, results[key])
-        drv_ort = make_driver("smga", steps=1)
+        drv_torch.settings = replace(drv_torch.settings, context=context)
+        drv_ort = copy.copy(drv_torch)  # the same model and settings, the denoiser on ORT
         drv_ort.step = step
-        for d in (drv_torch, drv_ort):
-            d.settings = type(d.settings)(**{**vars(d.settings), "context": context})
         rng = np.random.default_rng(0)
         feats = AudioFeatures(rng.normal(size=(context + HOP, model.config.audio_dim)),
                               kind=drv_torch.feature_kind)  # fmt: skip

@@ -31,7 +31,6 @@ def make_driver(
     heads: int = 8,
     backend: str = "torch",
     onnx_dir: str | os.PathLike[str] | None = None,
-    threads: int | None = None,
 ) -> Driver:
     """Build a driver by name (see :data:`DRIVERS`; ``auto`` is :func:`default_driver_name`).
 
@@ -39,7 +38,7 @@ def make_driver(
     model) or an official checkpoint — and samples with its recommended settings unless
     ``steps``/``guidance``/``eta``/``context`` override them (official: 50 / 2 / 1 / 8).
     ``backend="onnxruntime"`` runs its denoiser from ``onnx_dir`` (``python -m export.onnx``
-    output for the same weights) with ``threads`` intra-op threads.
+    output for the same weights) with torch's intra-op thread count.
     """
     from mmgt.runtime import BACKENDS
 
@@ -71,7 +70,7 @@ def make_driver(
         )
         step = None
         if backend == "onnxruntime":
-            step = _ort_step(pkg.model, onnx_dir, threads)
+            step = _ort_step(pkg.model, onnx_dir)
         return SMGADriver(
             pkg.model,
             step=step,
@@ -84,7 +83,7 @@ def make_driver(
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 
 
-def _ort_step(model, onnx_dir, threads):  # noqa: ANN001, ANN202
+def _ort_step(model, onnx_dir):  # noqa: ANN001, ANN202
     """The SMGA denoiser step from an export folder, checked against the loaded weights."""
     import torch
 
@@ -93,8 +92,8 @@ def _ort_step(model, onnx_dir, threads):  # noqa: ANN001, ANN202
     if onnx_dir is None:
         raise InputError("--backend onnxruntime needs --onnx-dir (python -m export.onnx output)")
     folder = OnnxFolder(onnx_dir)
-    n = threads or torch.get_num_threads()
-    return folder.runner("smga_step", weights_hash=state_hash(model), threads=n)
+    threads = torch.get_num_threads()  # the engine's budget (1) or render's --threads
+    return folder.runner("smga_step", weights_hash=state_hash(model), threads=threads)
 
 
 __all__ = [

@@ -25,6 +25,7 @@ Module and parameter names are the official ones, so official state dicts load s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -320,10 +321,16 @@ class SMGA(nn.Module):
 
 
 def guided(
-    forward, x: Tensor, cond_frame: Tensor, audio: Tensor, times: Tensor, weight: float
-) -> Tensor:  # noqa: ANN001 - any callable with SMGA's forward signature (module or runner)
+    forward: Callable[..., Tensor],
+    x: Tensor,
+    cond_frame: Tensor,
+    audio: Tensor,
+    times: Tensor,
+    weight: float,
+) -> Tensor:
     """Classifier-free guidance with one batched call of ``forward(x, cond_frame, audio, times,
-    keep)``: the first half keeps the audio, the second half drops it."""
+    keep)`` (the module, or a driver's runner): the first half keeps the audio, the second
+    half drops it."""
     b = x.shape[0]
     keep = torch.arange(2 * b, device=x.device) < b
     both = forward(
