@@ -2,20 +2,28 @@
 
     python -m export.onnx --onnx-dir onnx/                       # the shipped CPU SMGA model
     python -m export.onnx --smga-weights W.safetensors --onnx-dir onnx/
+    python -m export.onnx --stage2-preset tiny --onnx-dir onnx/  # + the stage-2 networks
+    python -m export.onnx --weights-dir WEIGHTS --onnx-dir onnx/ # official stage 2 (and SMGA)
     mmgt render --backend onnxruntime --onnx-dir onnx/ …         # then run on ONNX Runtime
 
-Each network is exported with the dynamo exporter (torch.export; the legacy exporter bakes
-attention reshapes at the example shapes) at a chosen opset, with the dynamic axes of its spec
-(:mod:`export.specs`). The file is then run in ONNX Runtime at the spec's ``opt`` sizes and at a
-second size and compared with torch; the manifest records names, shapes, axes, the weights'
-hash and the measured errors. Files over 1 GB of weights use external data.
+Networks: ``smga_step`` (the SMGA denoiser), and with a stage-2 source ``pose_guider``,
+``audio_proj``, ``vae_encoder``, ``vae_decoder``, ``reference_net`` (the per-avatar bank) and
+``unet_step`` (one denoising call over a window). Each is exported with the dynamo exporter
+(torch.export; the legacy exporter bakes attention reshapes at the example shapes) at a chosen
+opset, with the dynamic axes of its spec (:mod:`export.specs`, :mod:`export.specs_stage2`).
+The file is then run in ONNX Runtime at the spec's ``opt`` sizes and at a second size and
+compared with torch; the manifest records names, shapes, axes, the weights' hash, the ONNX
+domains used and the measured errors. Files over 1 GB of weights use external data.
 
-This slice exports the SMGA denoiser step; the stage-2 networks follow (see README).
+``--target onnxruntime`` (default) writes long spatial attention as ONNX Runtime's fused
+``com.microsoft.MultiHeadAttention`` (:mod:`export.fusions`); ``--target tensorrt`` uses plain
+ONNX ops only, which is what ``python -m export.trt`` needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -26,13 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.fusions import FusedAttention
 from export.specs import NetworkSpec, smga_step
 from mmgt.errors import InputError
 from mmgt.runtime import MANIFEST, MANIFEST_VERSION, OrtRunner, TorchRunner, state_hash
 
+TARGETS = ("onnxruntime", "tensorrt")
 DEFAULT_OPSET = 20
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to a side file (protobuf's 2 GB limit)
 RTOL, ATOL = 1e-4, 1e-5  # parity of every exported network with torch (fp32)
+FP16_RTOL = 2.0**-10  # float16 outputs (the reference bank): one rounding step of float16
 
 
 def export_network(
@@ -41,32 +52,45 @@ def export_network(
     *,
     opset: int = DEFAULT_OPSET,
     external_data: bool | None = None,
+    target: str = "onnxruntime",
+    optimize: bool = False,
 ) -> dict:
-    """Export ``spec`` into ``folder``, check it at two sizes, and return its manifest entry."""
+    """Export ``spec`` into ``folder``, check it at two sizes, and return its manifest entry.
+
+    ``optimize`` runs the onnxscript optimizer over the graph: minutes for a UNet, and ONNX
+    Runtime's own graph optimisations at load time leave it no measurable gain here."""
+    if target not in TARGETS:
+        raise InputError(f"unknown export target {target!r}; choose one of {', '.join(TARGETS)}")
     from torch.export import Dim
 
     dims = {n: Dim(n, min=a.min, max=a.max) for n, a in spec.axes.items()}
-    dynamic_shapes = {
-        name: {i: dims[a.name] for i, a in spec.dynamic.get(name, {}).items()} or None
+    dynamic_shapes = tuple(
+        {i: dims[a.name] for i, a in spec.dynamic.get(name, {}).items()} or None
         for name in spec.inputs
-    }
+    )
     weight_bytes = sum(p.numel() * p.element_size() for p in spec.module.state_dict().values())
     external = weight_bytes > EXTERNAL_DATA_BYTES if external_data is None else external_data
     sample = spec.sample("opt")
     path = folder / f"{spec.name}.onnx"
+    args = tuple(sample[n] for n in spec.inputs)
+    fused = FusedAttention() if target == "onnxruntime" else contextlib.nullcontext()
     t0 = time.perf_counter()
     with torch.no_grad():
+        with fused:
+            program = torch.export.export(
+                _Positional(spec.module, spec.inputs), args,
+                dynamic_shapes={"args": dynamic_shapes}, strict=False,
+            )  # fmt: skip
         torch.onnx.export(
-            spec.module,
-            (),
+            program,
+            args,
             str(path),
-            kwargs=sample,
             dynamo=True,
-            dynamic_shapes=dynamic_shapes,
             input_names=list(spec.inputs),
             output_names=list(spec.outputs),
             opset_version=opset,
             external_data=external,
+            optimize=optimize,
         )
     seconds = time.perf_counter() - t0
     checks = check_parity(spec, path)
@@ -74,6 +98,8 @@ def export_network(
         "file": path.name,
         "external_data": external,
         "opset": opset,
+        "target": target,
+        "domains": _custom_domains(path),
         "inputs": {n: _describe(sample[n], spec.dynamic.get(n, {})) for n in spec.inputs},
         "outputs": list(spec.outputs),
         "axes": {n: vars(a) for n, a in spec.axes.items()},
@@ -82,6 +108,18 @@ def export_network(
         "export_seconds": round(seconds, 2),
         "checks": checks,
     }
+
+
+class _Positional(torch.nn.Module):
+    """``module(**named)`` called with positional inputs in ``names`` order (the exporter's
+    flat argument list; networks whose inputs vary in number take ``**tensors``)."""
+
+    def __init__(self, module: torch.nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.module, self.names = module, names
+
+    def forward(self, *args: torch.Tensor):  # noqa: ANN201 - the module's outputs
+        return self.module(**dict(zip(self.names, args, strict=True)))
 
 
 def check_parity(spec: NetworkSpec, path: Path) -> list[dict]:
@@ -93,8 +131,9 @@ def check_parity(spec: NetworkSpec, path: Path) -> list[dict]:
         inputs = spec.sample(which)
         want, got = torch_run(**inputs), ort_run(**inputs)
         for name in spec.outputs:
+            rtol = FP16_RTOL if want[name].dtype == torch.float16 else RTOL
             w, g = want[name].float().numpy(), got[name].float().numpy()
-            if w.shape != g.shape or not np.allclose(g, w, rtol=RTOL, atol=ATOL):
+            if w.shape != g.shape or not np.allclose(g, w, rtol=rtol, atol=ATOL):
                 err = float(np.abs(g - w).max()) if w.shape == g.shape else float("inf")
                 raise RuntimeError(
                     f"{spec.name}: ONNX Runtime differs from torch on {name} at the {which} "
@@ -106,14 +145,26 @@ def check_parity(spec: NetworkSpec, path: Path) -> list[dict]:
     return checks
 
 
+def _custom_domains(path: Path) -> list[str]:
+    """Operator domains beyond standard ONNX that a file uses (e.g. ``com.microsoft``)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({o.domain for o in model.opset_import} - {"", "ai.onnx"})
+
+
 def _describe(t: torch.Tensor, dims: dict) -> dict:
     shape = [dims[i].name if i in dims else int(s) for i, s in enumerate(t.shape)]
     return {"dtype": str(t.dtype).removeprefix("torch."), "shape": shape}
 
 
-def write_folder(specs: list[NetworkSpec], folder: Path, *, opset: int = DEFAULT_OPSET,
-                 external_data: bool | None = None, log=print) -> dict:  # fmt: skip
-    """Export ``specs`` into ``folder`` atomically (a failure leaves the folder as it was)."""
+def write_folder(
+    specs: list[NetworkSpec], folder: Path, *, opset: int = DEFAULT_OPSET,
+    external_data: bool | None = None, target: str = "onnxruntime", optimize: bool = False,
+    log=print,  # noqa: ANN001
+) -> dict:  # fmt: skip
+    """Export ``specs`` into ``folder`` atomically (a failure leaves the folder as it was);
+    entries of other networks already in the folder's manifest are kept."""
     folder.mkdir(parents=True, exist_ok=True)
     old = folder / MANIFEST
     manifest = json.loads(old.read_text()) if old.is_file() else {}
@@ -125,8 +176,9 @@ def write_folder(specs: list[NetworkSpec], folder: Path, *, opset: int = DEFAULT
         for spec in specs:
             log(f"export: {spec.name} …")
             entries[spec.name] = entry = export_network(
-                spec, tmp_dir, opset=opset, external_data=external_data
-            )
+                spec, tmp_dir, opset=opset, external_data=external_data, target=target,
+                optimize=optimize,
+            )  # fmt: skip
             worst = max(c["max_abs_error"] for c in entry["checks"])
             log(f"export: {spec.name}: {entry['export_seconds']} s, ORT vs torch ≤ {worst:.1e} "
                 f"at two sizes")  # fmt: skip
@@ -146,26 +198,70 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--onnx-dir", type=Path, required=True, help="output folder (--onnx-dir of "
                    "render and the server)")  # fmt: skip
     p.add_argument("--smga-weights", type=Path,
-                   help="SMGA weights: our .safetensors or an official checkpoint (default: the "
-                   "shipped CPU model)")  # fmt: skip
+                   help="SMGA weights: our .safetensors or an official checkpoint (default: "
+                   "WEIGHTS_DIR/stage_1/audio2pose_best_model.pt if present, else the shipped "
+                   "CPU model)")  # fmt: skip
     p.add_argument("--smga-heads", type=int, default=8, help="heads of an official checkpoint")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--weights-dir", type=Path, help="official weights folder "
+                        "(docs/weights.md): also export the stage-2 networks")  # fmt: skip
+    source.add_argument("--stage2-preset", choices=("tiny",), help="also export the stage-2 "
+                        "networks of the random tiny models")  # fmt: skip
+    p.add_argument("--networks", help="comma-separated subset to export (default: smga_step, "
+                   "plus every stage-2 network when a stage-2 source is given)")  # fmt: skip
+    p.add_argument("--target", choices=TARGETS, default="onnxruntime",
+                   help="onnxruntime: fused attention for ONNX Runtime; tensorrt: plain ONNX "
+                   "ops for python -m export.trt")  # fmt: skip
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--optimize", action="store_true", help="run the onnxscript graph optimizer "
+                   "(slow; no measurable gain in ONNX Runtime here)")  # fmt: skip
     p.add_argument("--external-data", action="store_true", help="always write weights to a "
                    "side file (default: only above 1 GB)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
 
+def build_specs(args: argparse.Namespace) -> list[NetworkSpec]:
+    """The specs the command line asks for (models loaded on the CPU in fp32)."""
+    from mmgt.drivers import DEFAULT_SMGA_WEIGHTS
+    from mmgt.models.stage2_steps import STAGE2_NETWORKS
+    from mmgt.weights.smga import load_any_smga
+
+    stage2 = args.weights_dir is not None or args.stage2_preset is not None
+    known = ("smga_step", *STAGE2_NETWORKS)
+    wanted = ["smga_step", *(STAGE2_NETWORKS if stage2 else ())]
+    if args.networks:
+        wanted = [n for n in args.networks.split(",") if n]
+        unknown = [n for n in wanted if n not in known]
+        if unknown or not wanted:
+            raise InputError(f"--networks: unknown {', '.join(unknown) or 'empty list'} "
+                             f"(known: {', '.join(known)})")  # fmt: skip
+        if not stage2 and any(n in STAGE2_NETWORKS for n in wanted):
+            raise InputError("stage-2 networks need --weights-dir or --stage2-preset tiny")
+    specs = []
+    if "smga_step" in wanted:
+        official = None if args.weights_dir is None else (
+            args.weights_dir / "stage_1" / "audio2pose_best_model.pt")  # fmt: skip
+        smga = args.smga_weights or (official if official and official.is_file() else None)
+        pkg = load_any_smga(smga or DEFAULT_SMGA_WEIGHTS, heads=args.smga_heads)
+        specs.append(smga_step(pkg.model))
+    if stage2 and any(n in STAGE2_NETWORKS for n in wanted):
+        from export.specs_stage2 import stage2_specs
+        from mmgt.weights.stage2_models import Stage2Models
+
+        models = (Stage2Models.from_folder(args.weights_dir) if args.weights_dir is not None
+                  else Stage2Models.random(args.stage2_preset))  # fmt: skip
+        specs += [s for s in stage2_specs(models) if s.name in wanted]
+    return specs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
-    from mmgt.drivers import DEFAULT_SMGA_WEIGHTS
-    from mmgt.weights.smga import load_any_smga
-
     try:
-        pkg = load_any_smga(args.smga_weights or DEFAULT_SMGA_WEIGHTS, heads=args.smga_heads)
-        specs = [smga_step(pkg.model)]
-        write_folder(specs, args.onnx_dir, opset=args.opset,
+        specs = build_specs(args)
+        write_folder(specs, args.onnx_dir, opset=args.opset, target=args.target,
+                     optimize=args.optimize,
                      external_data=True if args.external_data else None)  # fmt: skip
     except InputError as exc:
         print(f"python -m export.onnx: error: {exc}", file=sys.stderr)

@@ -85,6 +85,15 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--smga-heads", type=int, default=8, help="heads of an official checkpoint")
     add_diffusion_arguments(r.add_argument_group("diffusion renderer (--renderer diffusion)"),
                             live=False)  # fmt: skip
+    pose = r.add_argument_group(
+        "pose-driven mode (--renderer diffusion; the official pose2vid)",
+        "Render given pose and mask videos (e.g. the --debug outputs OUT.pose.mp4, OUT.face.mp4, "
+        "OUT.lips.mp4) instead of driving poses from speech. --audio is optional here: without "
+        "it the audio tokens are zeros, as in the official pose2vid.",
+    )
+    pose.add_argument("--pose-video", type=Path, help="pose images (official colours)")
+    pose.add_argument("--face-mask-video", type=Path, help="face (+ hands) box masks")
+    pose.add_argument("--lips-mask-video", type=Path, help="lips box masks")
     r.add_argument(
         "--debug",
         action="store_true",
@@ -122,7 +131,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from mmgt.avatar import BUNDLED_AVATAR
     from mmgt.drivers import default_driver_name
     from mmgt.offline import render_video
-    from mmgt.runtime import backend_options
+    from mmgt.runtime import backend_from_args
+
+    if args.pose_video or args.face_mask_video or args.lips_mask_video:
+        return _cmd_render_poses(args)
 
     audio = args.audio or Path(__file__).resolve().parent / "assets" / "speech_sample.wav"
     weights, wavlm = args.smga_weights, args.wavlm
@@ -140,12 +152,13 @@ def _cmd_render(args: argparse.Namespace) -> int:
     if args.driver != "smga" and any(v is not None for k, v in options.items() if k != "heads"):
         raise InputError("SMGA options (--smga-weights, --steps, …) need --driver smga")
     driver = default_driver_name() if args.driver == "auto" else args.driver
-    options.update(backend_options(args, driver))
+    backend = backend_from_args(args, driver=driver, renderer=args.renderer)
+    options["backend"] = backend
     renderer_options = None
     if args.renderer == "diffusion":
         from mmgt.renderers import diffusion_options
 
-        renderer_options = diffusion_options(args, live=False)
+        renderer_options = diffusion_options(args, live=False) | {"backend": backend}
     elif args.stage2_preset or args.render_steps is not None or args.render_guidance is not None:
         raise InputError("diffusion options (--stage2-preset, --render-steps, …) need "
                          "--renderer diffusion")  # fmt: skip
@@ -173,6 +186,36 @@ def _cmd_render(args: argparse.Namespace) -> int:
     )
     for p in result.debug_paths:
         print(f"debug: {p}", file=sys.stderr)
+    print(result.path)
+    return 0
+
+
+def _cmd_render_poses(args: argparse.Namespace) -> int:
+    """``render --pose-video … --face-mask-video … --lips-mask-video …`` (pose2vid)."""
+    from mmgt.offline import render_pose_video
+    from mmgt.renderers import diffusion_options
+    from mmgt.runtime import backend_from_args
+
+    videos = (args.pose_video, args.face_mask_video, args.lips_mask_video)
+    if None in videos:
+        raise InputError("the pose-driven mode needs --pose-video, --face-mask-video and "
+                         "--lips-mask-video")  # fmt: skip
+    if args.renderer != "diffusion":
+        raise InputError("the pose-driven mode renders with --renderer diffusion")
+    for path in videos:
+        if not path.is_file():
+            raise InputError(f"video not found: {path}")
+    backend = backend_from_args(args, driver="none", renderer="diffusion")
+    result = render_pose_video(
+        *videos,
+        args.out,
+        image=args.image,
+        audio=args.audio,
+        size=args.size,
+        renderer_options=diffusion_options(args, live=False) | {"backend": backend},
+        progress=not args.quiet,
+    )
+    print(f"{result.frames} frames rendered from {args.pose_video.name}", file=sys.stderr)
     print(result.path)
     return 0
 

@@ -2,7 +2,11 @@
 
 The steps, in order: prepare the avatar, decode the audio, compute the light features, drive
 keypoints, render frames, encode H.264 with the input audio as AAC. With ``debug`` it also
-writes the pose video, the motion-mask video and a side-by-side (photo | pose | result).
+writes the pose video, the face(+hands) and lips mask videos in the official format, the
+motion-mask overlay and a side-by-side (photo | pose | result).
+
+:func:`render_pose_video` is the pose-driven mode of the diffusion renderer (the official
+``pose2vid``): given pose and mask videos (such as the debug ones) instead of speech.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import soxr
+from PIL import Image
 from tqdm import tqdm
 
 from mmgt.audio import KIND as LIGHT_KIND
@@ -24,10 +29,11 @@ from mmgt.avatar import load_avatar
 from mmgt.drivers import make_driver
 from mmgt.errors import InputError
 from mmgt.keypoints.render import render_pose
-from mmgt.masks import MotionMaskStream, mask_overlay
+from mmgt.mask_filters import mask_pyramid
+from mmgt.masks import MotionMaskStream, blur_kernel, mask_overlay
 from mmgt.renderers import make_renderer
-from mmgt.types import AudioFeatures, Avatar
-from mmgt.video import AUDIO_RATE, Mp4Writer
+from mmgt.types import AudioFeatures, Avatar, MaskSet
+from mmgt.video import AUDIO_RATE, Mp4Writer, video_frames, video_rate
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +49,11 @@ class RenderResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+DEBUG_VIDEOS = ("pose", "face", "lips", "masks", "side")
+
+
 def _debug_paths(out: Path) -> dict[str, Path]:
-    return {k: out.with_name(f"{out.stem}.{k}.mp4") for k in ("pose", "masks", "side")}
+    return {k: out.with_name(f"{out.stem}.{k}.mp4") for k in DEBUG_VIDEOS}
 
 
 def render_video(
@@ -126,7 +135,10 @@ def render_video(
             if debug:
                 pose_img = render_pose(poses.points[i], size)
                 extra["pose"].write(pose_img)
-                extra["masks"].write(mask_overlay(frame, masks.push(poses.points[i], i)))
+                mask_set = masks.push(poses.points[i], i)
+                for kind, name in (("face", "face_hands"), ("lips", "lips")):
+                    extra[kind].write(np.repeat(mask_set.raw[name][..., None], 3, axis=2))
+                extra["masks"].write(mask_overlay(frame, mask_set))
                 extra["side"].write(np.concatenate([avatar.image, pose_img, frame], axis=1))
             bar.update(1)
         stream.close()
@@ -174,3 +186,90 @@ def _features(
 
 def _debug_size(kind: str, size: int) -> int | tuple[int, int]:
     return (3 * size, size) if kind == "side" else size
+
+
+MAX_POSE_FRAMES = 1500  # 60 s at 25 fps: the whole clip's conditions are held at once
+
+
+def render_pose_video(
+    pose_video: str | os.PathLike[str],
+    face_mask_video: str | os.PathLike[str],
+    lips_mask_video: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    image: str | os.PathLike[str] | None = None,
+    audio: str | os.PathLike[str] | None = None,
+    size: int = 512,
+    renderer_options: dict | None = None,
+    progress: bool = True,
+) -> RenderResult:
+    """Pose-driven mode of the diffusion renderer (the official ``pose2vid``).
+
+    ``pose_video`` holds pose images (official colours, as ``render --debug`` writes them),
+    the mask videos white boxes on black: face (+ hands) and lips. Frames are resized to the
+    model resolution; masks get the official blur and pyramid. Without ``audio`` the audio
+    tokens are zeros (official pose2vid) and the output keeps the pose video's frame rate;
+    with ``audio`` (a 25 fps pose video) the speech conditions MM-HAA too and is muxed in.
+    The clip is as long as the shortest input. Nothing partial is left behind on failure.
+    """
+    out = Path(out)
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"the output must be an .mp4 file, got {out.name!r}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    avatar = load_avatar(image, frame_size=size)
+    rnd = make_renderer("diffusion", **(renderer_options or {}))
+    res = rnd.models.resolution
+    rate = video_rate(pose_video)
+    speech = mux_audio = None
+    if audio is not None:
+        if abs(rate - 25) > 0.01:
+            raise InputError(f"{pose_video} runs at {rate:g} fps; with --audio the pose video "
+                             "must be 25 fps (the audio features' rate)")  # fmt: skip
+        native, native_rate = load_audio_native(audio)
+        speech = _resample(native, native_rate, 16000)
+        mux_audio = _resample(native, native_rate, AUDIO_RATE)
+    pose = _read_video(pose_video, res, Image.BILINEAR)
+    face, lips = (_read_video(p, res, Image.NEAREST, gray=True)
+                  for p in (face_mask_video, lips_mask_video))  # fmt: skip
+    n = min(len(pose), len(face), len(lips))
+    if speech is not None:
+        n = min(n, -(-speech.size // 640))
+        speech = speech[: n * 640]
+    kernels = {name: blur_kernel(name, res) for name in ("face_hands", "lips")}
+    masks = [
+        MaskSet(
+            i,
+            pyramid={
+                "face_hands": mask_pyramid(face[i], kernels["face_hands"]),
+                "lips": mask_pyramid(lips[i], kernels["lips"]),
+            },
+        )  # fmt: skip
+        for i in range(n)
+    ]
+    state = rnd.prepare(avatar)
+    timings["prepare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    frames = rnd.render_pose_clip(state, pose[:n], masks, speech)
+    with Mp4Writer(out, size, fps=round(rate), audio=mux_audio) as writer:
+        for frame in tqdm(frames, unit="frame", disable=not progress, desc="encode"):
+            writer.write(frame)
+    timings["render_encode"] = time.perf_counter() - t0
+    return RenderResult(path=out, frames=n, duration_s=n / rate, timings=timings)
+
+
+def _read_video(
+    path: str | os.PathLike[str], side: int, resample: int, *, gray: bool = False
+) -> np.ndarray:
+    """(F, side, side, 3) RGB or (F, side, side) grey uint8 frames of a video (≤ the cap)."""
+    frames = []
+    for _, rgb in video_frames(path):
+        if len(frames) == MAX_POSE_FRAMES:
+            raise InputError(f"{path} is longer than {MAX_POSE_FRAMES} frames; split it")
+        img = Image.fromarray(rgb).convert("L") if gray else Image.fromarray(rgb)
+        if img.size != (side, side):
+            img = img.resize((side, side), resample)
+        frames.append(np.asarray(img))
+    if not frames:
+        raise InputError(f"{path} contains no video frames")
+    return np.stack(frames)

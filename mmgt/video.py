@@ -1,9 +1,10 @@
-"""Writing mp4 files: H.264 video with an optional AAC track, never leaving a partial file.
+"""Video files: H.264 mp4 writing that never leaves a partial file, and frame reading.
 
 :class:`Mp4Writer` encodes into a hidden temporary file next to the destination and renames it
 into place only when :meth:`Mp4Writer.close` succeeds; on any error (or :meth:`abort`) the
 temporary file is removed, so a failed render leaves nothing behind. Encoding runs on a
-background thread, so rendering and encoding overlap.
+background thread, so rendering and encoding overlap. :func:`video_frames` decodes any video
+PyAV reads into RGB frames with their times.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import queue
 import tempfile
 import threading
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -19,8 +21,44 @@ import av
 import cv2
 import numpy as np
 
+from mmgt.errors import InputError
+
 AUDIO_RATE = 48000  # AAC track rate
 _STOP = object()
+
+
+def video_frames(path: str | os.PathLike[str]) -> Iterator[tuple[float, np.ndarray]]:
+    """(seconds after the first frame, (H, W, 3) uint8 RGB) for each decoded frame.
+
+    A file that is not a video (or has no video stream) raises :class:`InputError`."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = float(stream.average_rate or 25)
+            first = None
+            for k, frame in enumerate(container.decode(stream)):
+                t = frame.time if frame.time is not None else k / rate
+                first = t if first is None else first
+                yield t - first, frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{path} could not be decoded as video: {exc}") from exc
+
+
+def video_rate(path: str | os.PathLike[str]) -> float:
+    """The average frame rate of a video file's first video stream."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video stream")
+            rate = container.streams.video[0].average_rate
+    except av.error.FFmpegError as exc:
+        raise InputError(f"{path} could not be decoded as video: {exc}") from exc
+    if not rate:
+        raise InputError(f"{path}: unknown frame rate")
+    return float(rate)
 
 
 class Mp4Writer:

@@ -19,8 +19,9 @@ from dataclasses import replace
 from aiohttp import web
 
 from engine.scheduler import StreamSettings
+from mmgt.errors import InputError
 from mmgt.renderers import add_diffusion_arguments, diffusion_options
-from mmgt.runtime import add_backend_arguments, backend_options
+from mmgt.runtime import add_backend_arguments, backend_from_args
 from server.settings import ServerSettings
 
 
@@ -85,12 +86,14 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
 
     driver = default_driver_name() if args.driver == "auto" else args.driver
     try:
-        options.update(backend_options(args, driver))
-    except ValueError as exc:
+        backend = backend_from_args(args, driver=driver, renderer=args.renderer)
+    except InputError as exc:
         raise SystemExit(f"error: {exc}") from exc
+    if driver == "smga":
+        options["backend"] = backend
     renderer_options = {}
     if args.renderer == "diffusion":
-        renderer_options = diffusion_options(args, live=True)
+        renderer_options = diffusion_options(args, live=True) | {"backend": backend}
     return ServerSettings(
         host=args.host,
         port=0 if args.smoke else args.port,

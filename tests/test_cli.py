@@ -83,6 +83,8 @@ def test_debug_outputs_and_other_size(tmp_path, short_speech):
     assert sizes == {
         "dbg.mp4": (256, 256),
         "dbg.pose.mp4": (256, 256),
+        "dbg.face.mp4": (256, 256),
+        "dbg.lips.mp4": (256, 256),
         "dbg.masks.mp4": (256, 256),
         "dbg.side.mp4": (768, 256),
     }

@@ -120,7 +120,7 @@ def test_server_engine_runs_smga_on_onnxruntime(shipped_export):
 
     args = parse_args(["--backend", "onnxruntime", "--onnx-dir", str(shipped_export)])
     settings = settings_from(args)
-    assert settings.driver_options["backend"] == "onnxruntime"
+    assert settings.driver_options["backend"].name == "onnxruntime"
     from engine.engine import EngineConfig
 
     engine = Engine(EngineConfig(driver=settings.driver, driver_options=settings.driver_options))

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from transformers import Wav2Vec2Model
 
     from mmgt.models.audio_proj import AudioProjection
+    from mmgt.runtime import Runner
 
 HOP = SAMPLE_RATE // FPS  # 640 samples per 25 fps frame
 MIN_SAMPLES = 400  # receptive field of the wav2vec2 conv feature extractor
@@ -176,20 +177,29 @@ def frame_windows(emb: np.ndarray, radius: int = RADIUS) -> np.ndarray:
 
 
 @torch.no_grad()
-def project(proj: AudioProjection, windows: np.ndarray) -> torch.Tensor:
-    """(S, 5, layers, C) windows → (1, S, tokens, dim) on the projection's device and dtype."""
+def project(proj: AudioProjection | Runner, windows: np.ndarray) -> torch.Tensor:
+    """(S, 5, layers, C) windows → (1, S, tokens, dim).
+
+    ``proj`` is the module (output on its device and dtype) or a runner of its export
+    (``windows`` → ``tokens``; ONNX Runtime, TensorRT)."""
+    if not isinstance(proj, torch.nn.Module):
+        return proj(windows=torch.as_tensor(windows, dtype=torch.float32)[None])["tokens"]
     p = next(proj.parameters())
     x = torch.as_tensor(windows, device=p.device, dtype=p.dtype)[None]  # (1, S, 5, layers, C)
     return proj(x)
 
 
+def _radius(proj: AudioProjection | Runner) -> int:
+    return proj.config.window // 2 if isinstance(proj, torch.nn.Module) else RADIUS
+
+
 def audio_tokens(
-    model: Wav2Vec2Model, proj: AudioProjection, samples16k: np.ndarray,
+    model: Wav2Vec2Model, proj: AudioProjection | Runner, samples16k: np.ndarray,
     seq_len: int | None = None, *, pad_to_multiple: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """(1, S, tokens, dim): the whole offline path from 16 kHz samples to audio tokens."""
     emb = hidden_states(model, samples16k, seq_len, pad_to_multiple=pad_to_multiple)
-    return project(proj, frame_windows(emb, proj.config.window // 2))
+    return project(proj, frame_windows(emb, _radius(proj)))
 
 
 class StreamingWav2Vec2:
@@ -266,13 +276,13 @@ class StreamingAudioTokens:
     per ready frame (the live renderer's audio condition)."""
 
     def __init__(
-        self, model: Wav2Vec2Model, proj: AudioProjection, *, context_s: float = 2.0,
+        self, model: Wav2Vec2Model, proj: AudioProjection | Runner, *, context_s: float = 2.0,
         lookahead_frames: int = 0, max_step_frames: int = 25,
     ) -> None:  # fmt: skip
         self.proj = proj
         self.features = StreamingWav2Vec2(
             model, context_s=context_s, lookahead_frames=lookahead_frames,
-            radius=proj.config.window // 2, max_step_frames=max_step_frames,
+            radius=_radius(proj), max_step_frames=max_step_frames,
         )  # fmt: skip
 
     def _tokens(self, windows: np.ndarray) -> list[torch.Tensor]:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver
 from mmgt.errors import InputError
 from mmgt.types import Driver
+
+if TYPE_CHECKING:
+    from mmgt.runtime import Backend
 
 DRIVERS = ("auto", "procedural", "smga")
 # The CPU default trained in this repository (see mmgt/weights/README.md).
@@ -29,21 +33,16 @@ def make_driver(
     eta: float | None = None,
     context: int | None = None,
     heads: int = 8,
-    backend: str = "torch",
-    onnx_dir: str | os.PathLike[str] | None = None,
+    backend: Backend | None = None,
 ) -> Driver:
     """Build a driver by name (see :data:`DRIVERS`; ``auto`` is :func:`default_driver_name`).
 
     ``smga`` loads ``weights`` — one of our ``.safetensors`` packages (default: the shipped CPU
     model) or an official checkpoint — and samples with its recommended settings unless
     ``steps``/``guidance``/``eta``/``context`` override them (official: 50 / 2 / 1 / 8).
-    ``backend="onnxruntime"`` runs its denoiser from ``onnx_dir`` (``python -m export.onnx``
-    output for the same weights) with torch's intra-op thread count.
+    ``backend`` (default torch) runs its denoiser on ONNX Runtime or TensorRT from the exported
+    files of the same weights, with torch's intra-op thread count.
     """
-    from mmgt.runtime import BACKENDS
-
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         name = default_driver_name()
     if name == "procedural":
@@ -69,8 +68,11 @@ def make_driver(
             seed=seed,
         )
         step = None
-        if backend == "onnxruntime":
-            step = _ort_step(pkg.model, onnx_dir)
+        if backend is not None and backend.name != "torch":
+            import torch
+
+            threads = torch.get_num_threads()  # the engine's budget (1) or render's --threads
+            step = backend.runner("smga_step", pkg.model, threads=threads)
         return SMGADriver(
             pkg.model,
             step=step,
@@ -81,19 +83,6 @@ def make_driver(
             pose_std=pkg.pose_std,
         )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
-
-
-def _ort_step(model, onnx_dir):  # noqa: ANN001, ANN202
-    """The SMGA denoiser step from an export folder, checked against the loaded weights."""
-    import torch
-
-    from mmgt.runtime import OnnxFolder, state_hash
-
-    if onnx_dir is None:
-        raise InputError("--backend onnxruntime needs --onnx-dir (python -m export.onnx output)")
-    folder = OnnxFolder(onnx_dir)
-    threads = torch.get_num_threads()  # the engine's budget (1) or render's --threads
-    return folder.runner("smga_step", weights_hash=state_hash(model), threads=threads)
 
 
 __all__ = [

@@ -43,6 +43,14 @@ def attend(attn: Attention, query_in: Tensor, kv_in: Tensor) -> Tensor:
     return attn.to_out[1](attn.to_out[0](out))
 
 
+def repeat_per_frame(t: Tensor, frames: int) -> Tensor:
+    """(B, …) → (B·frames, …), each row repeated ``frames`` times in a row.
+
+    Equals ``repeat_interleave(frames, 0)``, written as expand + reshape because the ONNX
+    exporter translates a dynamic ``repeat_interleave`` wrongly for B > 1."""
+    return t[:, None].expand(t.shape[0], frames, *t.shape[1:]).reshape(-1, *t.shape[1:])
+
+
 @dataclass
 class ReferenceWrite:
     """Collects the bank during a ReferenceNet pass: block name → (B, h·w, C)."""
@@ -57,12 +65,15 @@ class ReferenceRead:
 
     ``bank`` values are (1, h·w, C) (one avatar; broadcast over the batch) or (B, h·w, C);
     the denoising batch is folded as (B·frames); its first ``uncond_rows`` rows attend without
-    the bank (the unconditional half of a CFG batch).
+    the bank (the unconditional half of a CFG batch). ``keep`` (B,) bool says the same with a
+    tensor: samples whose entry is False attend without the bank (exported networks use it:
+    one graph for both halves of CFG).
     """
 
     bank: Mapping[str, Tensor]
     frames: int
     uncond_rows: int = 0
+    keep: Tensor | None = None
 
 
 class SelfAttnProcessor:
@@ -88,7 +99,17 @@ class SelfAttnProcessor:
         if bank.shape[0] == 1:
             bank = bank.expand(n, -1, -1)  # one avatar for every row
         else:
-            bank = bank.repeat_interleave(reference.frames, 0)  # (B, …) → (B·F, …)
+            bank = repeat_per_frame(bank, reference.frames)  # (B, …) → (B·F, …)
+        if reference.keep is not None:
+            # Rows of samples that drop the bank attend to their own tokens twice instead:
+            # duplicated key/value pairs leave softmax attention unchanged, so this equals
+            # leaving the bank out, with one graph for both halves of CFG and no mask.
+            if bank.shape != hidden_states.shape:
+                raise ValueError(f"bank {tuple(bank.shape)} does not match the hidden states "
+                                 f"{tuple(hidden_states.shape)}")  # fmt: skip
+            keep = repeat_per_frame(reference.keep.to(torch.bool), reference.frames)
+            bank = torch.where(keep[:, None, None], bank, hidden_states)  # (B·F, L, C)
+            return attend(attn, hidden_states, torch.cat([hidden_states, bank], 1))
         u = reference.uncond_rows
         cond = attend(attn, hidden_states[u:], torch.cat([hidden_states[u:], bank[u:]], 1))
         if u == 0:
@@ -157,3 +178,12 @@ def reference_bank(
         return_dict=False,
     )
     return writer.bank
+
+
+def bank_names(unet: nn.Module) -> list[str]:
+    """The bank keys a network writes or reads, in module order (its transformer blocks)."""
+    return [
+        m.processor.name
+        for m in unet.modules()
+        if isinstance(getattr(m, "processor", None), SelfAttnProcessor)
+    ]

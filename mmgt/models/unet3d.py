@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from mmgt.models.mmhaa import OFFICIAL_REGION_WEIGHTS, AudioAttentionModule, BranchMasks
 from mmgt.models.motion import MotionModule
-from mmgt.models.reference import ReferenceRead, install_reference_processors
+from mmgt.models.reference import ReferenceRead, install_reference_processors, repeat_per_frame
 
 
 @dataclass(frozen=True)
@@ -284,11 +284,10 @@ class DenoisingUNet3D(nn.Module):
         b, c, f, h, w = latents.shape
         if audio_tokens is not None and masks is None:
             raise ValueError("audio tokens need motion masks (zeros switch the branches off)")
-        fold = lambda t: t.repeat_interleave(f, dim=0)  # noqa: E731  (B, …) → (B·F, …)
         x = StepInputs(
             frames=f,
-            temb=fold(self.time_embed(timestep, b, latents.dtype)),
-            context=fold(context),
+            temb=repeat_per_frame(self.time_embed(timestep, b, latents.dtype), f),
+            context=repeat_per_frame(context, f),
             audio=None
             if audio_tokens is None
             else audio_tokens.reshape(b * f, *audio_tokens.shape[2:]),

@@ -14,7 +14,8 @@ def make_renderer(name: str, **options: object) -> Renderer:
 
     ``diffusion`` options: ``weights_dir`` (official stage-2 files) or ``preset="tiny"`` (random
     tiny models: a pipeline check whose video is noise), ``device``, ``dtype``, ``steps``,
-    ``guidance``, ``mask_mode``, ``seed``, ``live`` (few-step live defaults).
+    ``guidance``, ``mask_mode``, ``seed``, ``live`` (few-step live defaults), ``backend``
+    (:class:`mmgt.runtime.Backend`: torch, ONNX Runtime or TensorRT for its networks).
     """
     if name == "warp":
         if options:
@@ -67,6 +68,7 @@ def _diffusion(
     mask_mode="official",
     seed=42,
     live=False,
+    backend=None,
 ) -> Renderer:  # noqa: ANN001
     from dataclasses import replace
 
@@ -86,7 +88,7 @@ def _diffusion(
     if weights_dir is not None:
         models = Stage2Models.from_folder(weights_dir, device=device, dtype=dtype)
     else:
-        models = Stage2Models.random(preset, seed=seed).to(device, dtype)
+        models = Stage2Models.random(preset).to(device, dtype)  # the same models at any --seed
     settings = DiffusionSettings.live() if live else DiffusionSettings()
     settings = replace(settings, mask_mode=mask_mode, seed=seed)
     if steps is not None:
@@ -95,7 +97,7 @@ def _diffusion(
         settings = replace(settings, guidance=guidance)
     if not 1 <= settings.steps <= 1000:
         raise InputError(f"diffusion steps must be in 1..1000, got {settings.steps}")
-    return DiffusionRenderer(models, settings)
+    return DiffusionRenderer(models, settings, backend)
 
 
 __all__ = [

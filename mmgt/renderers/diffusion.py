@@ -9,6 +9,12 @@ here), the motion-mask pyramid wired into the three MM-HAA branches, and wav2vec
 Masks are computed here from the poses at the model resolution, so the renderer works at any
 avatar size; frames are decoded by the VAE and resized to the avatar size.
 
+Every exported network (pose guider, audio projection, VAE encoder and decoder, ReferenceNet,
+UNet window step; :mod:`mmgt.models.stage2_steps`) is called through a runner of the chosen
+backend (:class:`mmgt.runtime.Backend`): torch, ONNX Runtime or TensorRT run the same code path.
+CLIP and wav2vec2 stay in torch. Tensors are kept on the models' device and dtype; runners cast
+their inputs and the renderer casts their outputs back.
+
 * :meth:`DiffusionRenderer.render_clip`: offline, the official long-video scheme (whole-clip
   wav2vec2, overlapping windows averaged at every step; :mod:`.diffusion_windows`).
 * :meth:`DiffusionRenderer.open_stream`: live; each window continues from the latents of the
@@ -30,13 +36,15 @@ from mmgt.audio import wav2vec as w2v
 from mmgt.keypoints.render import render_pose
 from mmgt.masks import MotionMaskStream
 from mmgt.models.mmhaa import OFFICIAL_REGION_WEIGHTS, BranchMasks, branch_masks
-from mmgt.models.reference import ReferenceRead, reference_bank
+from mmgt.models.stage2_steps import mask_inputs, steps_of
 from mmgt.renderers.diffusion_windows import context_windows, sample_continuation, sample_offline
+from mmgt.runtime import Backend, Runner
 from mmgt.schedulers.video import DDIMSampler, VideoScheduleConfig
 from mmgt.types import PCM_AUDIO_KIND, AudioFeatures, Avatar, KeypointSeq, MaskSet
-from mmgt.weights.stage2_models import LATENT_SCALE, Stage2Models
+from mmgt.weights.stage2_models import Stage2Models
 
 SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
+DECODE_BATCH = 8  # frames per VAE decoder call
 
 
 @dataclass(frozen=True)
@@ -66,16 +74,16 @@ class DiffusionAvatarState:
     avatar: Avatar
     reference_latent: torch.Tensor  # (1, 4, h, w), scaled
     clip_embed: torch.Tensor  # (1, 1, D)
-    bank: dict[str, torch.Tensor] = field(repr=False)
+    bank: dict[str, torch.Tensor] = field(repr=False)  # bank_i → (1, h_k·w_k, C_k) float16
 
 
 @dataclass
 class _Window:
     """Conditions of consecutive frames at the model resolution."""
 
-    pose: torch.Tensor  # (F, C0, h, w) pose-guider features
+    pose: torch.Tensor  # (1, F, C0, h, w) pose-guider features
     tokens: torch.Tensor  # (1, F, tokens, D)
-    masks: BranchMasks
+    masks: BranchMasks  # levels of (F, h_k·w_k)
 
 
 class DiffusionRenderer:
@@ -84,11 +92,27 @@ class DiffusionRenderer:
     needs_audio = True
     audio_kind = PCM_AUDIO_KIND
 
-    def __init__(self, models: Stage2Models, settings: DiffusionSettings | None = None) -> None:
+    def __init__(
+        self, models: Stage2Models, settings: DiffusionSettings | None = None,
+        backend: Backend | None = None,
+    ) -> None:  # fmt: skip
         self.models = models
         self.settings = settings or DiffusionSettings()
         self.schedule = VideoScheduleConfig()
+        self.backend = backend or Backend()
+        threads = torch.get_num_threads()
+        device = str(models.device)
+        self.run: dict[str, Runner] = {
+            name: self.backend.runner(
+                name, module, device=device, threads=threads, host_outputs=False
+            )  # fmt: skip
+            for name, module in steps_of(models).items()
+        }
         self.prepare_calls = 0
+
+    def _out(self, t: torch.Tensor) -> torch.Tensor:
+        """A runner's float output on the models' device and dtype."""
+        return t.to(self.models.device, self.models.dtype)
 
     # -- per avatar ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -97,19 +121,13 @@ class DiffusionRenderer:
         m, res = self.models, self.models.resolution
         image = Image.fromarray(avatar.image).resize((res, res), Image.LANCZOS)
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        latent = m.vae.encode(x.to(m.device, m.dtype)).latent_dist.mean * LATENT_SCALE
+        latent = self._out(self.run["vae_encoder"](image=x.to(m.device, m.dtype))["latent"])
         clip = self._clip_embed(avatar.image)
-        bank = reference_bank(m.net.reference_unet, latent, clip)
+        bank = self.run["reference_net"](reference_latent=latent, clip_embed=clip)
         return DiffusionAvatarState(avatar, latent, clip, bank)
 
     def _clip_embed(self, image: np.ndarray) -> torch.Tensor:
-        from transformers import CLIPImageProcessorPil
-
-        small = Image.fromarray(image).resize((224, 224), Image.BICUBIC)
-        pixels = CLIPImageProcessorPil()(images=small, return_tensors="pt").pixel_values
-        enc = self.models.image_encoder
-        embeds = enc(pixel_values=pixels.to(self.models.device, self.models.dtype)).image_embeds
-        return embeds[:, None]  # (1, 1, D)
+        return clip_embed(self.models, image)
 
     def open_stream(self, state: DiffusionAvatarState) -> DiffusionStream:
         return DiffusionStream(self, state)
@@ -118,66 +136,67 @@ class DiffusionRenderer:
     def _poses_at_model_size(self, poses: KeypointSeq) -> np.ndarray:
         return poses.resized(self.models.resolution).points  # (F, 134, 3)
 
-    @torch.no_grad()
     def _window(
         self, points: np.ndarray, masks: Sequence[MaskSet], tokens: torch.Tensor
     ) -> _Window:
-        m, res = self.models, self.models.resolution
-        images = np.stack([render_pose(p, res) for p in points])  # (F, H, W, 3)
-        pose = torch.from_numpy(images).permute(3, 0, 1, 2)[None].float() / 255  # (1, 3, F, H, W)
-        features = m.net.pose_guider(pose.to(m.device, m.dtype))
+        res = self.models.resolution
+        images = np.stack([render_pose(p, res) for p in points])  # (F, R, R, 3)
+        return self._conditions(images, masks, tokens)
+
+    @torch.no_grad()
+    def _conditions(
+        self, images: np.ndarray, masks: Sequence[MaskSet], tokens: torch.Tensor
+    ) -> _Window:
+        """Pose images (F, R, R, 3) uint8, masks and audio tokens → the window's conditions."""
+        m = self.models
+        pose = torch.from_numpy(images).permute(3, 0, 1, 2)[None].float() / 255  # (1, 3, F, R, R)
+        features = self.run["pose_guider"](pose_images=pose.to(m.device, m.dtype))
         wired = branch_masks(masks, self.settings.mask_mode).to(m.device, m.dtype)
-        return _Window(features, tokens.to(m.device, m.dtype), wired)
+        return _Window(self._out(features["pose_features"]), self._out(tokens), wired)
 
     def _denoiser(self, state: DiffusionAvatarState, cond: _Window):
         """The window denoiser of :mod:`.diffusion_windows` (CFG batch when guidance > 1)."""
-        unet, s = self.models.net.denoising_unet, self.settings
+        s, unet, device = self.settings, self.run["unet_step"], self.models.device
+        weights = torch.tensor(s.region_weights, device=device, dtype=self.models.dtype)
+        guided = s.guidance > 1.0
+        # CFG order as the official pipeline: unconditional first (zero CLIP embedding, zero
+        # audio tokens after the projection, no reference bank), then conditional.
+        context = torch.cat([torch.zeros_like(state.clip_embed), state.clip_embed])[-1 - guided :]
+        keep = torch.tensor([False, True], device=device)[-1 - guided :]
 
         def denoise(x: torch.Tensor, t: int, idx: Sequence[int]) -> torch.Tensor:
-            f = x.shape[2]
-            pose, tokens, masks = (
-                cond.pose[list(idx)],
-                cond.tokens[:, list(idx)],
-                cond.masks.frames(list(idx)),
-            )
-            if s.guidance <= 1.0:
-                return unet(
-                    x,
-                    t,
-                    state.clip_embed,
-                    tokens,
-                    masks,
-                    pose,
-                    ReferenceRead(state.bank, f),
-                    s.region_weights,
-                )
-            context = torch.cat([torch.zeros_like(state.clip_embed), state.clip_embed])
-            audio = torch.cat([torch.zeros_like(tokens), tokens])  # zero tokens after projection
-            v = unet(
-                x.repeat(2, 1, 1, 1, 1),
-                t,
-                context,
-                audio,
-                masks.repeat(2),
-                pose.repeat(2, 1, 1, 1),
-                ReferenceRead(state.bank, f, uncond_rows=f),
-                s.region_weights,
-            )
-            return v[:1] + s.guidance * (v[1:] - v[:1])
+            b, f, idx = 1 + guided, x.shape[2], list(idx)
+            tokens = cond.tokens[:, idx]
+            if guided:
+                tokens = torch.cat([torch.zeros_like(tokens), tokens])
+            inputs = {
+                "latents": x.expand(b, -1, -1, -1, -1),
+                "timestep": torch.tensor([t], device=device),
+                "context": context,
+                "audio_tokens": tokens,
+                "pose_features": cond.pose[:, idx].expand(b, -1, -1, -1, -1),
+                "region_weights": weights,
+                "bank_keep": keep,
+                **mask_inputs(cond.masks.frames(idx).repeat(b), b, f),
+                **state.bank,
+            }
+            v = self._out(unet(**inputs)["v"])  # (b, 4, F, h, w)
+            return v if not guided else v[:1] + s.guidance * (v[1:] - v[:1])
 
         return denoise
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, size: int) -> list[np.ndarray]:
-        """(1, 4, F, h, w) latents → F RGB uint8 frames of ``size``² (one frame at a time)."""
+        """(1, 4, F, h, w) latents → F RGB uint8 frames of ``size``²."""
         frames = []
-        for k in range(latents.shape[2]):
-            x = self.models.vae.decode(latents[:, :, k] / LATENT_SCALE).sample
-            x = (x / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
-            img = (x * 255).astype(np.uint8)  # truncation, as the official save
-            if img.shape[0] != size:
-                img = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
-            frames.append(img)
+        for k in range(0, latents.shape[2], DECODE_BATCH):
+            chunk = latents[0, :, k : k + DECODE_BATCH].transpose(0, 1)  # (n, 4, h, w)
+            images = self.run["vae_decoder"](latent=chunk)["image"]  # (n, 3, H, W) in [0, 1]
+            for x in images.permute(0, 2, 3, 1).float().cpu().numpy():
+                img = (x * 255).astype(np.uint8)  # truncation, as the official save
+                if img.shape[0] != size:
+                    img = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
+                frames.append(img)
         return frames
 
     def _noise(self, generator: torch.Generator, frames: int) -> torch.Tensor:
@@ -191,17 +210,48 @@ class DiffusionRenderer:
         self, state: DiffusionAvatarState, poses: KeypointSeq, speech16k: np.ndarray
     ) -> list[np.ndarray]:
         """Render a whole clip the official way (``len(poses)`` frames at the avatar size)."""
-        s, n = self.settings, len(poses)
         points = self._poses_at_model_size(poses)
-        mask_stream = MotionMaskStream(self.models.resolution, names=("face_hands", "lips"))
+        res = self.models.resolution
+        mask_stream = MotionMaskStream(res, names=("face_hands", "lips"))
         masks = [mask_stream.push(p, i) for i, p in enumerate(points)]
-        tokens = w2v.audio_tokens(self.models.wav2vec, self.models.net.audioproj, speech16k, n)
-        cond = self._window(points, masks, tokens)
+        images = np.stack([render_pose(p, res) for p in points])  # (F, R, R, 3)
+        return self.render_pose_clip(state, images, masks, speech16k)
+
+    @torch.no_grad()
+    def render_pose_clip(
+        self, state: DiffusionAvatarState, pose_images: np.ndarray, masks: Sequence[MaskSet],
+        speech16k: np.ndarray | None = None,
+    ) -> list[np.ndarray]:  # fmt: skip
+        """Pose-driven mode (the official ``pose2vid``): pose images (F, R, R, 3) uint8 at the
+        model resolution and per-frame mask pyramids (``face_hands``, ``lips``) → F frames.
+
+        Without speech the audio tokens are zeros, as in the official pose2vid (no audio
+        conditioning); with speech they are its wav2vec2 tokens (pose and audio driving).
+        """
+        s, n = self.settings, len(pose_images)
+        if speech16k is None:
+            proj = self.models.config.audio_proj
+            tokens = torch.zeros(1, n, proj.context_tokens, proj.output_dim)
+        else:
+            tokens = w2v.audio_tokens(self.models.wav2vec, self.run["audio_proj"], speech16k, n)
+        cond = self._conditions(pose_images, masks, tokens)
         windows = context_windows(n, s.window, s.overlap, s.closed_loop)
         sampler = DDIMSampler(self.schedule)
         noise = self._noise(torch.Generator().manual_seed(s.seed), n)
         latents = sample_offline(self._denoiser(state, cond), noise, sampler, s.steps, windows)
         return self.decode(latents, state.avatar.frame_size)
+
+
+@torch.no_grad()
+def clip_embed(models: Stage2Models, image: np.ndarray) -> torch.Tensor:
+    """(1, 1, D) CLIP image embedding of an RGB uint8 image, preprocessed as the official code
+    (resize to 224² bicubic, then the CLIP image processor's defaults)."""
+    from transformers import CLIPImageProcessorPil
+
+    small = Image.fromarray(image).resize((224, 224), Image.BICUBIC)
+    pixels = CLIPImageProcessorPil()(images=small, return_tensors="pt").pixel_values
+    embeds = models.image_encoder(pixel_values=pixels.to(models.device, models.dtype)).image_embeds
+    return embeds[:, None]
 
 
 class DiffusionStream:
@@ -216,7 +266,7 @@ class DiffusionStream:
         self.latency_frames = self.new_frames
         self._masks = MotionMaskStream(renderer.models.resolution, names=("face_hands", "lips"))
         self._audio = w2v.StreamingAudioTokens(
-            renderer.models.wav2vec, renderer.models.net.audioproj, context_s=s.audio_context_s
+            renderer.models.wav2vec, renderer.run["audio_proj"], context_s=s.audio_context_s
         )
         self._points: list[np.ndarray] = []  # model-size poses not yet rendered
         self._mask_sets: list[MaskSet] = []

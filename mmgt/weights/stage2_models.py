@@ -27,8 +27,6 @@ from mmgt.weights.stage2 import (
     load_stage2_net,
 )
 
-LATENT_SCALE = 0.18215  # SD1.5 VAE scaling factor
-
 
 @dataclass
 class Stage2Models:

@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
 import numpy as np
 
@@ -27,28 +26,11 @@ from mmgt.keypoints.extractor import ReferencePoseExtractor
 from mmgt.train.corpus import format as fmt
 from mmgt.train.corpus.motion import frame_count
 from mmgt.types import FPS
+from mmgt.video import video_frames
 
 log = logging.getLogger(__name__)
 FRAME = 512
 MAX_FAILED_FRACTION = 0.2
-
-
-def _frames(path: Path):  # noqa: ANN202 - generator of (seconds, rgb)
-    """Decoded video frames with times relative to the first one."""
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise InputError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            rate = float(stream.average_rate or FPS)
-            first = None
-            for k, frame in enumerate(container.decode(stream)):
-                t = frame.time if frame.time is not None else k / rate
-                first = t if first is None else first
-                yield t - first, frame.to_ndarray(format="rgb24")
-    except av.error.FFmpegError as exc:
-        raise InputError(f"{path} could not be decoded as video: {exc}") from exc
 
 
 class _Framer:
@@ -92,7 +74,7 @@ def extract_keypoints(
             out[done], last = cached, cached
             done += 1
 
-    source = _frames(Path(video_path))
+    source = video_frames(Path(video_path))
     try:
         for t, rgb in source:
             if current is not None:
