@@ -1,11 +1,11 @@
 """Export specs of the stage-2 networks (the steps of :mod:`mmgt.models.stage2_steps`).
 
 Dynamic axes are the sizes the renderer varies: ``frames`` of a window (a live window is 8 or
-12 frames, offline windows 12; the pose guider and the audio projection see whole clips, so
-their ``frames`` run higher), ``batch`` 1 or 2 (the CFG pair) for the UNet, and the number of
-frames decoded or encoded at once for the VAE. The ReferenceNet runs once per avatar at one
-size. Sample inputs come from seeded noise; masks are in [0, 1] and, like the official
-wiring, the ``full`` branch is 1 + lips.
+12 frames, offline windows 12; the per-frame pose guider and audio projection take clips in
+chunks of up to ``PER_FRAME_CHUNK`` frames), ``batch`` 1 or 2 (the CFG pair) for the UNet, and
+the number of frames decoded or encoded at once for the VAE. The ReferenceNet runs once per
+avatar at one size. Sample inputs come from seeded noise; masks are in [0, 1] and, like the
+official wiring, the ``full`` branch is 1 + lips.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from export.specs import Axis, NetworkSpec
 from mmgt.models.mmhaa import BRANCHES
-from mmgt.models.stage2_steps import MASK_LEVELS, steps_of
+from mmgt.models.stage2_steps import MASK_LEVELS, PER_FRAME_CHUNK, steps_of
 from mmgt.weights.stage2_models import Stage2Models
 
 
@@ -31,7 +31,7 @@ def stage2_specs(models: Stage2Models, window: int = 12) -> list[NetworkSpec]:
     ctx_dim, proj = cfg.unet.cross_attention_dim, cfg.audio_proj
     max_frames = min(2 * window, cfg.unet.motion_max_len)
     frames = Axis("frames", 2, window, max_frames, window // 2 - 1)
-    clip_frames = Axis("frames", 1, window, 512, 5)
+    clip_frames = Axis("frames", 1, window, PER_FRAME_CHUNK, 5)  # callers chunk longer clips
     batch = Axis("batch", 1, 2, 2, 1)
     images = Axis("batch", 1, 2, window, 1)
 

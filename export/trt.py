@@ -32,7 +32,7 @@ from pathlib import Path
 from types import ModuleType
 
 from mmgt.errors import InputError, MissingDependencyError, MMGTError
-from mmgt.runtime import MANIFEST, MANIFEST_VERSION
+from mmgt.runtime import MANIFEST, MANIFEST_VERSION, read_index
 from mmgt.runtime_trt import ENGINES, ENGINES_VERSION
 
 PROG = "python -m export.trt"
@@ -172,18 +172,12 @@ def _parser_error(err: object) -> str:
 
 def read_manifest(onnx_dir: Path) -> dict:
     """The export manifest, or an :class:`InputError` saying what to run."""
-    path = onnx_dir / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{onnx_dir} holds no {MANIFEST}: export the models first "
-                         f"(python -m export.onnx --onnx-dir {onnx_dir})")  # fmt: skip
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise InputError(f"{path}: manifest version {manifest.get('version')!r} is not "
-                         f"{MANIFEST_VERSION}; re-run python -m export.onnx")  # fmt: skip
-    return manifest
+    return read_index(
+        onnx_dir / MANIFEST, MANIFEST_VERSION,
+        missing=f"export the models first (python -m export.onnx --target tensorrt "
+        f"--onnx-dir {onnx_dir})",
+        rerun="python -m export.onnx",
+    )  # fmt: skip
 
 
 def build_engines(

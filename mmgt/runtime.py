@@ -139,31 +139,43 @@ def state_hash(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def read_index(path: Path, version: int, *, missing: str, rerun: str) -> dict:
+    """A versioned JSON index (export manifest, engine index), or an :class:`InputError` that
+    says what to run: ``missing`` when the file is absent, ``rerun`` for another version."""
+    if not path.is_file():
+        raise InputError(f"{path.parent} holds no {path.name}: {missing}")
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    if index.get("version") != version:
+        raise InputError(f"{path}: version {index.get('version')!r} is not {version}; "
+                         f"re-run {rerun}")  # fmt: skip
+    return index
+
+
+def index_entry(index: dict, folder: Path, network: str, what: str) -> dict:
+    """``index["networks"][network]``, or an :class:`InputError` listing what there is."""
+    networks = index.get("networks", {})
+    if network not in networks:
+        have = ", ".join(networks) or "none"
+        raise InputError(f"{folder} has no {network!r} {what} (it has: {have})")
+    return networks[network]
+
+
 class OnnxFolder:
     """The output folder of ``python -m export.onnx``: a manifest and one file per network."""
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
-        path = self.folder / MANIFEST
-        if not path.is_file():
-            raise InputError(
-                f"{self.folder} holds no {MANIFEST}: export the models first "
-                f"(python -m export.onnx --onnx-dir {self.folder})"
-            )
-        try:
-            self.manifest = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path}: {exc}") from exc
-        if self.manifest.get("version") != MANIFEST_VERSION:
-            raise InputError(f"{path}: manifest version {self.manifest.get('version')!r} is not "
-                             f"{MANIFEST_VERSION}; re-run python -m export.onnx")  # fmt: skip
+        self.manifest = read_index(
+            self.folder / MANIFEST, MANIFEST_VERSION,
+            missing=f"export the models first (python -m export.onnx --onnx-dir {self.folder})",
+            rerun="python -m export.onnx",
+        )  # fmt: skip
 
     def entry(self, network: str) -> dict:
-        networks = self.manifest.get("networks", {})
-        if network not in networks:
-            have = ", ".join(networks) or "none"
-            raise InputError(f"{self.folder} has no {network!r} network (it has: {have})")
-        return networks[network]
+        return index_entry(self.manifest, self.folder, network, "network")
 
     def runner(
         self, network: str, *, weights_hash: str | None, device: str = "cpu", threads: int = 1

@@ -12,7 +12,6 @@ only when an engine is loaded, so this module imports on any machine.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mmgt.errors import InputError, MissingDependencyError
+from mmgt.runtime import index_entry, read_index
 
 ENGINES = "engines.json"
 ENGINES_VERSION = 1
@@ -116,25 +116,15 @@ class TrtFolder:
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
-        path = self.folder / ENGINES
-        if not path.is_file():
-            raise InputError(f"{self.folder} holds no {ENGINES}: build the engines first "
-                             "(python -m export.trt --onnx-dir ONNX_DIR --engine-dir "
-                             f"{self.folder})")  # fmt: skip
-        try:
-            self.index = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {path}: {exc}") from exc
-        if self.index.get("version") != ENGINES_VERSION:
-            raise InputError(f"{path}: version {self.index.get('version')!r} is not "
-                             f"{ENGINES_VERSION}; re-run python -m export.trt")  # fmt: skip
+        self.index = read_index(
+            self.folder / ENGINES, ENGINES_VERSION,
+            missing="build the engines first (python -m export.trt --onnx-dir ONNX_DIR "
+            f"--engine-dir {self.folder})",
+            rerun="python -m export.trt",
+        )  # fmt: skip
 
     def entry(self, network: str) -> dict:
-        networks = self.index.get("networks", {})
-        if network not in networks:
-            have = ", ".join(networks) or "none"
-            raise InputError(f"{self.folder} has no {network!r} engine (it has: {have})")
-        return networks[network]
+        return index_entry(self.index, self.folder, network, "engine")
 
     def runner(self, network: str, *, weights_hash: str | None, device: str = "cuda:0",
                host_outputs: bool = False) -> TrtRunner:  # fmt: skip

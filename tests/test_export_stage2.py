@@ -235,3 +235,25 @@ def test_fused_attention_only_for_long_static_keys(tmp_path):
     with FusedAttention():  # eager calls outside tracing are left alone
         x = make({"batch": 1, "frames": 4})
         torch.testing.assert_close(module(**x)[0], _TwoAttentions()(**x)[0])
+
+
+def test_server_engine_renders_with_the_diffusion_renderer_on_onnxruntime(onnx_dir):
+    from engine.engine import Engine, EngineConfig
+    from server.__main__ import parse_args, settings_from
+
+    ort = ["--backend", "onnxruntime", "--onnx-dir", str(onnx_dir)]
+    args = parse_args(["--renderer", "diffusion", "--stage2-preset", "tiny", "--driver",
+                       "procedural", *ort])  # fmt: skip
+    settings = settings_from(args)
+    assert settings.renderer_options["backend"].name == "onnxruntime"
+    config = EngineConfig(driver=settings.driver, renderer=settings.renderer,
+                          renderer_options=settings.renderer_options)  # fmt: skip
+    engine = Engine(config)
+    try:
+        runners = engine.renderer.run
+        assert set(runners) == set(STAGE2_NETWORKS)
+        assert {(r.backend, r.provider) for r in runners.values()} == {
+            ("onnxruntime", "CPUExecutionProvider")
+        }
+    finally:
+        engine.executor.shutdown()

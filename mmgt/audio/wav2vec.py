@@ -181,9 +181,15 @@ def project(proj: AudioProjection | Runner, windows: np.ndarray) -> torch.Tensor
     """(S, 5, layers, C) windows → (1, S, tokens, dim).
 
     ``proj`` is the module (output on its device and dtype) or a runner of its export
-    (``windows`` → ``tokens``; ONNX Runtime, TensorRT)."""
+    (``windows`` → ``tokens``; ONNX Runtime, TensorRT), called on chunks of at most
+    ``PER_FRAME_CHUNK`` frames (the projection is per frame, so chunks are exact)."""
     if not isinstance(proj, torch.nn.Module):
-        return proj(windows=torch.as_tensor(windows, dtype=torch.float32)[None])["tokens"]
+        from mmgt.models.stage2_steps import PER_FRAME_CHUNK
+
+        x = torch.as_tensor(windows, dtype=torch.float32)[None]  # (1, S, 5, layers, C)
+        chunks = [proj(windows=x[:, k : k + PER_FRAME_CHUNK])["tokens"]
+                  for k in range(0, x.shape[1], PER_FRAME_CHUNK)]  # fmt: skip
+        return torch.cat(chunks, dim=1)
     p = next(proj.parameters())
     x = torch.as_tensor(windows, device=p.device, dtype=p.dtype)[None]  # (1, S, 5, layers, C)
     return proj(x)

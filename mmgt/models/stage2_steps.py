@@ -29,6 +29,7 @@ from mmgt.models.reference import ReferenceRead, bank_names, reference_bank
 from mmgt.models.unet3d import DenoisingUNet3D
 
 LATENT_SCALE = 0.18215  # SD1.5 VAE scaling factor
+PER_FRAME_CHUNK = 24  # frames per call of the per-frame networks (pose guider, audio projection)
 STAGE2_NETWORKS = ("pose_guider", "audio_proj", "vae_encoder", "vae_decoder", "reference_net",
                    "unet_step")  # fmt: skip
 MASK_LEVELS = 3

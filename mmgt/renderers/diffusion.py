@@ -36,7 +36,7 @@ from mmgt.audio import wav2vec as w2v
 from mmgt.keypoints.render import render_pose
 from mmgt.masks import MotionMaskStream
 from mmgt.models.mmhaa import OFFICIAL_REGION_WEIGHTS, BranchMasks, branch_masks
-from mmgt.models.stage2_steps import mask_inputs, steps_of
+from mmgt.models.stage2_steps import PER_FRAME_CHUNK, mask_inputs, steps_of
 from mmgt.renderers.diffusion_windows import context_windows, sample_continuation, sample_offline
 from mmgt.runtime import Backend, Runner
 from mmgt.schedulers.video import DDIMSampler, VideoScheduleConfig
@@ -148,11 +148,14 @@ class DiffusionRenderer:
         self, images: np.ndarray, masks: Sequence[MaskSet], tokens: torch.Tensor
     ) -> _Window:
         """Pose images (F, R, R, 3) uint8, masks and audio tokens → the window's conditions."""
-        m = self.models
-        pose = torch.from_numpy(images).permute(3, 0, 1, 2)[None].float() / 255  # (1, 3, F, R, R)
-        features = self.run["pose_guider"](pose_images=pose.to(m.device, m.dtype))
+        m, features = self.models, []
+        for k in range(0, len(images), PER_FRAME_CHUNK):  # per-frame network: exact in chunks
+            chunk = images[k : k + PER_FRAME_CHUNK]
+            pose = torch.from_numpy(chunk).permute(3, 0, 1, 2)[None].float() / 255  # (1,3,F,R,R)
+            out = self.run["pose_guider"](pose_images=pose.to(m.device, m.dtype))
+            features.append(self._out(out["pose_features"]))  # (1, F, C0, h, w)
         wired = branch_masks(masks, self.settings.mask_mode).to(m.device, m.dtype)
-        return _Window(self._out(features["pose_features"]), self._out(tokens), wired)
+        return _Window(torch.cat(features, dim=1), self._out(tokens), wired)
 
     def _denoiser(self, state: DiffusionAvatarState, cond: _Window):
         """The window denoiser of :mod:`.diffusion_windows` (CFG batch when guidance > 1)."""
