@@ -1,6 +1,8 @@
-"""``mmgt train`` and ``mmgt eval``: SMGA training on a corpus, and driver evaluation.
+"""``mmgt train`` and ``mmgt eval``: SMGA and stage-2 training, and driver evaluation.
 
 mmgt train --corpus DIR --out DIR [--preset small] [--steps N] [--minutes M] [--resume]
+mmgt train --stage 2 --process 1|2 --clips DIR --out DIR (--stage2-preset tiny | --weights-dir W)
+           [--generate N] [--add-video FILE] [--init DIR] [--frames 12] [--steps N] …
 mmgt eval --corpus DIR [--split test] [--weights FILE] [--out results.json]
 """
 
@@ -25,13 +27,18 @@ REAL_TEXTS = {
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train SMGA on a corpus (docs/corpus.md)")
-    t.add_argument("--corpus", type=Path, required=True, help="corpus folder")
+    t = sub.add_parser(
+        "train",
+        help="train SMGA on a corpus (docs/corpus.md) or stage 2 on clips "
+        "(--stage 2, docs/training_stage2.md)",
+    )
+    t.add_argument("--stage", type=int, choices=(1, 2), default=1, help="1: SMGA, 2: video")
+    t.add_argument("--corpus", type=Path, help="corpus folder (stage 1, required)")
     t.add_argument("--out", type=Path, required=True, help="output folder (checkpoints)")
     t.add_argument("--preset", default="small", help="SMGA preset (small, tiny, official)")
-    t.add_argument("--steps", type=int, default=20000)
-    t.add_argument("--batch", type=int, default=64)
-    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--steps", type=int, help="default: 20000 (stage 1), official (stage 2)")
+    t.add_argument("--batch", type=int, help="default: 64 (stage 1), official (stage 2)")
+    t.add_argument("--lr", type=float, help="default: 2e-4 (stage 1), 1e-5 (stage 2)")
     t.add_argument("--minutes", type=float, help="wall-time budget; resume later with --resume")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     t.add_argument("--device", default="cpu", help="cpu or cuda:N")
@@ -46,6 +53,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--wavlm", type=Path, help="WavLM (transformers folder or WavLM-Large.pt)")
     t.add_argument("--seed", type=int, default=0)
+    _add_stage2(t.add_argument_group("stage 2 (--stage 2, docs/training_stage2.md)"))
 
     e = sub.add_parser("eval", help="evaluate drivers on a corpus split and on real speech")
     e.add_argument("--corpus", type=Path, required=True, help="corpus folder")
@@ -64,6 +72,82 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, help="write the results as JSON")
 
 
+MASK_MODES = ("official", "paper", "official-train")  # stage2_data.TRAIN_MASK_MODES (no import:
+# the parser is built for every command, and the stage-2 modules pull in diffusers)
+
+
+def _add_stage2(g: argparse._ArgumentGroup) -> None:
+    g.add_argument(
+        "--process",
+        type=int,
+        choices=(1, 2),
+        help="1: image level (ReferenceNet, UNet, pose guider); "
+        "2: video level (motion and audio modules, audio projection)",
+    )
+    g.add_argument("--clips", type=Path, help="clip folder (<id>.npz; CLIPS/val/ = validation)")
+    g.add_argument("--stage2-preset", choices=("tiny",), help="random tiny networks (CPU tests)")
+    g.add_argument("--weights-dir", type=Path, help="official weights folder (docs/weights.md)")
+    g.add_argument(
+        "--init",
+        type=Path,
+        help="start from these networks: a process-1 output folder, a net-*.pth, "
+        "or a folder holding one",
+    )
+    g.add_argument(
+        "--motion-module",
+        type=Path,
+        help="AnimateDiff motion modules (mm_sd_v15_v2.ckpt layout), process 2",
+    )
+    g.add_argument(
+        "--generate",
+        type=int,
+        metavar="N",
+        help="first write N synthetic clips (bundled avatar) into --clips",
+    )
+    g.add_argument(
+        "--add-video",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="first cut this talking-person video into clips in --clips",
+    )
+    g.add_argument("--frames", type=int, default=12, help="frames per window (process 2)")
+    g.add_argument(
+        "--mask-mode",
+        choices=MASK_MODES,
+        default="official",
+        help="MM-HAA mask wiring (official = as inference)",
+    )
+    g.add_argument(
+        "--reference",
+        choices=("random", "first"),
+        default="random",
+        help="reference frame: any frame of the clip, or the window's first",
+    )
+    g.add_argument(
+        "--train-size", type=int, help="frame side (default: the model's; official process 1: 256)"
+    )
+    g.add_argument(
+        "--snr-weighting",
+        choices=("official", "diffusers"),
+        default="official",
+        help="Min-SNR-5 for v-prediction: min(SNR+1, 5)/(SNR+1) as the official scripts, "
+        "or min(SNR, 5)/(SNR+1) as current diffusers",
+    )
+    g.add_argument(
+        "--region-weights",
+        type=float,
+        nargs=3,
+        default=(1.0, 1.0, 1.0),
+        metavar=("FULL", "FACE", "LIP"),
+        help="MM-HAA branch weights (official training effectively 1 1 1; inference 1 1 2)",
+    )
+    g.add_argument("--val-fraction", type=float, default=0.1)
+    g.add_argument("--eval-samples", type=int, default=8, help="fixed validation windows")
+    g.add_argument("--gradient-checkpointing", action="store_true")
+
+
 def _load_split(root: Path, split: str) -> list[tuple]:
     from mmgt.train.corpus.format import read_corpus
 
@@ -73,7 +157,23 @@ def _load_split(root: Path, split: str) -> list[tuple]:
     return [c.load() for c in clips]
 
 
+STAGE2_ONLY = (
+    "process", "clips", "stage2_preset", "weights_dir", "init", "motion_module", "generate",
+    "train_size",
+)  # fmt: skip
+
+
 def run_train(args: argparse.Namespace) -> int:
+    if args.stage == 2:
+        return run_train_stage2(args)
+    given = [f"--{k.replace('_', '-')}" for k in STAGE2_ONLY if getattr(args, k) is not None]
+    if given or args.add_video:
+        raise InputError(f"{', '.join(given or ['--add-video'])} need --stage 2")
+    if args.corpus is None:
+        raise InputError("stage-1 training needs --corpus DIR (or use --stage 2 --clips DIR)")
+    args.steps = 20000 if args.steps is None else args.steps
+    args.batch = 64 if args.batch is None else args.batch
+    args.lr = 2e-4 if args.lr is None else args.lr
     from mmgt.models.smga import preset
     from mmgt.train.corpus.augmentation import augment
     from mmgt.train.smga_train import TrainConfig, WindowSampler, train_smga
@@ -114,6 +214,64 @@ def run_train(args: argparse.Namespace) -> int:
     summary = train_smga(cfg, train, val, args.out, tc, resume=args.resume, feature_kind=kind)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     print(args.out / "best.safetensors")
+    return 0
+
+
+def run_train_stage2(args: argparse.Namespace) -> int:
+    """``mmgt train --stage 2``: one process of stage-2 training (docs/training_stage2.md)."""
+    from mmgt.train.stage2_data import generate_clips, video_to_clips
+    from mmgt.train.stage2_parts import Recipe, load_init, load_motion_modules
+    from mmgt.train.stage2_train import Stage2TrainConfig, open_clips, train_stage2
+    from mmgt.weights.stage2_models import Stage2Models
+
+    if args.corpus is not None:
+        raise InputError("--corpus is for stage 1; stage 2 reads --clips DIR")
+    if args.process is None or args.clips is None:
+        raise InputError("--stage 2 needs --process 1|2 and --clips DIR")
+    if (args.stage2_preset is None) == (args.weights_dir is None):
+        raise InputError("--stage 2 needs exactly one of --stage2-preset tiny, --weights-dir DIR")
+    if args.motion_module is not None and args.process != 2:
+        raise InputError("--motion-module initialises process 2")
+    if args.frames < 1 or (args.generate is not None and args.generate < 1):
+        raise InputError("--frames and --generate must be at least 1")
+    if args.stage2_preset:
+        models = Stage2Models.random(args.stage2_preset, seed=args.seed)
+    else:
+        models = Stage2Models.from_folder(args.weights_dir)
+    if args.init is not None:
+        log.info("initialised from %s", load_init(models.net, args.init))
+    if args.motion_module is not None:
+        load_motion_modules(models.net, args.motion_module)
+    if args.generate:
+        size, frames = args.train_size or models.resolution, max(32, args.frames + 8)
+        generate_clips(args.clips, args.generate, size=size, frames=frames, seed=args.seed)
+    for video in args.add_video:
+        video_to_clips(video, args.clips, size=args.train_size or models.resolution)
+    given = {k: getattr(args, k) for k in ("steps", "batch", "lr") if getattr(args, k) is not None}
+    if args.process == 2:
+        given["frames"] = args.frames
+    recipe = Recipe(snr_weighting=args.snr_weighting, region_weights=tuple(args.region_weights))
+    cfg = Stage2TrainConfig.official(
+        args.process,
+        **given,
+        recipe=recipe,
+        mask_mode=args.mask_mode,
+        reference=args.reference,
+        size=args.train_size,
+        val_fraction=args.val_fraction,
+        eval_every=args.eval_every,
+        eval_samples=args.eval_samples,
+        seed=args.seed,
+        device=args.device,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        max_minutes=args.minutes,
+    )
+    train, val = open_clips(args.clips, models, cfg)
+    summary = train_stage2(models, train, val, args.out, cfg, resume=args.resume)
+    shown = {k: v for k, v in summary.items() if k not in ("history", "config")}
+    print(json.dumps(shown, indent=1))
+    print(args.out / "best")
     return 0
 
 

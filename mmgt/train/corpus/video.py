@@ -33,7 +33,7 @@ FRAME = 512
 MAX_FAILED_FRACTION = 0.2
 
 
-class _Framer:
+class VideoFramer:
     """Crop box from the first frame's face, then crop + resize + extract for every frame."""
 
     def __init__(self, extractor: ReferencePoseExtractor) -> None:
@@ -55,7 +55,7 @@ def extract_keypoints(
     video_path: str | os.PathLike, frames: int, extractor: ReferencePoseExtractor
 ) -> tuple[np.ndarray, int]:
     """((frames, 134, 3) keypoints at 25 fps in a 512 frame, number of frames that failed)."""
-    framer = _Framer(extractor)
+    framer = VideoFramer(extractor)
     out = np.zeros((frames, 134, 3), np.float32)
     done, failed, last = 0, 0, None
     current: np.ndarray | None = None  # source frame on screen
