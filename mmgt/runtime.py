@@ -95,6 +95,7 @@ class OrtRunner:
         options.intra_op_num_threads = max(int(threads), 1)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3  # errors only: graph-optimiser notes are not for users
         self.path = Path(path)
         self.session = ort.InferenceSession(
             str(self.path), options, providers=ort_providers(device)
