@@ -7,7 +7,8 @@ the hand-over of the first encoded frame showing it (p50/p95 over all sessions' 
 the server's ``done`` figures), the sustained fps each client received, frames held under
 load (degradation), and the server's memory per session.
 
-    python -m bench.bench_live [--sessions 1 3 4 5] [--seconds 20] [--driver auto]
+    python -m bench.bench_live [--sessions 1 3 4 5] [--seconds 20] [--driver auto] [--hop 2]
+                               [--name live_hop2]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from bench._common import write_result
 from clients.ws.client import run_client, wav_chunks
+from engine.scheduler import StreamSettings
 from mmgt.audio import load_audio_native
 from mmgt.avatar import BUNDLED_AVATAR
 
@@ -58,6 +60,8 @@ def start_server(port: int, args: argparse.Namespace, sessions: int) -> subproce
         str(max(sessions, 1)),
         "--size",
         str(args.size),
+        "--hop",
+        str(args.hop),
     ]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -118,6 +122,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--driver", default="auto")
     p.add_argument("--size", type=int, default=512)
+    p.add_argument("--hop", type=int, default=StreamSettings().hop_frames, help="server --hop")
+    p.add_argument("--name", default="live", help="result file bench/results/NAME.json")
     args = p.parse_args()
     samples, rate = load_audio_native(BUNDLED_AVATAR.with_name("speech_sample.wav"))
     samples = np.tile(samples, int(np.ceil(args.seconds * rate / len(samples))))
@@ -139,10 +145,11 @@ def main() -> None:
         runs.append(run)
     holding = [r["sessions"] for r in runs if r["holds_25fps"]]
     write_result(
-        "live",
+        args.name,
         {
             "seconds_per_client": args.seconds,
             "frame_size": args.size,
+            "hop_frames": args.hop,
             "runs": runs,
             "max_sessions_at_25fps": max(holding, default=0),
             "p95_at_3_sessions_ms": next(
