@@ -87,3 +87,25 @@ def synthetic_reference_pose() -> np.ndarray:
     pts[layout.HANDS, :2] = rng.uniform(100, 400, (42, 2))
     pts[layout.HANDS, 2] = 0.0  # hands not visible
     return pts
+
+
+def write_tiny_official_folder(root, seed: int = 5):  # noqa: ANN001, ANN201 - Path → models
+    """An official weights folder (docs/weights.md layout) holding the random tiny stage-2
+    models: VAE, image encoder and wav2vec2 as pretrained folders, the SD UNet config, and
+    ``stage_2/net-7.pth`` as the official trainer saves it. Returns the models written."""
+    import json
+
+    import torch
+
+    from mmgt.weights.stage2 import IMAGE_ENCODER_DIR, SD_UNET_CONFIG, VAE_DIR, WAV2VEC_DIR
+    from mmgt.weights.stage2_models import Stage2Models
+
+    models = Stage2Models.random("tiny", seed=seed)
+    models.vae.save_pretrained(root / VAE_DIR)
+    models.image_encoder.save_pretrained(root / IMAGE_ENCODER_DIR)
+    models.wav2vec.save_pretrained(root / WAV2VEC_DIR)
+    (root / SD_UNET_CONFIG).parent.mkdir(parents=True)
+    (root / SD_UNET_CONFIG).write_text(json.dumps(models.config.unet.reference_config()))
+    (root / "stage_2").mkdir()
+    torch.save(models.net.state_dict(), root / "stage_2" / "net-7.pth")
+    return models

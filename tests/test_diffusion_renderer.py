@@ -159,3 +159,28 @@ def test_cli_render_with_the_tiny_preset(tmp_path, speech):
     assert len(frames) == 38 and frames[0].shape == (128, 128, 3)
     assert main(["render", "--renderer", "diffusion", "--out", str(tmp_path / "x.mp4")]) == 2
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_render_from_an_official_weights_folder(tmp_path):
+    """``render --renderer diffusion --weights-dir W``: the official folder layout (here holding
+    the random tiny models) goes through the whole stage-2 path into an mp4."""
+    import av
+    import soundfile as sf
+
+    from tests.helpers import write_tiny_official_folder
+
+    root = tmp_path / "weights"
+    write_tiny_official_folder(root)
+    wav = tmp_path / "speech.wav"
+    speech = load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"))[:9600]
+    sf.write(wav, speech, 16000)
+    out = tmp_path / "official.mp4"
+    args = ["render", "--renderer", "diffusion", "--weights-dir", str(root), "--audio", str(wav),
+            "--size", "128", "--render-steps", "1", "--render-guidance", "1", "--driver",
+            "procedural", "--out", str(out), "-q"]  # fmt: skip
+    assert main(args) == 0
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 15
+    (root / "stage_2" / "net-7.pth").unlink()  # no stage-2 network: a clear error, no file
+    assert main([*args[:-3], "--out", str(tmp_path / "x.mp4"), "-q"]) == 2
+    assert not (tmp_path / "x.mp4").exists()

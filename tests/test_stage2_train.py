@@ -33,6 +33,7 @@ from mmgt.train.stage2_parts import (
 from mmgt.train.stage2_train import Stage2TrainConfig, open_clips, train_stage2
 from mmgt.weights.stage2 import load_stage2_net
 from mmgt.weights.stage2_models import Stage2Models
+from tests.helpers import write_tiny_official_folder
 
 FAST = dict(lr=2e-3, eval_samples=2, log_every=1000)
 
@@ -342,17 +343,8 @@ def test_video_to_clips(tmp_path):
 
 def test_cli_from_an_official_weights_folder(clips, tmp_path):
     """``--weights-dir``: the official folder layout (docs/weights.md), written from tiny models."""
-    from mmgt.weights.stage2 import IMAGE_ENCODER_DIR, SD_UNET_CONFIG, VAE_DIR, WAV2VEC_DIR
-
     root = tmp_path / "weights"
-    models = Stage2Models.random("tiny", seed=5)
-    models.vae.save_pretrained(root / VAE_DIR)
-    models.image_encoder.save_pretrained(root / IMAGE_ENCODER_DIR)
-    models.wav2vec.save_pretrained(root / WAV2VEC_DIR)
-    (root / SD_UNET_CONFIG).parent.mkdir(parents=True)
-    (root / SD_UNET_CONFIG).write_text(json.dumps(models.config.unet.reference_config()))
-    (root / "stage_2").mkdir()
-    torch.save(models.net.state_dict(), root / "stage_2" / "net-7.pth")
+    models = write_tiny_official_folder(root)
     out = tmp_path / "out"
     argv = ["train", "--stage", "2", "--process", "2", "--weights-dir", str(root),
             "--clips", str(clips), "--frames", "4", "--steps", "1", "--batch", "1", "--lr",
