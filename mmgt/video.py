@@ -61,6 +61,108 @@ def video_rate(path: str | os.PathLike[str]) -> float:
     return float(rate)
 
 
+def _h264_stream(container: av.container.OutputContainer, width: int, height: int, fps: int,
+                 options: dict[str, str]) -> av.video.stream.VideoStream:  # fmt: skip
+    """A yuv420p H.264 stream; x264 threads capped at the core count (its default of 1.5
+    threads per core oversubscribes small machines)."""
+    if width % 2 or height % 2 or min(width, height) <= 0:
+        raise ValueError(f"H.264 needs even frame sizes, got {width}×{height}")
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    stream.options = {"threads": str(max(1, os.cpu_count() or 1)), **options}
+    return stream
+
+
+def _video_frame(rgb: np.ndarray, pts: int, fps: int) -> av.VideoFrame:
+    """An RGB uint8 image as a yuv420p frame at ``pts`` / ``fps`` seconds."""
+    # OpenCV's RGB → I420 is BT.601 limited range, as swscale's, at a tenth of the cost.
+    frame = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
+    frame.pts, frame.time_base = pts, Fraction(1, fps)
+    return frame
+
+
+def _audio_frame(samples: np.ndarray, pts: int, rate: int) -> av.AudioFrame:
+    """Mono float32 samples as an audio frame starting at sample ``pts``."""
+    frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+    frame.sample_rate, frame.pts, frame.time_base = rate, pts, Fraction(1, rate)
+    return frame
+
+
+class FragmentedMp4:
+    """H.264 + AAC *fragmented* MP4, produced incrementally as bytes (for streaming to Media
+    Source Extensions players or to a file as it grows).
+
+    :meth:`encode` takes one frame and the audio that plays with it and returns whatever bytes
+    the muxer finished: the initialisation segment (``ftyp`` + ``moov``) first, then ``moof`` +
+    ``mdat`` fragments of about ``fragment_s`` seconds (often nothing until a fragment is
+    complete). :meth:`close` flushes the encoders and returns the last fragment. The bytes
+    concatenated are a valid MP4 file. x264 runs with ``zerolatency`` (no frame delay).
+    """
+
+    def __init__(
+        self, size: int, *, fps: int = 25, audio_rate: int | None = AUDIO_RATE,
+        fragment_s: float = 0.04, crf: int = 23, preset: str = "veryfast", gop_s: float = 2.0,
+    ) -> None:  # fmt: skip
+        self.fps, self.audio_rate = fps, audio_rate
+        self._parts: list[bytes] = []
+        flags = "empty_moov+delay_moov+default_base_moof+frag_keyframe"
+        self._container = av.open(
+            _Sink(self._parts), mode="w", format="mp4",
+            options={"movflags": flags, "frag_duration": str(max(1, int(fragment_s * 1e6)))},
+        )  # fmt: skip
+        options = {"crf": str(crf), "preset": preset, "tune": "zerolatency",
+                   "g": str(max(1, round(gop_s * fps)))}  # fmt: skip
+        self._video = _h264_stream(self._container, size, size, fps, options)
+        self._audio = None
+        if audio_rate is not None:
+            self._audio = self._container.add_stream("aac", rate=audio_rate)
+            self._audio.layout = "mono"
+        self._frames = 0
+        self._samples = 0
+        self.closed = False
+
+    def encode(self, rgb: np.ndarray, audio: np.ndarray | None = None) -> bytes:
+        """Mux one (S, S, 3) uint8 frame and its mono float32 audio; returns finished bytes."""
+        if self.closed:
+            raise RuntimeError("the fragmented MP4 stream is closed")
+        self._container.mux(self._video.encode(_video_frame(rgb, self._frames, self.fps)))
+        self._frames += 1
+        if self._audio is not None and audio is not None and len(audio):
+            samples = np.ascontiguousarray(audio, dtype=np.float32)
+            self._container.mux(self._audio.encode(_audio_frame(samples, self._samples,
+                                                                self.audio_rate)))  # fmt: skip
+            self._samples += len(samples)
+        return self._take()
+
+    def close(self) -> bytes:
+        """Flush the encoders; returns the last bytes of the file."""
+        if self.closed:
+            return b""
+        self.closed = True
+        self._container.mux(self._video.encode(None))
+        if self._audio is not None:
+            self._container.mux(self._audio.encode(None))
+        self._container.close()
+        return self._take()
+
+    def _take(self) -> bytes:
+        out = b"".join(self._parts)
+        self._parts.clear()
+        return out
+
+
+class _Sink:
+    """A write-only, non-seekable file object collecting what the muxer writes."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+
 class Mp4Writer:
     """H.264 (yuv420p) + optional AAC mp4 writer with an atomic rename on success.
 
@@ -106,12 +208,8 @@ class Mp4Writer:
         self._done = False
         try:
             self._container = av.open(str(self._tmp), mode="w", format="mp4")
-            self._video = self._container.add_stream("libx264", rate=fps)
-            self._video.width, self._video.height = self.width, self.height
-            self._video.pix_fmt = "yuv420p"
-            # x264's default of 1.5 threads per core oversubscribes small machines.
-            threads = str(max(1, os.cpu_count() or 1))
-            self._video.options = {"crf": str(crf), "preset": preset, "threads": threads}
+            self._video = _h264_stream(self._container, self.width, self.height, fps,
+                                       {"crf": str(crf), "preset": preset})  # fmt: skip
             self._astream = None
             if self._audio is not None:
                 self._astream = self._container.add_stream("aac", rate=audio_rate)
@@ -193,13 +291,9 @@ class Mp4Writer:
                 self._error = self._error or exc
 
     def _encode_video(self, rgb: np.ndarray) -> None:
-        # OpenCV's RGB → I420 is BT.601 limited range, as swscale's, at a tenth of the cost.
-        yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        frame.pts = self._frames_encoded
+        frame = _video_frame(rgb, self._frames_encoded, self.fps)
         self._frames_encoded += 1
         index = self._frames_encoded
-        frame.time_base = Fraction(1, self.fps)
         self._container.mux(self._video.encode(frame))
         # Interleave the audio that plays during this frame.
         if self._audio is not None:
@@ -209,11 +303,9 @@ class Mp4Writer:
         until = min(until, len(self._audio))
         if until <= self._audio_pos:
             return
-        chunk = self._audio[self._audio_pos : until]
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
-        frame.sample_rate = self._audio_rate
-        frame.pts = self._audio_pos
-        frame.time_base = Fraction(1, self._audio_rate)
+        frame = _audio_frame(
+            self._audio[self._audio_pos : until], self._audio_pos, self._audio_rate
+        )
         self._audio_pos = until
         self._container.mux(self._astream.encode(frame))
 

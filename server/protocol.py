@@ -11,6 +11,7 @@ from engine.frames import Interrupted, SegmentEnd, StateEvent, VadEvent
 PROTOCOL = 1
 KIND_VIDEO_JPEG = 1
 KIND_AUDIO_PCM16 = 2
+KIND_FMP4 = 3  # a piece of the fragmented MP4 stream (pts: its first frame, index: its last)
 HEADER = struct.Struct("<BxxxqI")  # kind, pts (video: frame index; audio: sample), frame index
 
 

@@ -3,7 +3,8 @@
 Client → server: a JSON ``start`` message, then PCM16 binary chunks, and JSON control messages
 (``end_segment``, ``interrupt``, ``finish``). Server → client: JSON events and binary frames,
 each with a 16-byte header (:data:`HEADER`): JPEG video frames with their index, and the PCM16
-audio that plays with each frame (delayed with the video, so they stay in sync).
+audio that plays with each frame (delayed with the video, so they stay in sync); or, with
+``format: fmp4``, one fragmented MP4 stream (H.264 + AAC) in pieces.
 
 Every bad input gets an ``error`` event with a code; only protocol-level abuse (floods, a
 consumer that stops reading) closes the connection. The server and other sessions go on.
@@ -26,12 +27,21 @@ from engine.frames import AudioFrame, VideoFrame
 from engine.scheduler import BufferFull
 from mmgt.audio.decode import MAX_CHANNELS, MAX_RATE, MIN_RATE
 from mmgt.errors import AudioError
+from mmgt.video import FragmentedMp4
 from server.app import CTX, ServerContext, json_dumps, origin_allowed
-from server.protocol import HEADER, KIND_AUDIO_PCM16, KIND_VIDEO_JPEG, PROTOCOL, event_json
+from server.protocol import (
+    HEADER,
+    KIND_AUDIO_PCM16,
+    KIND_FMP4,
+    KIND_VIDEO_JPEG,
+    PROTOCOL,
+    event_json,
+)
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("jpeg",)
+FORMATS = ("jpeg", "fmp4")
+FRAGMENT_MS = (40, 2000)  # fmp4 fragment duration range (default: one frame)
 PACES = ("realtime", "asap")
 MAX_MESSAGES_PER_S = 400  # token bucket: sustained rate …
 MAX_MESSAGE_BURST = 2000  # … and burst; beyond that the client is flooding
@@ -75,6 +85,10 @@ def parse_start(msg: dict, ctx: ServerContext) -> dict:
     quality = msg.get("jpeg_quality", 80)
     if not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ProtocolError("bad_start", f"jpeg_quality must be 1…100, got {quality!r}")
+    fragment_ms = msg.get("fragment_ms", FRAGMENT_MS[0])
+    if not isinstance(fragment_ms, int) or not FRAGMENT_MS[0] <= fragment_ms <= FRAGMENT_MS[1]:
+        raise ProtocolError("bad_start", f"fragment_ms must be {FRAGMENT_MS[0]}…{FRAGMENT_MS[1]}, "
+                            f"got {fragment_ms!r}")  # fmt: skip
     avatar_id = msg.get("avatar", "default")
     avatar = ctx.avatars.get(avatar_id) if isinstance(avatar_id, str) else None
     if avatar is None:
@@ -86,6 +100,7 @@ def parse_start(msg: dict, ctx: ServerContext) -> dict:
         "format": fmt,
         "pace": pace,
         "quality": quality,
+        "fragment_ms": fragment_ms,
         "avatar": avatar,
         "avatar_id": avatar_id,
         "audio_out": bool(msg.get("audio_out", True)),
@@ -222,19 +237,33 @@ class WsConnection:
         anchor: tuple[float, int] | None = None
         last_stats = time.monotonic()
         frames = 0
+        stream = None
+        if opts["format"] == "fmp4":
+            size = opts["avatar"].frame_size
+            rate = opts["audio_rate"] if opts["audio_out"] else None
+            muxer = FragmentedMp4(size, fps=fps, audio_rate=rate,
+                                  fragment_s=opts["fragment_ms"] / 1000)  # fmt: skip
+            stream = _Fmp4Sender(self, muxer)
         try:
             async for item in session:
                 if isinstance(item, VideoFrame):
-                    jpeg = await asyncio.to_thread(_encode_jpeg, item.image, opts["quality"])
+                    jpeg = None
+                    if stream is None:
+                        jpeg = await asyncio.to_thread(_encode_jpeg, item.image, opts["quality"])
                     if opts["pace"] == "realtime":
                         anchor = await _pace(anchor, item.index, fps)
-                    session.record_latency(item)
-                    await self.send_bytes(
-                        HEADER.pack(KIND_VIDEO_JPEG, item.index, item.index) + jpeg
-                    )
+                    if stream is not None:
+                        await stream.video(item, with_audio=opts["audio_out"])
+                    else:
+                        session.record_latency(item)
+                        await self.send_bytes(
+                            HEADER.pack(KIND_VIDEO_JPEG, item.index, item.index) + jpeg
+                        )
                     frames += 1
                 elif isinstance(item, AudioFrame):
-                    if opts["audio_out"]:
+                    if stream is not None:
+                        await stream.audio(item)
+                    elif opts["audio_out"]:
                         head = HEADER.pack(KIND_AUDIO_PCM16, item.start_sample, item.index)
                         await self.send_bytes(head + item.pcm16())
                 else:
@@ -242,6 +271,8 @@ class WsConnection:
                 if time.monotonic() - last_stats >= STATS_EVERY_S:
                     last_stats = time.monotonic()
                     await self.send_json(_stats(session))
+            if stream is not None:
+                await stream.close()
             await self.send_json({**_stats(session), "type": "done", "frames": frames})
             await self.ws.close()
         except (TimeoutError, ConnectionResetError) as exc:
@@ -251,6 +282,11 @@ class WsConnection:
         except RuntimeError as exc:  # the session failed
             await self.error("internal", f"session failed: {exc}", fatal=True)
             await self.ws.close(code=1011)
+        except Exception as exc:  # a bug: say so and close, never leave the client waiting
+            log.exception("%s: sending failed", self.name)
+            with contextlib.suppress(Exception):
+                await self.error("internal", f"sending failed: {exc}", fatal=True)
+                await self.ws.close(code=1011)
 
     async def send_bytes(self, data: bytes) -> None:
         await asyncio.wait_for(self.ws.send_bytes(data), self.ctx.settings.send_timeout_s)
@@ -298,6 +334,52 @@ class WsConnection:
         if not self.ws.closed:
             with contextlib.suppress(Exception):
                 await self.ws.close()
+
+
+class _Fmp4Sender:
+    """``format: fmp4``: each video frame is muxed with the audio that follows it; bytes go out
+    as the muxer finishes them (the init segment, then fragments), and a frame's latency is
+    recorded when the fragment holding it is handed over."""
+
+    def __init__(self, conn: WsConnection, muxer: FragmentedMp4) -> None:
+        self.conn, self.muxer = conn, muxer
+        self.pending: VideoFrame | None = None  # waits for its audio
+        self.unsent: list[VideoFrame] = []  # muxed, in no fragment sent yet
+        self.last_index = -1  # the last frame in a piece already sent
+
+    async def video(self, frame: VideoFrame, *, with_audio: bool) -> None:
+        if self.pending is not None:  # its audio never came: mux it silent
+            await self._mux(self.pending, None)
+        self.pending = frame if with_audio else None
+        if not with_audio:
+            await self._mux(frame, None)
+
+    async def audio(self, frame: AudioFrame) -> None:
+        if self.pending is not None and self.pending.index == frame.index:
+            video, self.pending = self.pending, None
+            await self._mux(video, frame.samples)
+
+    async def close(self) -> None:
+        if self.pending is not None:
+            await self._mux(self.pending, None)
+            self.pending = None
+        await self._send(await asyncio.to_thread(self.muxer.close))
+
+    async def _mux(self, frame: VideoFrame, samples: np.ndarray | None) -> None:
+        self.unsent.append(frame)
+        await self._send(await asyncio.to_thread(self.muxer.encode, frame.image, samples))
+
+    async def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        if self.unsent:
+            first, self.last_index = self.unsent[0].index, self.unsent[-1].index
+        else:  # the file's tail after the last frame
+            first = self.last_index
+        await self.conn.send_bytes(HEADER.pack(KIND_FMP4, first, self.last_index) + data)
+        for frame in self.unsent:
+            self.conn.session.record_latency(frame)
+        self.unsent.clear()
 
 
 def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:

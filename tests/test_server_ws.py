@@ -109,6 +109,36 @@ async def test_speech_in_video_and_synced_audio_out(client, speech):
     await idle_server(client)
 
 
+async def test_fragmented_mp4_stream_is_playable_and_in_sync(client, speech, tmp_path):
+    """``format: fmp4``: pieces arrive while the session runs (an init segment, then
+    fragments); together they are an MP4 whose frames and AAC audio line up."""
+    import av
+
+    audio = speech[: 16000 * 6]
+    got = await run_client(ws_url(client), wav_chunks(audio, 16000, realtime=False),
+                           sample_rate=16000, pace="asap", video_format="fmp4")  # fmt: skip
+    assert not got.video and not got.audio and not got.errors()
+    assert got.fmp4[4:8] == b"ftyp" and b"moov" in got.fmp4[:4096]
+    assert got.fmp4.count(b"moof") >= 100  # about one fragment per frame (40 ms default)
+    assert got.fmp4_frames == 150 and got.events[-1]["frames"] == 150
+    path = tmp_path / "stream.mp4"
+    path.write_bytes(got.fmp4)
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    with av.open(str(path)) as c:
+        back = np.concatenate([f.to_ndarray()[0] for f in c.decode(audio=0)])
+    assert len(frames) == 150 and frames[0].shape == (SIZE, SIZE, 3)
+    assert abs(back.size - audio.size) < 2048  # AAC frames of 1024 samples
+    resp = await client.get("/avatars/default")
+    box = (await resp.json())["mouth_box"]
+    box = [v * SIZE // 512 for v in box] if max(box) > SIZE else box
+    opening = mouth_opening(frames, box)
+    envelope = np.sqrt((back[: 150 * 640].reshape(150, 640) ** 2).mean(1))
+    assert np.corrcoef(opening, envelope)[0, 1] > 0.3
+    assert abs(best_lag(envelope, opening)) <= 1  # lips and the muxed audio within a frame
+    await idle_server(client)
+
+
 async def test_bad_messages_get_error_events_and_the_session_goes_on(client):
     async with client.ws_connect("/ws") as ws:
         await ws.send_bytes(b"\x00\x00")
@@ -122,6 +152,7 @@ async def test_bad_messages_get_error_events_and_the_session_goes_on(client):
             {"sample_rate": "16k"},
             {"channels": 9},
             {"format": "gif"},
+            {"format": "fmp4", "fragment_ms": 5},
             {"pace": "warp"},
             {"audio_rate": 44101},
             {"protocol": 2},
@@ -149,6 +180,30 @@ async def next_of(ws, kind: str) -> dict:  # noqa: ANN001
             return json.loads(msg.data)
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED):
             raise AssertionError(f"closed before {kind}")
+
+
+async def test_a_failing_sender_reports_and_closes_and_the_server_goes_on(
+    client, speech, monkeypatch
+):
+    import server.ws as ws_module
+
+    def broken(rgb, quality):  # noqa: ANN001, ANN202
+        raise ValueError("encoder exploded")
+
+    monkeypatch.setattr(ws_module, "_encode_jpeg", broken)
+    async with client.ws_connect("/ws") as ws:
+        assert (await start(ws))["type"] == "ready"
+        await ws.send_bytes((speech[:16000] * 32767).astype("<i2").tobytes())
+        err = await next_of(ws, "error")
+        assert err["code"] == "internal" and err["fatal"] and "encoder exploded" in err["message"]
+        msg = await ws.receive(timeout=30)
+        assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+    monkeypatch.undo()
+    await idle_server(client)
+    got = await run_client(ws_url(client), wav_chunks(speech[:16000], 16000, realtime=False),
+                           sample_rate=16000, pace="asap")  # fmt: skip
+    assert len(got.video) == 25 and not got.errors()
+    await idle_server(client)
 
 
 async def test_interrupt_reports_the_played_position(client, speech):
@@ -351,6 +406,14 @@ async def test_command_line_client_writes_an_mp4(client, speech, tmp_path):
         kinds = {s.type for s in container.streams}
         frames = sum(1 for _ in container.decode(video=0))
     assert kinds == {"video", "audio"} and frames == 50
+    fmp4 = tmp_path / "fmp4.mp4"
+    argv = ["--url", ws_url(client), "--wav", str(wav), "--out", str(fmp4), "--fast",
+            "--format", "fmp4"]  # fmt: skip
+    code = await asyncio.to_thread(client_main, argv)
+    assert code == 0
+    with av.open(str(fmp4)) as container:
+        assert {s.type for s in container.streams} == {"video", "audio"}
+        assert sum(1 for _ in container.decode(video=0)) == 50
     bad = await asyncio.to_thread(
         client_main, ["--url", ws_url(client), "--wav", str(wav), "--avatar", "nobody"]
     )

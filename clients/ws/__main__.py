@@ -28,7 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=10.0, help="--mic: recording length")
     p.add_argument("--audio-rate", type=int, help="rate of the audio sent back")
     p.add_argument("--preview", action="store_true", help="show frames in a window as they come")
-    return p.parse_args(argv)
+    p.add_argument("--format", choices=("jpeg", "fmp4"), default="jpeg",
+                   help="jpeg: frames + PCM; fmp4: one fragmented MP4 (H.264 + AAC)")  # fmt: skip
+    args = p.parse_args(argv)
+    if args.preview and args.format != "jpeg":
+        p.error("--preview shows JPEG frames (use --format jpeg)")
+    return args
 
 
 async def mic_chunks(seconds: float, rate: int = 16000):  # noqa: ANN201 - async generator
@@ -83,11 +88,12 @@ async def main_async(args: argparse.Namespace, avatar: Path | str | None) -> int
         pace="asap" if args.fast else "realtime",
         audio_rate=args.audio_rate,
         on_frame=preview_callback() if args.preview else None,
+        video_format=args.format,
     )
     stats = next((e for e in reversed(received.events) if e.get("type") == "done"), {})
     for err in received.errors():
         print(f"server: {err['code']}: {err['message']}", file=sys.stderr)
-    line = f"{len(received.video)} frames"
+    line = f"{len(received.video) or received.fmp4_frames} frames"
     if "latency_p50_ms" in stats:
         line += f", latency p50 {stats['latency_p50_ms']} ms / p95 {stats['latency_p95_ms']} ms"
     print(line)

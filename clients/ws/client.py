@@ -1,8 +1,9 @@
 """A Python client for the websocket API (protocol 1, docs/protocol.md).
 
 :func:`run_client` uploads a photo if asked, sends a start message, streams PCM16 chunks from an
-audio source, and collects what comes back: JPEG frames with their index, the PCM16 audio that
-plays with them, and the JSON events. :func:`write_mp4` turns that into a video file.
+audio source, and collects what comes back: JPEG frames with their index and the PCM16 audio
+that plays with them (``format="jpeg"``), or the pieces of one fragmented MP4 stream
+(``format="fmp4"``), and the JSON events. :func:`write_mp4` turns that into a video file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import numpy as np
 
-from server.protocol import HEADER, KIND_AUDIO_PCM16, KIND_VIDEO_JPEG
+from server.protocol import HEADER, KIND_AUDIO_PCM16, KIND_FMP4, KIND_VIDEO_JPEG
 
 CHUNK_MS = 20
 
@@ -35,6 +36,8 @@ class Received:
     video: list[tuple[int, bytes, float]] = field(default_factory=list)  # index, jpeg, t recv
     audio: list[tuple[int, int, bytes]] = field(default_factory=list)  # index, sample, pcm16
     events: list[dict] = field(default_factory=list)
+    fmp4: bytearray = field(default_factory=bytearray)  # the fragmented MP4 stream, in order
+    fmp4_frames: int = 0  # frames in the pieces received
 
     def audio_samples(self) -> np.ndarray:
         """All audio as float32 mono, placed by its pts (gaps are silence)."""
@@ -93,8 +96,11 @@ async def run_client(
     audio_rate: int | None = None,
     on_frame: Callable[[int, bytes], None] | None = None,
     origin: str | None = None,
+    video_format: str = "jpeg",
 ) -> Received:
-    """Stream ``source`` to the server at ``url`` and collect the reply until ``done``."""
+    """Stream ``source`` to the server at ``url`` and collect the reply until ``done``.
+
+    ``video_format``: ``jpeg`` (frames + PCM) or ``fmp4`` (one fragmented MP4 stream)."""
     received = Received()
     headers = {"Origin": origin} if origin else {}
     async with aiohttp.ClientSession() as http:
@@ -110,7 +116,7 @@ async def run_client(
                 "sample_rate": sample_rate,
                 "channels": channels,
                 "avatar": avatar_id,
-                "format": "jpeg",
+                "format": video_format,
                 "pace": pace,
             }
             if audio_rate:
@@ -150,6 +156,9 @@ async def _receive(
                     on_frame(index, payload)
             elif kind == KIND_AUDIO_PCM16:
                 received.audio.append((index, pts, payload))
+            elif kind == KIND_FMP4:
+                received.fmp4 += payload
+                received.fmp4_frames = index + 1
         elif msg.type == aiohttp.WSMsgType.TEXT:
             event = json.loads(msg.data)
             received.events.append(event)
@@ -172,9 +181,17 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 def write_mp4(received: Received, out: str | Path) -> Path:
-    """Write the received frames and their audio to an mp4 (atomic: no partial file)."""
+    """Write the received frames and their audio to an mp4 (atomic: no partial file).
+
+    A fragmented MP4 stream is written as received (it is a playable MP4 file)."""
     from mmgt.video import Mp4Writer
 
+    if received.fmp4:
+        path = Path(out)
+        tmp = path.with_name(f".{path.name}.part")
+        tmp.write_bytes(received.fmp4)
+        tmp.replace(path)
+        return path
     if not received.video:
         raise ValueError("no video frames were received")
     frames = sorted(received.video, key=lambda v: v[0])
