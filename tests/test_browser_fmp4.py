@@ -1,0 +1,146 @@
+"""The websocket API's fragmented-MP4 stream played by a real browser through Media Source
+Extensions: headless Chromium opens the websocket, speaks a synthetic signal, appends every
+piece it receives to a ``SourceBuffer`` and plays the result; the page reports back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from server.app import CTX, make_app
+from server.settings import ServerSettings
+from tests.test_browser import CHROMIUM, chromium_command
+
+SIZE = 256
+SECONDS = 3
+
+PAGE = """<!doctype html><html><body><video id="v" muted playsinline></video><script>
+const report = (r) => fetch("/report", {method: "POST", body: JSON.stringify(r)});
+const type = 'video/mp4; codecs="avc1.64000d, mp4a.40.2"';
+const out = {supported: MediaSource.isTypeSupported(type), pieces: 0, errors: []};
+const video = document.getElementById("v");
+const ms = new MediaSource();
+video.src = URL.createObjectURL(ms);
+ms.addEventListener("sourceopen", () => {
+  const sb = ms.addSourceBuffer(type);
+  const queue = [];
+  let done = false;
+  const pump = () => {
+    if (sb.updating) return;
+    if (queue.length) { sb.appendBuffer(queue.shift()); return; }
+    if (done && ms.readyState === "open") ms.endOfStream();
+  };
+  sb.addEventListener("updateend", pump);
+  sb.addEventListener("error", () => out.errors.push("sourcebuffer error"));
+  const ws = new WebSocket(`ws://${location.host}/ws`);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => ws.send(JSON.stringify({type: "start", protocol: 1, sample_rate: 16000,
+                                            format: "fmp4", pace: "asap"}));
+  ws.onmessage = (e) => {
+    if (typeof e.data === "string") {
+      const m = JSON.parse(e.data);
+      if (m.type === "ready") {
+        const n = 16000 * %SECONDS%, pcm = new Int16Array(n);
+        for (let i = 0; i < n; i++) {  // 3 Hz bursts of a 220 Hz tone
+          const on = Math.sin(2 * Math.PI * 3 * i / 16000) > 0;
+          pcm[i] = on ? 8000 * Math.sin(2 * Math.PI * 220 * i / 16000) : 0;
+        }
+        for (let i = 0; i < n; i += 320) ws.send(pcm.slice(i, i + 320).buffer);
+        ws.send(JSON.stringify({type: "finish"}));
+      } else if (m.type === "error") out.errors.push(m.code + ": " + m.message);
+      else if (m.type === "done") { out.frames = m.frames; done = true; pump(); }
+      return;
+    }
+    out.pieces += 1;
+    queue.push(new Uint8Array(e.data, 16));  // after the 16-byte header
+    pump();
+  };
+  ws.onerror = () => out.errors.push("websocket error");
+});
+video.addEventListener("ended", finish);
+video.addEventListener("error", () => {
+  out.errors.push("video error " + video.error.code);
+  finish();
+});
+ms.addEventListener("sourceended", () => video.play().catch((e) => out.errors.push(String(e))));
+setTimeout(finish, 30000);
+let sent = false;
+function finish() {
+  if (sent) return; sent = true;
+  const b = video.buffered;
+  out.buffered_end = b.length ? b.end(b.length - 1) : 0;
+  out.buffered_ranges = b.length;
+  out.current_time = video.currentTime;
+  out.width = video.videoWidth; out.height = video.videoHeight;
+  const q = video.getVideoPlaybackQuality();
+  out.decoded_frames = q.totalVideoFrames; out.dropped_frames = q.droppedVideoFrames;
+  out.audio_tracks = video.audioTracks ? video.audioTracks.length : null;
+  report(out);
+}
+</script></body></html>""".replace("%SECONDS%", str(SECONDS))
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (setup.sh --dev)"),
+]
+
+
+async def run_page(tmp_path: Path) -> dict:
+    app = make_app(ServerSettings(port=0, driver="procedural", frame_size=SIZE))
+    got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def report(request: web.Request) -> web.Response:
+        if not got.done():
+            got.set_result(await request.json())
+        return web.json_response({"ok": True})
+
+    app.router.add_get("/mse.html", page)
+    app.router.add_post("/report", report)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    silence = tmp_path / "silence.wav"
+    silence.write_bytes(b"")  # the page makes its own audio; no microphone is used
+    log = (tmp_path / "chromium.log").open("wb")  # noqa: ASYNC230, SIM115
+    proc = await asyncio.create_subprocess_exec(
+        *chromium_command(f"http://127.0.0.1:{port}/mse.html", silence, tmp_path / "profile"),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        result = await asyncio.wait_for(got, 90)
+        for _ in range(100):
+            if app[CTX].admission.active == 0:
+                break
+            await asyncio.sleep(0.1)
+        result["admission_after"] = app[CTX].admission.active
+        return result
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 30)
+        log.close()
+        await runner.cleanup()
+
+
+def test_fmp4_stream_plays_through_media_source_extensions(tmp_path: Path) -> None:
+    report = asyncio.run(run_page(tmp_path))
+    print("mse report:", report)
+    assert report["supported"], report
+    assert not report["errors"], report
+    assert report["frames"] == 25 * SECONDS and report["pieces"] >= report["frames"] // 2, report
+    assert report["buffered_ranges"] == 1, report  # one gapless range
+    assert abs(report["buffered_end"] - SECONDS) < 0.15, report
+    assert (report["width"], report["height"]) == (SIZE, SIZE), report
+    assert report["decoded_frames"] >= 25 * SECONDS - 5, report
+    assert report["current_time"] > SECONDS - 0.5, report  # played to the end
+    assert report["admission_after"] == 0
