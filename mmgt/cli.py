@@ -277,6 +277,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         info["onnxruntime_providers"] = ort.get_available_providers()
     except ImportError:
         pass
+    try:  # optional: the [gpu] extra, for python -m export.trt and --backend tensorrt
+        info["tensorrt"] = importlib.import_module("tensorrt").__version__
+    except (ImportError, OSError):
+        info["tensorrt"] = "not installed (optional: pip install 'mmgt[gpu]' with an NVIDIA GPU)"
     # The live server's thread budget (engine.engine.EngineConfig defaults).
     info["live_worker_threads"] = os.cpu_count()
     info["live_intra_op_threads"] = "1 per session (torch and ONNX Runtime); OpenCV 1"
