@@ -257,3 +257,25 @@ def test_server_engine_renders_with_the_diffusion_renderer_on_onnxruntime(onnx_d
         }
     finally:
         engine.executor.shutdown()
+
+
+def test_export_from_an_official_weights_folder_and_bad_flags(tmp_path, capsys):
+    from tests.helpers import write_tiny_official_folder
+
+    root = tmp_path / "weights"
+    write_tiny_official_folder(root)
+    out = tmp_path / "onnx"
+    argv = ["--weights-dir", str(root), "--networks", "pose_guider,audio_proj", "--target",
+            "tensorrt", "--onnx-dir", str(out)]  # fmt: skip
+    assert export_main(argv) == 0
+    manifest = json.loads((out / MANIFEST).read_text())["networks"]
+    assert set(manifest) == {"pose_guider", "audio_proj"}
+    steps = steps_of(Stage2Models.from_folder(root))
+    for name, entry in manifest.items():
+        assert entry["weights_sha256"] == state_hash(steps[name])
+        assert entry["target"] == "tensorrt" and entry["domains"] == []
+    assert export_main(["--networks", "unet", "--onnx-dir", str(out)]) == 2
+    assert "unknown unet" in capsys.readouterr().err
+    assert export_main(["--networks", "unet_step", "--onnx-dir", str(out)]) == 2
+    assert "need --weights-dir or --stage2-preset" in capsys.readouterr().err
+    assert export_main(["--weights-dir", str(tmp_path / "none"), "--onnx-dir", str(out)]) == 2
