@@ -122,12 +122,9 @@ class DiffusionRenderer:
         image = Image.fromarray(avatar.image).resize((res, res), Image.LANCZOS)
         x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         latent = self._out(self.run["vae_encoder"](image=x.to(m.device, m.dtype))["latent"])
-        clip = self._clip_embed(avatar.image)
+        clip = clip_embed(m, avatar.image)
         bank = self.run["reference_net"](reference_latent=latent, clip_embed=clip)
         return DiffusionAvatarState(avatar, latent, clip, bank)
-
-    def _clip_embed(self, image: np.ndarray) -> torch.Tensor:
-        return clip_embed(self.models, image)
 
     def open_stream(self, state: DiffusionAvatarState) -> DiffusionStream:
         return DiffusionStream(self, state)

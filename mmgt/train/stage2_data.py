@@ -72,8 +72,8 @@ def generate_clips(
         raise InputError(f"clip size must be a positive multiple of 64, got {size}")
     out = Path(out_dir)
     paths = [out / f"gen{seed}-{i:04d}.npz" for i in range(count)]
-    todo = [(i, p) for i, p in enumerate(paths) if not p.is_file()]
-    if not todo:
+    missing = [(i, p) for i, p in enumerate(paths) if not p.is_file()]
+    if not missing:
         return paths
     out.mkdir(parents=True, exist_ok=True)
     avatar = load_avatar(None, frame_size=size)
@@ -81,7 +81,7 @@ def generate_clips(
     n = frames * HOP
     renderer = make_renderer("warp")
     state = renderer.prepare(avatar)
-    for i, path in todo:
+    for i, path in missing:
         rng = np.random.default_rng([seed, i])
         start = int(rng.integers(0, max(speech.size - n, 0) + 1))
         audio = np.pad(speech[start : start + n], (0, max(n - speech.size, 0)))
