@@ -23,6 +23,53 @@ def on_grid(index: np.ndarray, *series: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def audio_while_shown(frames: list[dict], rate: int = 48000, fps: int = 25) -> list[int | None]:
+    """Per presented frame, the audio RTP timestamp playing in the middle of its time on screen.
+
+    A frame stays up from its expected display time until the next frame's, and it shows the
+    motion of the audio played over that interval (the session pairs frame ``i`` with audio
+    ``[i, i + 1)`` frame periods). The page records the audio RTP timestamp playing at each
+    display time (``audio_rtp``); the middle of the interval adds half of it (half a nominal
+    frame for the last one)."""
+    out: list[int | None] = []
+    for k, frame in enumerate(frames):
+        if frame.get("audio_rtp") is None:
+            out.append(None)
+            continue
+        if k + 1 < len(frames):
+            half_ms = (frames[k + 1]["shown"] - frame["shown"]) / 2
+        else:
+            half_ms = 500 / fps
+        out.append(int(frame["audio_rtp"] + round(half_ms * rate / 1000)))
+    return out
+
+
+def playout_levels(
+    audio_rtp: np.ndarray, levels: list[tuple[int, float]], packet: int = 960
+) -> np.ndarray:
+    """The level of the received audio packet playing at each of the given audio RTP
+    timestamps (NaN where that packet's level was not seen); ``levels`` pairs each packet's
+    RTP timestamp with its level. RTP timestamps wrap at 2³², so both are unwrapped around the
+    first packet."""
+    if not levels:
+        return np.full(len(audio_rtp), np.nan)
+    ref = levels[0][0]
+
+    def unwrap(rtp: np.ndarray) -> np.ndarray:
+        return (np.asarray(rtp, np.int64) - ref + 2**31) % 2**32 - 2**31
+
+    keys = unwrap(np.array([k for k, _ in levels]))
+    order = np.argsort(keys)
+    keys, values = keys[order], np.array([v for _, v in levels], float)[order]
+    at = np.array([np.nan if r is None else r for r in audio_rtp], float)
+    known = np.isfinite(at)
+    target = np.zeros(len(at), np.int64)
+    target[known] = unwrap(at[known].astype(np.int64))
+    i = np.searchsorted(keys, target, side="right") - 1
+    ok = known & (i >= 0) & (target - keys[np.maximum(i, 0)] < packet)
+    return np.where(ok, values[np.maximum(i, 0)], np.nan)
+
+
 def speech_silence_motion(rms: np.ndarray, motion: np.ndarray) -> tuple[float, float, int, int]:
     """Mean mouth motion in speech frames and in silence frames well away from speech.
 

@@ -2,9 +2,12 @@
 silence, WebRTC to an in-process server, the page's own measurements POSTed back (?test=1).
 
 Checks that video arrives, that the mouth moves much more in speech than in silence, and that
-the received audio envelope and the mouth opening line up (|lag| ≤ 40 ms, one frame). The same
-lag is computed on the server's frames before encoding (in sync by construction), so a lag of
-the model itself is not blamed on the transport.
+the received audio envelope and the mouth opening line up. The received audio is taken where
+the user hears it: the level of the packet Chromium plays out while each frame is on screen
+(``getSynchronizationSources``, see ``audio_while_shown``), not a Web Audio analyser, which
+hears the track 38–56 ms later (7 runs) through its own buffering and window (kept as
+``analyser_lag_ms``). The same lag is computed on the server's frames before encoding (in sync
+by construction), so a lag of the model itself is not blamed on the transport.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ from aiohttp import web
 from server import webrtc
 from server.app import CTX, make_app, mouth_box
 from server.settings import ServerSettings
-from tests.browser_analysis import av_offset, envelope_lag, on_grid, speech_silence_motion
+from tests.browser_analysis import (
+    audio_while_shown,
+    av_offset,
+    envelope_lag,
+    on_grid,
+    playout_levels,
+    speech_silence_motion,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
@@ -33,7 +43,7 @@ SECONDS = 24
 # 256² keeps the warp renderer real time on a loaded 2-core machine (512² renders ~50 ms/frame
 # there): this test is about the transport and the page, not render throughput.
 FRAME_SIZE = 256
-KEYS = ("rms", "dark", "diff")
+KEYS = ("level", "dark", "diff", "rms")
 RATE = 48000
 
 pytestmark = [
@@ -165,22 +175,30 @@ async def run_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
 def test_browser_lip_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     report, tap = asyncio.run(run_browser(tmp_path, monkeypatch))
     assert "error" not in report, report
-    frames = report.pop("frames")
+    frames, levels = report.pop("frames"), report.pop("audio_levels")
     src_rms, src_dark = tap.series()
     (tmp_path / "report.json").write_text(
-        json.dumps(report | {"frames": frames, "source": [src_rms.tolist(), src_dark.tolist()]})
+        json.dumps(
+            report
+            | {"frames": frames, "audio_levels": levels}
+            | {"source": [src_rms.tolist(), src_dark.tolist()]}
+        )
     )
+    played = playout_levels(audio_while_shown(frames), levels)
+    for frame, level in zip(frames, played, strict=True):
+        frame["level"] = level
     figures = dict(report)
     assert report["frames_decoded"] >= 10 * SECONDS, figures  # ≥ 10 fps decoded
     assert report["video_size"] == [FRAME_SIZE, FRAME_SIZE]
     assert report["server_after"] == {"admission": 0, "sessions": 0}
 
     index = frame_numbers(frames)
-    rms, dark, diff = on_grid(index, *(np.array([f[k] for f in frames]) for k in KEYS))
-    speech, silence, n_speech, n_silence = speech_silence_motion(rms, diff)
-    lag, corr = envelope_lag(rms, dark)
+    level, dark, diff, rms = on_grid(index, *(np.array([f[k] for f in frames]) for k in KEYS))
+    speech, silence, n_speech, n_silence = speech_silence_motion(level, diff)
+    lag, corr = envelope_lag(level, dark)
+    analyser_lag, _ = envelope_lag(rms, dark)
     src_lag, src_corr = envelope_lag(src_rms, src_dark)
-    sync = av_offset(rms, dark, src_rms, src_dark)
+    sync = av_offset(level, dark, src_rms, src_dark)
     figures |= {
         "presented": len(frames),
         "motion_ratio": round(speech / silence, 1),
@@ -188,6 +206,8 @@ def test_browser_lip_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         "silence_frames": n_silence,
         "lag_ms": round(40 * lag),
         "lag_corr": round(corr, 2),
+        "analyser_lag_ms": round(40 * analyser_lag),
+        "levels_seen": round(float(np.isfinite(level).mean()), 3),
         "source_lag_ms": round(40 * src_lag),
         "source_lag_corr": round(src_corr, 2),
         "transport_av_lag_ms": round(40 * sync["av_lag"]),
@@ -198,11 +218,12 @@ def test_browser_lip_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert n_speech > 50 and n_silence > 25, figures
     assert speech > 3 * silence, figures
     assert sync["video_corr"] > 0.9 and sync["audio_corr"] > 0.6, figures
-    # The requirement is |lag| <= 40 ms (one frame). It is NOT met in headless Chromium: with
-    # the procedural driver lag_ms was -41..+23 over 8 runs; with the SMGA default -81 and -132
-    # (the model itself anticipates by ~30 ms: source_lag_ms). The transport offset (same
-    # signals at both ends, the model excluded) was -61..-2 ms on a quiet machine and -101 ms
-    # with another job using both cores: Chromium plays the picture early. These asserts are
-    # gross-desync guards (4 frames), not the requirement; see README "Known limits".
-    assert abs(40 * lag) <= 160, figures
-    assert abs(40 * sync["av_lag"]) <= 160, figures
+    assert figures["levels_seen"] > 0.9, figures  # the played packets' levels were polled
+    # The picture and the sound play together: the transport offset (which source frame is on
+    # screen against which source audio is heard then, the model excluded) is within 40 ms. It
+    # was -14..+18 ms over 7 runs (one with a CPU hog): Chromium's own A/V sync leaves up to
+    # 30 ms uncorrected. The lag of the mouth behind the played envelope adds the default model's
+    # deliberate lip lead (about -30 ms: source_lag_ms; its corpus moves the lips 40 ms before
+    # the sound, as speakers do): -7..-44 ms over the same runs, guarded here at 80 ms.
+    assert abs(40 * sync["av_lag"]) <= 40, figures
+    assert abs(40 * lag) <= 80, figures

@@ -184,6 +184,19 @@ async function measure(c, seconds) {
   actx.createMediaStreamSource(new MediaStream(c.remote.getAudioTracks())).connect(analyser);
   const buf = new Float32Array(analyser.fftSize);
   const frames = [];
+  // The received audio as played out: Chrome reports, per source, the RTP timestamp of the
+  // packet last handed to the audio output and its RFC 6464 level. Polled faster than packets
+  // arrive (20 ms), it gives every packet's level; with the report's time it places the audio
+  // playing at each frame's display time. (An AnalyserNode hears the track through Web Audio's
+  // own buffering, tens of ms late, so its RMS is kept only as a second figure.)
+  const audioReceiver = c.pc.getReceivers().find((r) => r.track && r.track.kind === "audio");
+  const levels = new Map();
+  const latestSource = () => {
+    const s = audioReceiver ? audioReceiver.getSynchronizationSources()[0] : null;
+    if (s) levels.set(s.rtpTimestamp, s.audioLevel);
+    return s;
+  };
+  const poll = setInterval(latestSource, 5);
   let prev = null, running = true;
   const onFrame = (now, meta) => {
     g.drawImage(ui.video, x0, y0, w, h, 0, 0, w, h);
@@ -199,8 +212,13 @@ async function measure(c, seconds) {
     analyser.getFloatTimeDomainData(buf);
     let sq = 0;
     for (const v of buf) sq += v * v;
+    const src = latestSource();
+    // Audio RTP timestamp (48 kHz) playing when this frame is expected on screen.
+    const shown = performance.timeOrigin + meta.expectedDisplayTime;
+    const audioRtp = src ? src.rtpTimestamp + Math.round((shown - src.timestamp) * 48) : null;
     frames.push({
       now, media_time: meta.mediaTime, rtp: meta.rtpTimestamp, presented: meta.presentedFrames,
+      shown: meta.expectedDisplayTime, audio_rtp: audioRtp,
       dark: 255 - sum / luma.length, diff: diff / luma.length, rms: Math.sqrt(sq / buf.length),
     });
     if (running) ui.video.requestVideoFrameCallback(onFrame);
@@ -208,10 +226,12 @@ async function measure(c, seconds) {
   ui.video.requestVideoFrameCallback(onFrame);
   await sleep(seconds * 1000);
   running = false;
+  clearInterval(poll);
   const inbound = {};
   (await c.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") inbound[s.kind] = s; });
   return {
-    frames, mouth_box: info.mouth_box, video_size: [ui.video.videoWidth, ui.video.videoHeight],
+    frames, audio_levels: [...levels.entries()], mouth_box: info.mouth_box,
+    video_size: [ui.video.videoWidth, ui.video.videoHeight],
     frames_decoded: inbound.video ? inbound.video.framesDecoded : 0,
     frames_dropped: inbound.video ? inbound.video.framesDropped : 0,
     audio_samples_received: inbound.audio ? inbound.audio.totalSamplesReceived : 0,
