@@ -1,7 +1,8 @@
 """Benchmark of the runtime backends: ONNX Runtime against torch on this CPU, in one run.
 
 Run: ``python -m bench.bench_runtime``. Writes ``bench/results/runtime.json``. For the shipped
-CPU SMGA model (exported to a temporary folder with ``export.onnx``) it times, with one
+CPU SMGA model (exported to a temporary folder with ``export.onnx --optimize``, the recommended
+export; ``--no-optimize`` skips the optimizer) it times, with one
 intra-op thread for both backends (the live engine's budget):
 
 * the denoiser step alone at the live window shape (28 frames: 24 committed + a 4-frame hop),
@@ -49,7 +50,7 @@ def _time_pair(torch_fn, ort_fn, repeats: int) -> dict[str, float]:  # noqa: ANN
             "ratio_torch_over_ort": round(t / o, 2)}  # fmt: skip
 
 
-def stage2_results(repeats: int) -> dict[str, object]:
+def stage2_results(repeats: int, optimize: bool) -> dict[str, object]:
     """The tiny stage-2 networks and one live window, torch against ORT."""
     from export.specs_stage2 import stage2_specs
     from mmgt.audio import load_audio
@@ -64,7 +65,7 @@ def stage2_results(repeats: int) -> dict[str, object]:
              "unet_step": {"batch": 1, "frames": 12}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         specs = stage2_specs(Stage2Models.random("tiny"))
-        write_folder(specs, Path(tmp), log=lambda _: None)
+        write_folder(specs, Path(tmp), optimize=optimize, log=lambda _: None)
         for spec in specs:
             ort_run = OrtRunner(Path(tmp) / f"{spec.name}.onnx", threads=1)
             torch_run = TorchRunner(spec.module, spec.inputs, spec.outputs)
@@ -113,16 +114,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--stage2-repeats", type=int, default=15)
+    ap.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="export without --optimize (faster export, slower ORT graphs)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    results: dict[str, object] = {"threads": 1}
-    results["stage2_tiny"] = stage2_results(args.stage2_repeats)
+    results: dict[str, object] = {"threads": 1, "export_optimize": args.optimize}
+    results["stage2_tiny"] = stage2_results(args.stage2_repeats, args.optimize)
     with tempfile.TemporaryDirectory() as tmp:
         drv_torch = make_driver("smga", steps=1)
         model = drv_torch.model
         spec = smga_step(model)
-        write_folder([spec], Path(tmp), log=lambda _: None)
+        write_folder([spec], Path(tmp), optimize=args.optimize, log=lambda _: None)
         step = OnnxFolder(tmp).runner("smga_step", weights_hash=state_hash(model), threads=1)
         torch_step = TorchRunner(model, spec.inputs, spec.outputs)
         window = model.config.frames

@@ -1,14 +1,23 @@
 """Runtime-specific graph choices made while a network is traced for ONNX export.
 
-**Fused attention for ONNX Runtime.** The exporter writes ``scaled_dot_product_attention`` as
-MatMul → Softmax → MatMul on the full score tensor. For spatial attention that tensor is large
-(at 512² the UNet's first level attends 4096 queries to 8192 keys: 1.6 GB per frame at fp32),
-and ONNX Runtime runs it op by op. Under :class:`FusedAttention`, attention over a static key
-length of at least :data:`MIN_FUSED_KEYS` is written as one ``com.microsoft.MultiHeadAttention``
-node, which ONNX Runtime's CPU and CUDA providers run as a fused kernel. Short attention (the
-motion modules over the frames of a window, the audio and CLIP cross-attention) stays in plain
-ONNX ops, which are faster there. TensorRT's parser does not take ``com.microsoft`` ops and fuses
-the plain pattern itself, so the ``tensorrt`` export target does not use this.
+Under :class:`OrtRewrites` (the ``onnxruntime`` export target) three patterns are traced in the
+form ONNX Runtime's CPU and CUDA providers run fastest; eager calls are left alone, and every
+rewrite computes the same function (the parity checks of ``export.onnx`` compare with torch).
+
+* **Fused attention.** The exporter writes ``scaled_dot_product_attention`` as MatMul → Softmax
+  → MatMul on the full score tensor. For spatial attention that tensor is large (at 512² the
+  UNet's first level attends 4096 queries to 8192 keys: 1.6 GB per frame at fp32), and ONNX
+  Runtime runs it op by op. Attention over a static key length of at least
+  :data:`MIN_FUSED_KEYS` becomes one ``com.microsoft.MultiHeadAttention`` node, a fused kernel.
+  Short attention (the motion modules over the frames of a window, the audio cross-attention)
+  stays in plain ops, which are as fast there.
+* **Linear layers on 3-D inputs** are written as a 2-D ``Gemm`` with its bias (the exporter's
+  MatMul + Add runs the bias as a separate pass over the output).
+* **GEGLU**: a linear layer whose output is split in halves along its last axis (diffusers'
+  ``GEGLU``: value and gate) becomes two linear layers on the weight halves, with no Split copy.
+
+TensorRT's parser does not take ``com.microsoft`` ops and fuses the plain patterns itself, so
+the ``tensorrt`` export target uses none of this.
 """
 
 from __future__ import annotations
@@ -20,17 +29,52 @@ from torch.overrides import TorchFunctionMode
 MIN_FUSED_KEYS = 64
 
 
-class FusedAttention(TorchFunctionMode):
-    """Trace ``F.scaled_dot_product_attention`` (no mask, dropout or causal flag, default
-    scale, a static key length ≥ :data:`MIN_FUSED_KEYS`) as ``com.microsoft.MultiHeadAttention``
-    while ``torch.export`` traces; eager calls run unchanged."""
+class OrtRewrites(TorchFunctionMode):
+    """Trace the patterns above in ONNX Runtime's preferred form while ``torch.export`` traces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Outputs of rewritten linear layers → (input, weight, bias), while the trace runs; the
+        # output is kept in the value so that its id is not reused.
+        self._linears: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self._linears.clear()
+        super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
-        fuse = func is F.scaled_dot_product_attention and torch.compiler.is_exporting()
-        if fuse and _fusable(args, kwargs):
+        if not torch.compiler.is_exporting():
+            return func(*args, **kwargs)
+        if func is F.scaled_dot_product_attention and _fusable(args, kwargs):
             return _multi_head_attention(*args[:3])
+        if func is F.linear and len(args) == 3 and not kwargs and args[0].ndim >= 3:
+            x, weight, bias = args
+            out = _linear_2d(x, weight, bias)
+            self._linears[id(out)] = (out, x, weight, bias)
+            return out
+        if func is torch.Tensor.chunk and _halves_of_last_dim(args, kwargs):
+            source = self._linears.get(id(args[0]))
+            if source is not None and source[0] is args[0]:
+                _, x, weight, bias = source
+                half = weight.shape[0] // 2
+                halves = (slice(0, half), slice(half, None))
+                return tuple(
+                    _linear_2d(x, weight[s], None if bias is None else bias[s]) for s in halves
+                )
         return func(*args, **kwargs)
+
+
+def _linear_2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear`` on (…, in) as one 2-D matrix product with the bias: (…, out)."""
+    flat = x.reshape(-1, x.shape[-1])  # (M, in)
+    out = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _halves_of_last_dim(args: tuple, kwargs: dict) -> bool:
+    options = dict(zip(("chunks", "dim"), args[1:], strict=False)) | kwargs
+    return options.get("chunks") == 2 and options.get("dim", 0) in (-1, args[0].ndim - 1)
 
 
 def _fusable(args: tuple, kwargs: dict) -> bool:

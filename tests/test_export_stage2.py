@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from export.fusions import MIN_FUSED_KEYS, FusedAttention
+from export.fusions import MIN_FUSED_KEYS, OrtRewrites
 from export.onnx import ATOL, RTOL, write_folder
 from export.onnx import main as export_main
 from export.specs import Axis, NetworkSpec
@@ -232,9 +232,45 @@ def test_fused_attention_only_for_long_static_keys(tmp_path):
         ops = [n.op_type for n in onnx.load(str(folder / "two.onnx")).graph.node]
         assert ops.count("MultiHeadAttention") == fused
         assert entry["domains"] == (["com.microsoft"] if fused else [])
-    with FusedAttention():  # eager calls outside tracing are left alone
+    with OrtRewrites():  # eager calls outside tracing are left alone
         x = make({"batch": 1, "frames": 4})
         torch.testing.assert_close(module(**x)[0], _TwoAttentions()(**x)[0])
+
+
+class _GegluBlock(nn.Module):
+    """diffusers' GEGLU feed-forward on a 3-D input, plus a plain linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from diffusers.models.attention import FeedForward
+
+        self.ff = FeedForward(8, activation_fn="geglu")
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.ff(x))
+
+
+def test_onnxruntime_target_writes_gemms_and_splits_geglu_weights(tmp_path):
+    """Linear layers on 3-D inputs become Gemm with their bias; GEGLU's value and gate become
+    two Gemms (no Split of one output); the tensorrt target keeps the exporter's plain form;
+    both equal torch in ONNX Runtime (write_folder checks parity at two sizes)."""
+    batch, frames = Axis("batch", 1, 2, 3, 1), Axis("frames", 2, 8, 16, 5)
+
+    def make(size: dict[str, int], seed: int = 0) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        return {"x": torch.randn(size["batch"], size["frames"], 8, generator=g)}
+
+    spec = NetworkSpec("ff", _GegluBlock(), ("x",), ("y",), {"x": {0: batch, 1: frames}}, make)
+    counts = {}
+    for target in ("onnxruntime", "tensorrt"):
+        folder = tmp_path / target
+        entry = write_folder([spec], folder, target=target, log=lambda _: None)["networks"]["ff"]
+        assert all(c["max_abs_error"] < 1e-5 for c in entry["checks"]), entry["checks"]
+        ops = [n.op_type for n in onnx.load(str(folder / "ff.onnx")).graph.node]
+        counts[target] = {op: ops.count(op) for op in ("Gemm", "Split", "MatMul")}
+    assert counts["onnxruntime"] == {"Gemm": 4, "Split": 0, "MatMul": 0}  # ff.proj ×2, ff out, out
+    assert counts["tensorrt"]["Gemm"] == 0 and counts["tensorrt"]["MatMul"] == 3
 
 
 def test_server_engine_renders_with_the_diffusion_renderer_on_onnxruntime(onnx_dir):

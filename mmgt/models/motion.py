@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import Tensor, nn
@@ -33,7 +34,8 @@ class PositionalEncoding(nn.Module):
         self.register_buffer("pe", pe)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.pe[:, : x.shape[1]]
+        """(B, F, HW, C) + the positions of its F frames."""
+        return x + self.pe[:, : x.shape[1], None]
 
 
 class TemporalAttention(Attention):
@@ -44,11 +46,23 @@ class TemporalAttention(Attention):
         self.pos_encoder = PositionalEncoding(dim, max_len)
 
     def forward(self, hidden: Tensor, frames: int) -> Tensor:  # type: ignore[override]
+        """Attention over the F frames of each location, as the official module computes it.
+
+        The projections act on channels only, so they run in the folded layout, and a single
+        permutation per tensor moves frames and heads into place (rather than unfolding the
+        input, then splitting heads): 4 transposes per call instead of 6."""
         n, hw, c = hidden.shape  # (B·F, HW, C)
-        b = n // frames
-        x = hidden.reshape(b, frames, hw, c).transpose(1, 2).reshape(b * hw, frames, c)
-        x = self.processor(self, self.pos_encoder(x))  # (B·HW, F, C)
-        return x.reshape(b, hw, frames, c).transpose(1, 2).reshape(n, hw, c)
+        b, heads = n // frames, self.heads
+        x = self.pos_encoder(hidden.reshape(b, frames, hw, c))
+
+        def split(t: Tensor) -> Tensor:  # (B, F, HW, C) → (B·HW, H, F, d)
+            t = t.reshape(b, frames, hw, heads, c // heads).permute(0, 2, 3, 1, 4)
+            return t.reshape(b * hw, heads, frames, c // heads)
+
+        q, k, v = (split(proj(x)) for proj in (self.to_q, self.to_k, self.to_v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B·HW, H, F, d)
+        out = out.reshape(b, hw, heads, frames, c // heads).permute(0, 3, 1, 2, 4)
+        return self.to_out[1](self.to_out[0](out.reshape(n, hw, c)))  # (B·F, HW, C)
 
 
 class TemporalBlock(nn.Module):

@@ -33,14 +33,21 @@ BANK_DTYPE = torch.float16  # the official reader stores the bank in float16 eve
 def attend(attn: Attention, query_in: Tensor, kv_in: Tensor) -> Tensor:
     """Multi-head scaled-dot-product attention with ``attn``'s projections (no mask, no norm)."""
     n, lq, _ = query_in.shape  # (N, Lq, C) ; kv_in (N, Lk, Ckv)
+    if kv_in.shape[1] == 1:
+        # One key (the CLIP image embedding is one token): its softmax weight is exactly 1, so
+        # every query receives the projected value. Skipping the query projection, the scores
+        # and the per-token output projection saves ~2% of the official UNet's FLOPs.
+        return attn.to_out[1](attn.to_out[0](attn.to_v(kv_in))).expand(n, lq, -1)
+    return attend_projected(attn, attn.to_q(query_in), attn.to_k(kv_in), attn.to_v(kv_in))
+
+
+def attend_projected(attn: Attention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Attention on projected queries (N, Lq, C) and keys/values (N, Lk, C), then ``to_out``."""
+    n, lq, c = q.shape
     heads = attn.heads
-    q = attn.to_q(query_in)
-    k = attn.to_k(kv_in)
-    v = attn.to_v(kv_in)
-    d = q.shape[-1] // heads
-    q, k, v = (t.reshape(n, -1, heads, d).transpose(1, 2) for t in (q, k, v))  # (N, H, L, d)
-    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, lq, heads * d)
-    return attn.to_out[1](attn.to_out[0](out))
+    q, k, v = (t.reshape(n, -1, heads, c // heads).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)  # (N, H, Lq, d)
+    return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(n, lq, c)))
 
 
 def repeat_per_frame(t: Tensor, frames: int) -> Tensor:
@@ -95,26 +102,34 @@ class SelfAttnProcessor:
         if not isinstance(reference, ReferenceRead) or self.name not in reference.bank:
             return attend(attn, hidden_states, hidden_states)
         n = hidden_states.shape[0]  # (B·F, L, C)
-        bank = reference.bank[self.name].to(hidden_states.dtype)  # (1 or B, L, C)
-        if bank.shape[0] == 1:
-            bank = bank.expand(n, -1, -1)  # one avatar for every row
-        else:
-            bank = repeat_per_frame(bank, reference.frames)  # (B, …) → (B·F, …)
+        rows = reference.bank[self.name].to(hidden_states.dtype)  # (1 or B, L, C)
+        # Keys and values act per token, so the bank is projected once per bank row and then
+        # spread over the frames (the official code projects the spread bank: the same values,
+        # at 1/F of the cost; ~2% of the official UNet's FLOPs).
+        k_bank, v_bank = (
+            proj(rows).expand(n, -1, -1)  # one avatar for every row
+            if rows.shape[0] == 1
+            else repeat_per_frame(proj(rows), reference.frames)  # (B, …) → (B·F, …)
+            for proj in (attn.to_k, attn.to_v)
+        )
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         if reference.keep is not None:
             # Rows of samples that drop the bank attend to their own tokens twice instead:
             # duplicated key/value pairs leave softmax attention unchanged, so this equals
             # leaving the bank out, with one graph for both halves of CFG and no mask.
-            if bank.shape != hidden_states.shape:
-                raise ValueError(f"bank {tuple(bank.shape)} does not match the hidden states "
+            if k_bank.shape != k.shape:
+                raise ValueError(f"bank {tuple(rows.shape)} does not match the hidden states "
                                  f"{tuple(hidden_states.shape)}")  # fmt: skip
-            keep = repeat_per_frame(reference.keep.to(torch.bool), reference.frames)
-            bank = torch.where(keep[:, None, None], bank, hidden_states)  # (B·F, L, C)
-            return attend(attn, hidden_states, torch.cat([hidden_states, bank], 1))
+            keep = repeat_per_frame(reference.keep.to(torch.bool), reference.frames)[:, None, None]
+            k_bank, v_bank = torch.where(keep, k_bank, k), torch.where(keep, v_bank, v)
+            return attend_projected(attn, q, torch.cat([k, k_bank], 1), torch.cat([v, v_bank], 1))
         u = reference.uncond_rows
-        cond = attend(attn, hidden_states[u:], torch.cat([hidden_states[u:], bank[u:]], 1))
+        cond = attend_projected(
+            attn, q[u:], torch.cat([k[u:], k_bank[u:]], 1), torch.cat([v[u:], v_bank[u:]], 1)
+        )
         if u == 0:
             return cond
-        return torch.cat([attend(attn, hidden_states[:u], hidden_states[:u]), cond], 0)
+        return torch.cat([attend_projected(attn, q[:u], k[:u], v[:u]), cond], 0)
 
 
 class CrossAttnProcessor:
