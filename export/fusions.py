@@ -34,8 +34,8 @@ class OrtRewrites(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        # Outputs of rewritten linear layers → (input, weight, bias), while the trace runs; the
-        # output is kept in the value so that its id is not reused.
+        # id of a rewritten linear layer's output → (output, input, weight, bias) while the
+        # trace runs; holding the output keeps its id from being reused.
         self._linears: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def __exit__(self, *exc: object) -> None:

@@ -4,6 +4,8 @@ measured and on the server's own frames (the reference: in sync by construction)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 SILENCE_RMS = 0.003  # digital silence through opus stays far below this
@@ -45,7 +47,7 @@ def audio_while_shown(frames: list[dict], rate: int = 48000, fps: int = 25) -> l
 
 
 def playout_levels(
-    audio_rtp: np.ndarray, levels: list[tuple[int, float]], packet: int = 960
+    audio_rtp: Sequence[int | None], levels: list[tuple[int, float]], packet: int = 960
 ) -> np.ndarray:
     """The level of the received audio packet playing at each of the given audio RTP
     timestamps (NaN where that packet's level was not seen); ``levels`` pairs each packet's
