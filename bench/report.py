@@ -54,8 +54,10 @@ NOTES = {
         "model changes that help both backends (one permutation per tensor in the temporal "
         "attention, no scores for one-key cross-attention, the reference bank projected once). "
         "About 40% of a tiny UNet step in ORT is spatial attention with 4-dimensional heads, "
-        "bound by softmax exponentials, which ORT runs ~10% slower than torch; the VAE decoder "
-        "gains least (its GroupNorms leave ORT's blocked layout). Run-to-run spread of the "
+        "bound by softmax exponentials, which ORT runs ~10% slower than torch. The "
+        "convolution-bound pose guider and VAE decoder vary most between runs (1.0–1.6×: "
+        "torch's convolutions vary; the decoder's "
+        "GroupNorms leave ORT's blocked layout). Run-to-run spread of the UNet and window "
         "ratios on this machine: about ±0.03."
     ),
 }
