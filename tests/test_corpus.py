@@ -23,11 +23,13 @@ from mmgt.train.corpus import generate as gen
 from mmgt.train.corpus import tts
 from mmgt.train.corpus.align import Aligner, AlignmentError
 from mmgt.train.corpus.cli import add_cli, run_cli
+from mmgt.train.corpus.lips import LipConfig
 from mmgt.train.corpus.poses import random_reference, reference_poses, validate_reference
 from mmgt.train.corpus.texts import SentenceGenerator, number_words, words_for_alignment
 
 SPEECH = BUNDLED_AVATAR.parent / "speech_sample.wav"
 SEED = 3
+LEAD_S = LipConfig().lead_s
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"
 )
@@ -105,8 +107,8 @@ def test_lip_sync(corpus):
             if p["phone"] == "SIL" and end - start >= 0.3:  # inside pauses
                 a, b = math.ceil((start + 0.1) * 25), math.floor((end - 0.1) * 25)
                 assert b <= a or gap[a:b].max() <= 0.03
-            if p["phone"] in ("P", "B", "M"):  # lips meet (the motion leads audio by 40 ms)
-                a, b = int((start - 0.04) * 25), math.ceil((end - 0.04) * 25)
+            if p["phone"] in ("P", "B", "M"):  # lips meet (the motion leads the audio)
+                a, b = int((start - LEAD_S) * 25), math.ceil((end - LEAD_S) * 25)
                 assert gap[a : max(b, a + 1)].min() <= 0.03
 
 

@@ -66,7 +66,7 @@ BILABIALS = frozenset({"P", "B", "M"})
 class LipConfig:
     """Coarticulation settings (seconds)."""
 
-    lead_s: float = 0.04  # lips lead the audio
+    lead_s: float = 0.02  # lips lead the audio
     anticipation_s: float = 0.06  # dominance tail before a phone
     carryover_s: float = 0.04  # … and after it
     min_closure_s: float = 0.03  # core of a bilabial that is fully closed
