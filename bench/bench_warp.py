@@ -3,6 +3,8 @@
 Run: ``python -m bench.bench_warp``. Writes ``bench/results/warp.json``. The poses come from the
 procedural driver on the bundled speech sample, so the mouth, eyes, head and arms all move.
 Encoding uses :class:`mmgt.video.Mp4Writer` (libx264 ``veryfast``, CRF 20, its own thread).
+Rendering is timed with OpenCV's default thread count (all cores, as ``mmgt render`` runs) and
+with one thread (as each live session runs).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import cv2
 
 from bench._common import median_time, write_result
 from mmgt.audio import extract_light_features, load_audio
@@ -48,6 +52,10 @@ def main() -> None:
 
     only = median_time(render_only, args.repeats)
     enc = median_time(render_and_encode, args.repeats)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    one = median_time(render_only, args.repeats)
+    cv2.setNumThreads(threads)
     n = len(points)
     results = {
         "frame_size": 512,
@@ -56,6 +64,9 @@ def main() -> None:
         "render_fps": round(n / only["median_s"], 1),
         "render_ms_per_frame": round(1000 * only["median_s"] / n, 3),
         "render_and_encode_fps": round(n / enc["median_s"], 1),
+        "opencv_threads": threads,
+        "render_fps_1_thread": round(n / one["median_s"], 1),
+        "render_ms_per_frame_1_thread": round(1000 * one["median_s"] / n, 3),
         "repeats": args.repeats,
         "targets": {"render_fps_min": 100},
     }

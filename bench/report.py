@@ -44,6 +44,14 @@ NOTES = {
         "the first one, so latency is about (hop − 1) × 40 ms of waiting for audio plus the "
         "work; `live_hop2` below is the same benchmark at `--hop 2`."
     ),
+    "smga": (
+        "One window call of the SMGA driver, one thread, random weights (speed does not depend "
+        "on them). The live default is the `small` preset at hop 4 with one DDIM step and no "
+        "guidance (`live_hop4_steps1_noguidance`); target ≤ 50 ms of one core per second of "
+        "motion. Offline windows generate W − 8 new frames per call; live windows keep the "
+        "engine's committed context (W − 2 × hop frames). The `official` preset's figures "
+        "exclude its WavLM-Large features."
+    ),
     "runtime": (
         "Ratios are torch time / ORT time from the same run, one intra-op thread; the networks "
         "are exported with `python -m export.onnx --optimize` (the onnxscript optimizer: about "
@@ -63,12 +71,54 @@ NOTES = {
 }
 
 
-def _flatten(prefix: str, value: object, rows: list[tuple[str, str]]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, rows)
-    else:
-        rows.append((prefix, json.dumps(value) if isinstance(value, list) else str(value)))
+def _fmt(value: object) -> str:
+    """A cell: floats to 4 significant digits (whole numbers from 10,000 up)."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def _is_record(value: object) -> bool:
+    """A flat dict of scalars: one row of a table."""
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and not any(isinstance(v, dict | list) for v in value.values())
+    )
+
+
+def _collect(prefix: str, value: object, scalars: list, tables: list) -> None:
+    """Split results into measure/value rows and tables: a list of records, or two or more
+    sibling records (e.g. one per step count), becomes a table; targets stay rows."""
+    if isinstance(value, list) and value and all(_is_record(v) for v in value):
+        first = next(iter(value[0]))  # rows are named by their first field, e.g. sessions=3
+        tables.append((prefix, [{"": f"{first}={v.get(first)}", **v} for v in value]))
+        return
+    if not isinstance(value, dict):
+        scalars.append((prefix, _fmt(value)))
+        return
+    records = {k: v for k, v in value.items() if k != "targets" and _is_record(v)}
+    if len(records) < 2:
+        records = {}
+    if records:
+        tables.append((prefix, [{"": k, **v} for k, v in records.items()]))
+    for k, v in value.items():
+        if k not in records:
+            _collect(f"{prefix}.{k}" if prefix else str(k), v, scalars, tables)
+
+
+def _table(title: str, rows: list[dict]) -> list[str]:
+    """Markdown for records; transposed when there are more columns than rows."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))[1:]
+    if len(columns) > len(rows):
+        rows = [{"": c, **{r[""]: r.get(c, "") for r in rows}} for c in columns]
+        columns = list(rows[0])[1:]
+    out = [f"**{title}**", ""] if title else []
+    out += ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for r in rows:
+        cells = [r[""], *(_fmt(r[c]) if c in r and r[c] != "" else "" for c in columns)]
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return out + [""]
 
 
 def section(name: str, payload: dict) -> str:
@@ -80,15 +130,16 @@ def section(name: str, payload: dict) -> str:
         f"- date: {payload['date']}",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}",
         "",
-        "| measure | value |",
-        "|---|---|",
     ]
     if name in NOTES:
-        lines[6:6] = [NOTES[name], ""]
-    rows: list[tuple[str, str]] = []
-    _flatten("", payload["results"], rows)
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines) + "\n"
+        lines += [NOTES[name], ""]
+    scalars: list[tuple[str, str]] = []
+    tables: list[tuple[str, list[dict]]] = []
+    _collect("", payload["results"], scalars, tables)
+    lines += ["| measure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in scalars), ""]
+    for title, rows in tables:
+        lines += _table(title, rows)
+    return "\n".join(lines)
 
 
 def main() -> None:

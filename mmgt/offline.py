@@ -47,6 +47,7 @@ class RenderResult:
     duration_s: float
     debug_paths: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    driver: str = ""  # the motion driver that made the poses (e.g. "smga-small", "procedural")
 
 
 DEBUG_VIDEOS = ("pose", "face", "lips", "masks", "side")
@@ -96,6 +97,9 @@ def render_video(
 
     t0 = time.perf_counter()
     drv = make_driver(driver, seed=seed, **(driver_options or {}))
+    timings["driver_setup"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     native, native_rate = load_audio_native(audio)
     speech = _resample(native, native_rate, 16000)
     features = _features(drv.feature_kind, speech, native, native_rate, wavlm)
@@ -149,6 +153,7 @@ def render_video(
         duration_s=len(speech) / 16000,
         debug_paths=list(debug_out.values()),
         timings=timings,
+        driver=drv.name,
     )
 
 

@@ -52,7 +52,9 @@ def _streams(path: Path) -> dict:
 def test_render_bundled_avatar(tmp_path, short_speech, capsys):
     out = tmp_path / "out" / "talk.mp4"
     assert main(["render", "--audio", str(short_speech), "--out", str(out), "-q"]) == 0
-    assert capsys.readouterr().out.strip() == str(out)
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out)
+    assert "driven by smga" in captured.err  # the shipped model is the default driver
     info = _streams(out)
     assert info["vcodec"] == "h264" and info["acodec"] == "aac"
     assert info["fps"] == 25 and info["size"] == (512, 512)
