@@ -9,7 +9,6 @@ import json
 import tracemalloc
 
 import aiohttp
-import cv2
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -22,7 +21,7 @@ from mmgt.audio import load_audio
 from mmgt.avatar import BUNDLED_AVATAR
 from server.app import CTX, make_app
 from server.settings import ServerSettings
-from tests.browser_analysis import envelope_lag
+from tests.ws_helpers import assert_lips_follow_audio, mouth_opening, ws_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SIZE = 256
@@ -43,10 +42,6 @@ def speech() -> np.ndarray:
     return load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"))
 
 
-def ws_url(client: TestClient) -> str:
-    return str(client.make_url("/ws")).replace("http", "ws", 1)
-
-
 async def start(ws, **fields) -> dict:  # noqa: ANN001, ANN003
     msg = {"type": "start", "protocol": 1, "sample_rate": 16000, "channels": 1, **fields}
     await ws.send_str(json.dumps(msg))
@@ -62,30 +57,6 @@ async def idle_server(client: TestClient) -> None:
     raise AssertionError(
         f"{ctx.admission.active} admitted, {len(ctx.engine.sessions)} sessions still open"
     )
-
-
-def mouth_opening(frames: list[np.ndarray], box: list[int]) -> np.ndarray:
-    x0, y0, x1, y1 = box
-    return np.array(
-        [255.0 - cv2.cvtColor(f[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY).mean() for f in frames]
-    )
-
-
-async def assert_lips_follow_audio(
-    client: TestClient, frames: list[np.ndarray], back: np.ndarray
-) -> None:
-    """The mouth opening of ``frames`` follows the envelope of the audio that came with them
-    (``back``, 16 kHz): correlated, and the cross-correlation peak (parabola-refined, the
-    browser test's measure) within 40 ms."""
-    resp = await client.get("/avatars/default")
-    box = (await resp.json())["mouth_box"]
-    box = [v * SIZE // 512 for v in box] if max(box) > SIZE else box
-    n = len(frames)
-    opening = mouth_opening(frames, box)
-    envelope = np.sqrt((back[: n * 640].reshape(n, 640) ** 2).mean(1))
-    lag, corr = envelope_lag(envelope, opening)
-    assert np.corrcoef(opening, envelope)[0, 1] > 0.3 and corr > 0.3
-    assert abs(40 * lag) <= 40, f"mouth {40 * lag:+.0f} ms behind the audio envelope"
 
 
 async def test_speech_in_video_and_synced_audio_out(client, speech):

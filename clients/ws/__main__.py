@@ -1,13 +1,15 @@
 """python -m clients.ws: speak a wav file (or the microphone) through a running server.
 
 python -m clients.ws --wav speech.wav --out out.mp4
-python -m clients.ws --mic --seconds 10 --out me.mp4 --preview
+python -m clients.ws --mic --out me.mp4 --preview     (Ctrl+C ends the recording)
+python -m clients.ws --list-devices
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -21,11 +23,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--wav", type=Path, help="audio file to speak (any format ffmpeg reads)")
     src.add_argument("--mic", action="store_true", help="capture the microphone (sounddevice)")
+    src.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    p.add_argument("--device", help="--mic: input device, by index or name part (default: the "
+                   "system default)")  # fmt: skip
     p.add_argument("--url", default="ws://127.0.0.1:8080/ws", help="server websocket URL")
     p.add_argument("--out", type=Path, help="write the received video + audio to this mp4")
     p.add_argument("--avatar", help="photo to upload, or an avatar id (default: bundled)")
     p.add_argument("--fast", action="store_true", help="send and receive as fast as possible")
-    p.add_argument("--seconds", type=float, default=10.0, help="--mic: recording length")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="--mic: recording length (0: until Ctrl+C)")  # fmt: skip
     p.add_argument("--audio-rate", type=int, help="rate of the audio sent back")
     p.add_argument("--preview", action="store_true", help="show frames in a window as they come")
     p.add_argument("--format", choices=("jpeg", "fmp4"), default="jpeg",
@@ -36,8 +42,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def mic_chunks(seconds: float, rate: int = 16000):  # noqa: ANN201 - async generator
-    """PCM16 chunks from the default input device, 20 ms each."""
+class MicError(Exception):
+    """The microphone cannot be opened (no PortAudio, no such device, no input)."""
+
+
+def open_mic(device: str | None) -> tuple[object, int]:
+    """Resolve ``device`` (index, name part or None) to a sounddevice input and a sample rate
+    it accepts: 16 kHz if it can, else its own default rate (the server resamples)."""
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # libportaudio2 missing
+        raise MicError(f"PortAudio is not available ({exc}); install libportaudio2") from exc
+    dev: object = int(device) if device is not None and device.isdigit() else device
+    try:
+        info = sd.query_devices(dev, kind="input")
+    except (ValueError, sd.PortAudioError) as exc:
+        raise MicError(f"no microphone {device!r}: {exc}" if device else
+                       f"no default microphone: {exc}") from exc  # fmt: skip
+    for rate in (16000, int(info["default_samplerate"])):
+        try:
+            sd.check_input_settings(info["index"], channels=1, dtype="int16", samplerate=rate)
+            return info["index"], rate
+        except (ValueError, sd.PortAudioError):
+            continue
+    raise MicError(f"{info['name']} accepts neither 16 kHz nor its default rate as mono PCM16")
+
+
+async def mic_chunks(device: object, rate: int, seconds: float, stop: asyncio.Event):  # noqa: ANN201
+    """PCM16 chunks of 20 ms from ``device`` until ``seconds`` (0: no limit) or ``stop``."""
     import sounddevice as sd
 
     queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -46,12 +78,35 @@ async def mic_chunks(seconds: float, rate: int = 16000):  # noqa: ANN201 - async
     def callback(data, frames, time_info, status) -> None:  # noqa: ANN001, ARG001
         loop.call_soon_threadsafe(queue.put_nowait, bytes(data))
 
-    blocks = int(seconds * 50)
+    blocks = int(seconds * 50) if seconds > 0 else None
+    sent = 0
     with sd.RawInputStream(
-        rate, blocksize=rate // 50, channels=1, dtype="int16", callback=callback
+        rate, blocksize=rate // 50, device=device, channels=1, dtype="int16", callback=callback
     ):
-        for _ in range(blocks):
-            yield await queue.get()
+        print("recording: speak now (Ctrl+C to finish)", file=sys.stderr)
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            while blocks is None or sent < blocks:
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait({get, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    break
+                sent += 1
+                yield get.result()
+        finally:
+            waiter.cancel()
+    print(f"recorded {sent / 50:.1f} s", file=sys.stderr)
+
+
+def list_devices() -> int:
+    try:
+        import sounddevice as sd
+    except OSError as exc:
+        print(f"error: PortAudio is not available ({exc})", file=sys.stderr)
+        return 1
+    print(sd.query_devices())
+    return 0
 
 
 def preview_callback():  # noqa: ANN201
@@ -74,7 +129,18 @@ def preview_callback():  # noqa: ANN201
 
 async def main_async(args: argparse.Namespace, avatar: Path | str | None) -> int:
     if args.mic:
-        rate, source = 16000, mic_chunks(args.seconds)
+        device, rate = open_mic(args.device)
+        # The first Ctrl+C ends the recording (the reply still arrives and is written); a
+        # second one aborts.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def first_interrupt() -> None:
+            stop.set()
+            loop.remove_signal_handler(signal.SIGINT)
+
+        loop.add_signal_handler(signal.SIGINT, first_interrupt)
+        source = mic_chunks(device, rate, args.seconds, stop)
     else:
         from mmgt.audio import load_audio_native
 
@@ -104,14 +170,19 @@ async def main_async(args: argparse.Namespace, avatar: Path | str | None) -> int
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.list_devices:
+        return list_devices()
     avatar = None
     if args.avatar:
         avatar = Path(args.avatar) if Path(args.avatar).is_file() else args.avatar
     try:
         return asyncio.run(main_async(args, avatar))
-    except ServerError as exc:
+    except (ServerError, MicError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except OSError as exc:
         print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
