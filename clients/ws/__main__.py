@@ -127,7 +127,9 @@ def preview_callback():  # noqa: ANN201
     return show
 
 
-async def main_async(args: argparse.Namespace, avatar: Path | str | None) -> int:
+async def main_async(
+    args: argparse.Namespace, avatar: Path | str | None, on_frame: object = None
+) -> int:
     if args.mic:
         device, rate = open_mic(args.device)
         # The first Ctrl+C ends the recording (the reply still arrives and is written); a
@@ -153,7 +155,7 @@ async def main_async(args: argparse.Namespace, avatar: Path | str | None) -> int
         avatar=avatar,
         pace="asap" if args.fast else "realtime",
         audio_rate=args.audio_rate,
-        on_frame=preview_callback() if args.preview else None,
+        on_frame=on_frame,
         video_format=args.format,
     )
     stats = next((e for e in reversed(received.events) if e.get("type") == "done"), {})
@@ -175,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     avatar = None
     if args.avatar:
         avatar = Path(args.avatar) if Path(args.avatar).is_file() else args.avatar
+    # The preview window is created before anything imports PyAV: with a GUI (Qt) OpenCV,
+    # creating the first window after PyAV's libraries are loaded hangs.
+    on_frame = preview_callback() if args.preview else None
     try:
-        return asyncio.run(main_async(args, avatar))
+        return asyncio.run(main_async(args, avatar, on_frame))
     except (ServerError, MicError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
