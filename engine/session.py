@@ -276,8 +276,10 @@ class Session:
         finally:
             for f in (wake, tick):
                 f.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await f
+            # asyncio.wait neither raises the helpers' cancellation nor swallows this task's
+            # own (awaiting them under suppress(CancelledError) did: a close that landed there
+            # was lost and the pump ran on).
+            await asyncio.wait({wake, tick})
         self._wake.clear()
 
     async def _run(self, fn, *args):  # noqa: ANN001, ANN202

@@ -72,7 +72,9 @@ def load_image(source: str | os.PathLike[str] | bytes) -> np.ndarray:
             rgb = np.asarray(im.convert("RGB"))
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{label} is not an image format Pillow reads") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{label} is not a readable image ({exc})") from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{label} is too large to decode safely (decompression bomb)") from exc

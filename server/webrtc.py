@@ -350,7 +350,10 @@ class PeerSession:
         try:
             if self.session is not None:
                 await self.session.aclose()
-            await self.pc.close()
+            try:
+                await self.pc.close()
+            except Exception:  # aiortc trips over its own half-negotiated state (bad offers)
+                log.warning("%s: closing the peer connection failed", self.name, exc_info=True)
         finally:
             self.ctx.admission.leave()
             log.info("%s: closed (%d frames sent)", self.name, self.sent_frames)

@@ -57,23 +57,28 @@ class ProtocolError(Exception):
         self.code = code
 
 
+def _is_int(value: object) -> bool:
+    """A JSON integer (not a boolean, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def parse_start(msg: dict, ctx: ServerContext) -> dict:
     """Validate a ``start`` message; returns normalised options or raises ProtocolError."""
     version = msg.get("protocol", PROTOCOL)
     if version != PROTOCOL:
         raise ProtocolError("bad_start", f"protocol {version!r} is not supported (use {PROTOCOL})")
     rate, channels = msg.get("sample_rate"), msg.get("channels", 1)
-    if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
+    if not _is_int(rate) or not MIN_RATE <= rate <= MAX_RATE:
         raise ProtocolError(
             "bad_start", f"sample_rate must be an integer in {MIN_RATE}…{MAX_RATE}, got {rate!r}"
         )
-    if not isinstance(channels, int) or isinstance(channels, bool):
+    if not _is_int(channels):
         raise ProtocolError("bad_start", f"channels must be an integer, got {channels!r}")
     if not 1 <= channels <= MAX_CHANNELS:
         raise ProtocolError("bad_start", f"channels must be 1…{MAX_CHANNELS}, got {channels}")
     fps = ctx.settings.stream.fps
     audio_rate = msg.get("audio_rate", rate if rate % fps == 0 else 48000)
-    if not isinstance(audio_rate, int) or audio_rate % fps or not 8000 <= audio_rate <= 96000:
+    if not _is_int(audio_rate) or audio_rate % fps or not 8000 <= audio_rate <= 96000:
         raise ProtocolError(
             "bad_start", f"audio_rate must be a multiple of {fps} in 8000…96000, got {audio_rate!r}"
         )
@@ -83,12 +88,15 @@ def parse_start(msg: dict, ctx: ServerContext) -> dict:
     if pace not in PACES:
         raise ProtocolError("bad_start", f"pace must be one of {PACES}, got {pace!r}")
     quality = msg.get("jpeg_quality", 80)
-    if not isinstance(quality, int) or not 1 <= quality <= 100:
+    if not _is_int(quality) or not 1 <= quality <= 100:
         raise ProtocolError("bad_start", f"jpeg_quality must be 1…100, got {quality!r}")
     fragment_ms = msg.get("fragment_ms", FRAGMENT_MS[0])
-    if not isinstance(fragment_ms, int) or not FRAGMENT_MS[0] <= fragment_ms <= FRAGMENT_MS[1]:
+    if not _is_int(fragment_ms) or not FRAGMENT_MS[0] <= fragment_ms <= FRAGMENT_MS[1]:
         raise ProtocolError("bad_start", f"fragment_ms must be {FRAGMENT_MS[0]}…{FRAGMENT_MS[1]}, "
                             f"got {fragment_ms!r}")  # fmt: skip
+    audio_out = msg.get("audio_out", True)
+    if not isinstance(audio_out, bool):
+        raise ProtocolError("bad_start", f"audio_out must be true or false, got {audio_out!r}")
     avatar_id = msg.get("avatar", "default")
     avatar = ctx.avatars.get(avatar_id) if isinstance(avatar_id, str) else None
     if avatar is None:
@@ -103,7 +111,7 @@ def parse_start(msg: dict, ctx: ServerContext) -> dict:
         "fragment_ms": fragment_ms,
         "avatar": avatar,
         "avatar_id": avatar_id,
-        "audio_out": bool(msg.get("audio_out", True)),
+        "audio_out": audio_out,
     }
 
 

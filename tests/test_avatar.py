@@ -63,8 +63,8 @@ def test_exif_orientation_is_applied():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"not an image at all", "not a readable image"),
-        (b"", "not a readable image"),
+        (b"not an image at all", "not an image format"),
+        (b"", "not an image format"),
         (_png_header_only(100_000, 100_000), "too large"),
         (_png_header_only(20_000, 100), "too large"),
         (_encode(np.zeros((64, 300, 3), np.uint8)), "too small"),

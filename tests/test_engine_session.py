@@ -146,3 +146,21 @@ async def test_close_cancels_the_pump_and_ends_iteration():
     assert len(asyncio.all_tasks()) == before
     with pytest.raises(RuntimeError, match="closed"):
         session.push_audio(np.zeros(10, np.float32), 16000, 1)
+
+
+@pytest.mark.parametrize("steps", range(8))
+async def test_close_wins_at_any_point_of_the_pump_waking_up(steps):
+    """aclose() ends the pump whichever await it is at when the cancellation lands, including
+    while the pump tidies up the helpers of its wait (a swallowed cancellation there once left
+    the pump running and aclose() waiting forever)."""
+    clock = VirtualClock()
+    session = new_session(clock)
+    await caught_up(session, clock)
+    _, _, tick = clock._sleepers[0]  # wake the pump's tick by hand, then close `steps` later
+    tick.set_result(None)
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    async with asyncio.timeout(5) as deadline:  # aclose() swallows its own cancellation
+        await session.aclose()
+    assert not deadline.expired(), "aclose() waited for a pump that ignored its cancellation"
+    assert session._pump_task.done()

@@ -133,6 +133,10 @@ async def test_bad_messages_get_error_events_and_the_session_goes_on(client):
             {"pace": "warp"},
             {"audio_rate": 44101},
             {"protocol": 2},
+            {"jpeg_quality": True},  # JSON booleans are not numbers
+            {"sample_rate": True},
+            {"audio_out": "yes"},
+            {"format": "fmp4", "fragment_ms": 40.5},
         ):
             reply = await start(ws, **bad)
             assert reply["type"] == "error" and reply["code"] == "bad_start", bad

@@ -153,6 +153,18 @@ def test_stream_admission_and_cleanup() -> None:
     asyncio.run(run())
 
 
+async def browserlike_offer() -> str:
+    """The SDP of an offer like the page's: send audio, receive video, an events channel."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="sendonly")
+    pc.addTransceiver("video", direction="recvonly")
+    pc.createDataChannel("events")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
 def test_offer_errors() -> None:
     """Bad JSON / SDP → 400, foreign Origin → 403, unknown avatar → 404; nothing leaks."""
 
@@ -181,6 +193,12 @@ def test_offer_errors() -> None:
                 garbled = "v=0\r\nm=video port UDP/TLS/RTP/SAVPF 96\r\n"
                 status, msg = await post({"sdp": garbled, "type": "offer"})
                 assert status == 400 and "SDP" in msg, msg
+                # An offer aiortc accepts but cannot answer (its first m-line removed, found by
+                # fuzzing): closing the half-negotiated peer must not turn the 400 into a 500.
+                lines = (await browserlike_offer()).split("\r\n")
+                del lines[next(i for i, x in enumerate(lines) if x.startswith("m=audio"))]
+                status, msg = await post({"sdp": "\r\n".join(lines), "type": "offer"})
+                assert status == 400 and "offer" in msg, msg
                 status, msg = await post({"sdp": "v=0\r\n", "type": "offer", "avatar": "nope"})
                 assert status == 404 and "nope" in msg
                 headers = {"Origin": "http://evil.example"}
