@@ -1,0 +1,147 @@
+"""Seeded fuzzing of the websocket API and of POST /offer: random, malformed and abusive
+message sequences from several clients at once. The server must answer with error events or
+4xx codes, never fail internally, and release every session afterwards.
+
+(Fuzzing like this found a session whose close was lost and that held its admission slot
+forever, and JSON booleans accepted as numbers.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from server.app import CTX, make_app
+from server.settings import ServerSettings
+from tests.test_webrtc import browserlike_offer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+START_FIELDS = ("protocol", "sample_rate", "channels", "avatar", "format", "fragment_ms", "pace",
+                "audio_rate", "audio_out", "jpeg_quality", "extra")  # fmt: skip
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def client():
+    settings = ServerSettings(driver="procedural", frame_size=128, max_sessions=3)
+    async with TestClient(TestServer(make_app(settings))) as c:
+        yield c
+
+
+def odd_value(rng: random.Random, depth: int = 0) -> object:
+    choices = [
+        lambda: rng.randint(-(10**12), 10**12),
+        lambda: rng.uniform(-1e6, 1e6),
+        lambda: rng.choice([float("nan"), float("inf")]),
+        lambda: None,
+        lambda: rng.choice([True, False]),
+        lambda: "x" * rng.randint(0, 40),
+        lambda: "é☃\u0000",
+        lambda: rng.choice([8000, 16000, 44100, 48000, 192000, 0, -1, 7999, 40, 1]),
+        lambda: [odd_value(rng, depth + 1)] if depth < 2 else 1,
+        lambda: {"a": odd_value(rng, depth + 1)} if depth < 2 else 2,
+    ]
+    return rng.choice(choices)()
+
+
+def random_message(rng: random.Random) -> str | bytes:
+    r = rng.random()
+    if r < 0.35:
+        msg = {"type": "start", "protocol": 1, "sample_rate": 16000, "channels": 1}
+        for key in rng.sample(START_FIELDS, rng.randint(0, 4)):
+            msg[key] = odd_value(rng)
+        return json.dumps(msg)
+    if r < 0.5:
+        return rng.choice(["{", "[]", "null", "1", '"x"', '{"type": 5}', '{"type": "dance"}',
+                           '{"type": "end_segment"}', '{"type": "interrupt"}',
+                           '{"type": "finish"}'])  # fmt: skip
+    n = rng.choice([0, 1, 3, 640, 641, 6400, 64000])
+    return rng.randbytes(n)
+
+
+async def fuzz_connection(client: TestClient, rng: random.Random) -> list[str]:
+    """One client: a few random messages, reading replies in between; returns the events."""
+    events: list[str] = []
+    async with client.ws_connect("/ws", max_msg_size=0) as ws:
+        for _ in range(rng.randint(1, 10)):
+            msg = random_message(rng)
+            await (ws.send_str(msg) if isinstance(msg, str) else ws.send_bytes(msg))
+            if rng.random() < 0.2:
+                await asyncio.sleep(rng.random() * 0.2)
+            while True:
+                try:
+                    reply = await ws.receive(timeout=0.02)
+                except TimeoutError:
+                    break
+                if reply.type == aiohttp.WSMsgType.TEXT:
+                    event = json.loads(reply.data)
+                    events.append(event["type"] if event["type"] != "error" else event["code"])
+                elif reply.type != aiohttp.WSMsgType.BINARY:
+                    return events
+        if rng.random() < 0.5:
+            await ws.close()
+    return events
+
+
+async def released(client: TestClient) -> bool:
+    ctx = client.app[CTX]
+    for _ in range(100):
+        if ctx.admission.active == 0 and not ctx.engine.sessions:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_websocket_fuzz(client, caplog):
+    rng = random.Random(7)
+    caplog.set_level(logging.ERROR)
+    seen: dict[str, int] = {}
+    for batch in range(25):
+        clients = [random.Random(rng.random()) for _ in range(rng.randint(1, 3))]
+        for events in await asyncio.gather(*(fuzz_connection(client, r) for r in clients)):
+            for e in events:
+                seen[e] = seen.get(e, 0) + 1
+        assert await released(client), f"a session was not released after batch {batch}"
+    assert "internal" not in seen, seen
+    assert seen.get("ready", 0) > 5 and seen.get("bad_start", 0) > 5, seen  # both paths ran
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    async with client.get("/health") as resp:
+        assert resp.status == 200 and (await resp.json())["sessions"] == 0
+
+
+async def test_offer_fuzz(client):
+    """Mutated browser offers: 400 or an answer, never 5xx; unconnected peers are released."""
+    rng = random.Random(3)
+    lines = (await browserlike_offer()).split("\r\n")
+    replacements = ["m=video 9 UDP/TLS/RTP/SAVPF 96", "a=rtpmap:96 VP8/90000", "a=mid:0",
+                    "a=fingerprint:sha-256 00", "a=ice-ufrag:x", "a=setup:actpass", "a=recvonly",
+                    "a=sctp-port:abc", "c=IN IP4 999.1.1.1"]  # fmt: skip
+    statuses: dict[int, int] = {}
+    for _ in range(40):
+        sdp = list(lines)
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(sdp))
+            op = rng.random()
+            if op < 0.4:
+                del sdp[i]
+            elif op < 0.7:
+                j = rng.randrange(len(sdp[i]) + 1)
+                sdp[i] = sdp[i][:j] + rng.choice(["", "x", ":", "-1", "é"]) + sdp[i][j + 2 :]
+            else:
+                sdp[i] = rng.choice(replacements)
+        body = {"sdp": "\r\n".join(sdp), "type": "offer"}
+        async with client.post("/offer", json=body) as resp:
+            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            assert resp.status in (200, 400, 503), (resp.status, await resp.text())
+            if resp.status == 200:  # an answer we will never connect to: free the slot
+                ctx = client.app[CTX]
+                for close in list(ctx.connections):
+                    await close()
+    assert statuses.get(400, 0) > 5, statuses
+    assert await released(client)
