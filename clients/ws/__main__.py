@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -85,17 +86,19 @@ async def mic_chunks(device: object, rate: int, seconds: float, stop: asyncio.Ev
     ):
         print("recording: speak now (Ctrl+C to finish)", file=sys.stderr)
         waiter = asyncio.ensure_future(stop.wait())
+        get: asyncio.Future[bytes] | None = None
         try:
             while blocks is None or sent < blocks:
                 get = asyncio.ensure_future(queue.get())
                 await asyncio.wait({get, waiter}, return_when=asyncio.FIRST_COMPLETED)
                 if not get.done():
-                    get.cancel()
                     break
                 sent += 1
                 yield get.result()
         finally:
-            waiter.cancel()
+            for task in (waiter, get):
+                if task is not None:
+                    task.cancel()
     print(f"recorded {sent / 50:.1f} s", file=sys.stderr)
 
 
@@ -128,7 +131,9 @@ def preview_callback():  # noqa: ANN201
 
 
 async def main_async(
-    args: argparse.Namespace, avatar: Path | str | None, on_frame: object = None
+    args: argparse.Namespace,
+    avatar: Path | str | None,
+    on_frame: Callable[[int, bytes], None] | None = None,
 ) -> int:
     if args.mic:
         device, rate = open_mic(args.device)
