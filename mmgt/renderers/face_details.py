@@ -93,6 +93,7 @@ def paint_mouth(
     lower = _smooth_curve(local[[4, 5, 6, 7, 0]])
     t = np.linspace(0.0, 1.0, len(lower))
     lower = lower + np.stack([0 * t, (0.06 * gap + 0.6) * np.sin(np.pi * t)], 1)
+    lower = _round_out(lower, local[0], local[4])
     mask = _fill(roi.shape[:2], np.concatenate([upper, lower]))
     # Cavity: darker towards the centre of the opening.
     yy, xx = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(np.float32)
@@ -132,6 +133,26 @@ def _smooth_curve(points: np.ndarray, steps: int = 4) -> np.ndarray:
         + (3 * p1 - p0 - 3 * p2 + p3) * t**3
     )  # (steps, N − 1, 2)
     return np.concatenate([curve.transpose(1, 0, 2).reshape(-1, 2), points[-1:]])
+
+
+def _round_out(
+    curve: np.ndarray, left: np.ndarray, right: np.ndarray, pull: float = 0.7
+) -> np.ndarray:
+    """Push a lower lip curve (K, 2) from ``right`` to ``left`` corner towards the elliptical
+    arc through both corners and its deepest point. Three lower-lip landmarks alone make a
+    V or a trapezoid; an open mouth's lower edge is round. Only ever pushes outwards."""
+    axis = left - right
+    length = max(float(np.linalg.norm(axis)), 1e-6)
+    along = axis / length
+    normal = np.array([-along[1], along[0]])  # (2,) perpendicular, pointing down the face
+    if normal[1] < 0:
+        normal = -normal
+    rel = curve - right  # (K, 2)
+    u = np.clip(rel @ along / length, 0.0, 1.0)  # (K,) position between the corners
+    depth = rel @ normal  # (K,) how far below the corner line
+    arc = depth.max() * np.sqrt(np.clip(1.0 - (2.0 * u - 1.0) ** 2, 0.0, 1.0))  # (K,)
+    push = pull * np.maximum(arc - depth, 0.0)  # (K,)
+    return curve + push[:, None] * normal
 
 
 def _roi(points: np.ndarray, shape: tuple[int, ...], pad: int) -> tuple[int, int, int, int] | None:
