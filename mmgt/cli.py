@@ -176,10 +176,9 @@ def _cmd_render(args: argparse.Namespace) -> int:
         wavlm=wavlm,
         renderer_options=renderer_options,
     )
-    t = result.timings
-    work = t["audio"] + t["driver"] + t["render_encode"]  # what grows with the clip
+    work = result.work_s
     rt = result.duration_s / work if work else float("inf")
-    log.info("timings (s): %s", json.dumps({k: round(v, 3) for k, v in t.items()}))
+    log.info("timings (s): %s", json.dumps({k: round(v, 3) for k, v in result.timings.items()}))
     print(
         f"{result.frames} frames ({result.duration_s:.1f} s of audio) of "
         f"{args.image or BUNDLED_AVATAR.name}, driven by {result.driver}, "

@@ -49,8 +49,15 @@ class RenderResult:
     timings: dict[str, float] = field(default_factory=dict)
     driver: str = ""  # the motion driver that made the poses (e.g. "smga-small", "procedural")
 
+    @property
+    def work_s(self) -> float:
+        """Seconds of the work that grows with the clip (set-up excluded): decoding the
+        audio, generating the motion, rendering and encoding."""
+        return sum(self.timings.get(k, 0.0) for k in PER_CLIP_TIMINGS)
+
 
 DEBUG_VIDEOS = ("pose", "face", "lips", "masks", "side")
+PER_CLIP_TIMINGS = ("audio", "driver", "render_encode")  # the rest is set-up
 
 
 def _debug_paths(out: Path) -> dict[str, Path]:
