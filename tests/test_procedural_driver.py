@@ -10,7 +10,8 @@ from mmgt.avatar import BUNDLED_AVATAR
 from mmgt.drivers import make_driver
 from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver
 from mmgt.keypoints import layout
-from mmgt.renderers.face_details import EYES, eye_openness, mouth_gap
+from mmgt.renderers.face_details import EYES, eye_openness
+from mmgt.renderers.mouth import mouth_gap
 from mmgt.types import AudioFeatures, KeypointSeq
 from tests.helpers import synthetic_reference_pose
 

@@ -167,23 +167,3 @@ def test_reference_without_face_points_is_refused(avatar):
     broken[layout.FACE[:10], 2] = 0.0
     with pytest.raises(ValueError, match="68 face points"):
         WarpRenderer().prepare(Avatar("x", avatar.image, broken))
-
-
-def test_open_mouth_lower_edge_is_rounded_not_a_v():
-    """Three lower-lip landmarks make a V; the painted opening follows an elliptical arc
-    through the corners and its deepest point, only ever pushed outwards."""
-    from mmgt.renderers.face_details import _round_out
-
-    right, left = np.array([40.0, 10.0]), np.array([0.0, 10.0])
-    u = np.linspace(0.0, 1.0, 17)  # from the right corner to the left one
-    v_shape = np.stack([40 - 40 * u, 10 + 12 * (1 - np.abs(2 * u - 1))], 1)  # (17, 2)
-    rounded = _round_out(v_shape, left, right, pull=1.0)
-    np.testing.assert_allclose(rounded[[0, 8, 16]], v_shape[[0, 8, 16]], atol=1e-6)
-    assert (rounded[:, 1] >= v_shape[:, 1] - 1e-9).all()
-    ellipse = 10 + 12 * np.sqrt(1 - (2 * u - 1) ** 2)
-    np.testing.assert_allclose(rounded[:, 1], ellipse, atol=1e-6)
-    # Rotated with the head, the same holds along the mouth's own axis.
-    c, s = np.cos(0.3), np.sin(0.3)
-    rot = np.array([[c, -s], [s, c]])
-    turned = _round_out(v_shape @ rot.T, left @ rot.T, right @ rot.T, pull=1.0)
-    np.testing.assert_allclose(turned, rounded @ rot.T, atol=1e-6)

@@ -34,6 +34,7 @@ def make_driver(
     context: int | None = None,
     heads: int = 8,
     backend: Backend | None = None,
+    blinks: bool | None = None,
 ) -> Driver:
     """Build a driver by name (see :data:`DRIVERS`; ``auto`` is :func:`default_driver_name`).
 
@@ -41,7 +42,9 @@ def make_driver(
     model) or an official checkpoint — and samples with its recommended settings unless
     ``steps``/``guidance``/``eta``/``context`` override them (official: 50 / 2 / 1 / 8).
     ``backend`` (default torch) runs its denoiser on ONNX Runtime or TensorRT from the exported
-    files of the same weights, with torch's intra-op thread count.
+    files of the same weights, with torch's intra-op thread count. ``blinks`` lays seeded blinks
+    over the model's eyes (default: on for models trained here, off for official checkpoints,
+    see :mod:`mmgt.drivers.blinks`).
     """
     if name == "auto":
         name = default_driver_name()
@@ -81,6 +84,7 @@ def make_driver(
             audio_mean=pkg.audio_mean,
             audio_std=pkg.audio_std,
             pose_std=pkg.pose_std,
+            blinks=not official if blinks is None else blinks,
         )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 

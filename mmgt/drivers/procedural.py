@@ -26,6 +26,7 @@ import numpy as np
 
 from mmgt.audio import features as light
 from mmgt.drivers import rig
+from mmgt.drivers.blinks import blink_closure, hash01
 from mmgt.keypoints import layout
 from mmgt.types import AudioFeatures, KeypointSeq
 
@@ -73,18 +74,6 @@ def _fir(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Causal FIR: y[i] = Σ_j kernel[j] · x[i − j], edge-padded at the start."""
     pad = np.concatenate([np.full(len(kernel) - 1, x[0]), x])
     return np.convolve(pad, kernel, mode="valid")
-
-
-def _hash01(seed: int, *keys: int) -> np.ndarray:
-    """Deterministic uniform [0, 1) values from integer keys (vectorised, platform-stable)."""
-    h = np.asarray(seed * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
-    with np.errstate(over="ignore"):  # wrap-around multiplication is the point of the hash
-        for k in keys:
-            h = (h ^ np.asarray(k, dtype=np.int64).astype(np.uint64)) * np.uint64(
-                0xBF58476D1CE4E5B9
-            )
-            h = h ^ (h >> np.uint64(31))
-    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 class ProceduralDriver:
@@ -183,7 +172,7 @@ class ProceduralDriver:
     def _motion(self, sig: dict[str, np.ndarray], frames: np.ndarray, fps: float) -> dict:
         cfg, seed = self.config, self.config.seed
         t = frames / fps
-        phase = 2 * np.pi * _hash01(seed, np.arange(9))
+        phase = 2 * np.pi * hash01(seed, np.arange(9))
         sway = 0.35 + 0.65 * sig["engagement"]
         sines = [
             np.sin(2 * np.pi * f * t + p)
@@ -200,7 +189,7 @@ class ProceduralDriver:
         nod_kernel = np.sin(np.pi * np.arange(10) / 10) ** 2
         nod = cfg.nod * _fir(stress, nod_kernel)
         beat = np.clip((sig["rise"] - cfg.gesture_stress_db) / 10.0, 0, 1)
-        side = _hash01(seed, frames, 7) < 0.5  # which wrist a beat starting here lifts
+        side = hash01(seed, frames, 7) < 0.5  # which wrist a beat starting here lifts
         gesture_kernel = np.sin(np.pi * np.arange(14) / 14) ** 1.5
         lift_l = cfg.gesture * _fir(beat * side, gesture_kernel)
         lift_r = cfg.gesture * _fir(beat * ~side, gesture_kernel)
@@ -214,14 +203,4 @@ class ProceduralDriver:
 
     def _blinks(self, frames: np.ndarray, fps: float) -> np.ndarray:
         """Blink closure in [0, 1]: one blink per block, at a seeded time inside it."""
-        block = max(int(round(self.config.blink_every_s * fps)), 8)
-        profile = np.array([0.35, 0.85, 1.0, 0.75, 0.35, 0.1])
-        closure = np.zeros(len(frames))
-        for b in range(frames.min() // block - 1, frames.max() // block + 1):
-            if _hash01(self.config.seed, b, 1) > 0.9:
-                continue
-            onset = b * block + int(_hash01(self.config.seed, b, 2) * (block - len(profile)))
-            k = frames - onset
-            inside = (k >= 0) & (k < len(profile))
-            closure[inside] = np.maximum(closure[inside], profile[k[inside]])
-        return closure
+        return blink_closure(frames, fps, self.config.seed, self.config.blink_every_s)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from mmgt.drivers import blinks
 from mmgt.keypoints import layout
 
 _F = layout.face_index
@@ -121,9 +122,7 @@ def pose_sequence(reference: np.ndarray, curves: RigCurves) -> np.ndarray:
     poses[:, lips, 0] = cx + (poses[:, lips, 0] - cx) * scale[:, None]
 
     # 2. Blinks: upper lids onto the lower lids.
-    for up, low in ((37, 41), (38, 40), (43, 47), (44, 46)):
-        d = ref[_F(low), 1] - ref[_F(up), 1]
-        poses[:, _F(up), 1] += 0.95 * np.clip(curves.blink, 0, 1) * d
+    blinks.move_lids(poses, ref, np.clip(curves.blink, 0, 1))
 
     # 3. Head: roll about a pivot between chin and neck, then shift.
     pivot = 0.5 * (ref[_F(8), :2] + ref[layout.NECK, :2])

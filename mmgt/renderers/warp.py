@@ -12,7 +12,8 @@ Per frame it builds one backward map and applies it with a single ``cv2.remap``:
   bilinearly; points along the image border are pinned and far pixels stay put;
 * the face map fades into the smooth map near the mesh boundary, so there is no visible edge.
 
-The mouth interior and closing eyelids are painted afterwards (:mod:`face_details`). The
+Before warping, the target's open lower lip is rounded (:mod:`mouth`); afterwards the mouth
+interior (:mod:`mouth`) and closing eyelids (:mod:`face_details`) are painted. The
 renderer is frame-wise: one pose in, one frame out, no state between frames.
 """
 
@@ -24,7 +25,7 @@ import cv2
 import numpy as np
 
 from mmgt.keypoints import layout
-from mmgt.renderers import face_details, warp_field
+from mmgt.renderers import face_details, mouth, warp_field
 from mmgt.types import AudioFeatures, Avatar, KeypointSeq, MaskSet
 
 VISIBLE = layout.VISIBILITY_THRESHOLD
@@ -32,6 +33,7 @@ BODY_POINTS = np.array([1, 2, 3, 4, 5, 6, 7, 8, 11])  # neck, arms, hips (the fa
 # Points whose similarity transform defines the head motion: eye corners, nose, brows.
 HEAD_POINTS = layout.face_index(np.array([36, 39, 42, 45, 27, 28, 29, 30, 31, 33, 35, 19, 24]))
 SMOOTH_POINTS = np.concatenate([layout.FACE, BODY_POINTS, layout.HANDS])
+LIP_MIDS = [1, 5]  # the added points of a 7-point lip row (mouth.lip_row)
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,13 @@ class WarpAvatarState:
     border: np.ndarray  # (B, 2) pinned border points
     sigma: np.ndarray  # (len(SMOOTH_POINTS) + R + B,) smooth-field radius per control point
     forehead: np.ndarray  # (F, 2) mesh points above the brows, moved by the head transform
-    triangles: np.ndarray  # (M, 3) face-mesh triangles over [68 face points, forehead]
+    lip_mids: np.ndarray  # (2, 2) lower-lip mesh points between the landmarks (mouth.lip_row)
+    triangles: np.ndarray  # (M, 3) face-mesh triangles over [68 face points, lip mids, forehead]
     xs: np.ndarray  # coarse grid axis (output pixel positions)
     identity_x: np.ndarray  # (S, S) full-resolution identity map
     identity_y: np.ndarray
     feather_px: float
-    reference_gap: float
-    style: face_details.MouthStyle
+    mouth: mouth.MouthReference
 
 
 def _face_width(pose: np.ndarray) -> float:
@@ -177,8 +179,11 @@ class WarpRenderer:
                 np.full(len(border), cfg.border_sigma * size),
             ]
         ).astype(np.float32)
-        mesh_points = np.concatenate([face[:, :2], forehead])
-        opened = np.concatenate([_opened(face[:, :2]), forehead])
+        lip_mids = mouth.lip_row(pose, mouth.LOWER)[LIP_MIDS]
+        mesh_points = np.concatenate([face[:, :2], lip_mids, forehead])
+        opened_face = _opened(face[:, :2])
+        opened_mids = mouth.lip_row(opened_face, mouth.LOWER - layout.FACE_START)[LIP_MIDS]
+        opened = np.concatenate([opened_face, opened_mids, forehead])
         triangles = warp_field.mesh_triangles(mesh_points, opened)
         cells = max(8, cfg.grid_cells * size // 512)
         xs = warp_field.coarse_axis(size, cells)
@@ -192,13 +197,13 @@ class WarpRenderer:
             border=border,
             sigma=sigma,
             forehead=forehead,
+            lip_mids=lip_mids,
             triangles=triangles,
             xs=xs,
             identity_x=gx,
             identity_y=gy,
             feather_px=max(cfg.feather * face_w, 1.5),
-            reference_gap=face_details.mouth_gap(pose),
-            style=face_details.sample_mouth_style(avatar.image, pose),
+            mouth=mouth.prepare_mouth(avatar.image, pose),
         )
 
     def open_stream(self, state: WarpAvatarState) -> WarpStream:
@@ -230,17 +235,27 @@ def _box(points: np.ndarray, size: int, pad: float) -> tuple[int, int, int, int]
 
 def render_frame(state: WarpAvatarState, target: np.ndarray) -> np.ndarray:
     """Render one (S, S, 3) uint8 RGB frame for a (134, 3) target pose in the avatar's frame."""
-    map_x, map_y = backward_map(state, target)
+    pose, lower_lip = mouth.shape_mouth(target, state.mouth)
+    map_x, map_y = _maps(state, pose, lower_lip[LIP_MIDS])
     frame = cv2.remap(
         state.avatar.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
-    face_details.paint_mouth(frame, target, state.reference_gap, state.style)
-    face_details.paint_closed_lids(frame, target, state.avatar.reference_pose, state.style)
+    mouth.paint_mouth(frame, pose, lower_lip, state.mouth)
+    face_details.paint_closed_lids(frame, pose, state.avatar.reference_pose, state.mouth.style)
     return frame
 
 
 def backward_map(state: WarpAvatarState, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(map_x, map_y), each (S, S) float32: the reference pixel every output pixel shows."""
+    pose, lower_lip = mouth.shape_mouth(target, state.mouth)
+    return _maps(state, pose, lower_lip[LIP_MIDS])
+
+
+def _maps(
+    state: WarpAvatarState, target: np.ndarray, lip_mids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`backward_map` of a pose already shaped by :func:`mouth.shape_mouth`; ``lip_mids``
+    (2, 2) are its added lower-lip mesh points."""
     ref = state.avatar.reference_pose
     size = state.avatar.frame_size
     head = _head_transform(ref, target)
@@ -269,8 +284,11 @@ def backward_map(state: WarpAvatarState, target: np.ndarray) -> tuple[np.ndarray
     map_y = state.identity_y + cv2.resize(uy, (size, size), interpolation=cv2.INTER_LINEAR)
 
     # 2. Face mesh at pixel resolution, faded into the smooth map at its boundary.
-    mesh_dst = np.concatenate([face_dst, forehead_dst]).astype(np.float32)
-    mesh_src = np.concatenate([ref[layout.FACE, :2], state.forehead]).astype(np.float32)
+    if not visible[: len(layout.FACE)].all():  # a face point falls back to the reference
+        lip_mids = state.lip_mids
+    mesh_dst = np.concatenate([face_dst, lip_mids, forehead_dst]).astype(np.float32)
+    mesh_src = np.concatenate([ref[layout.FACE, :2], state.lip_mids, state.forehead])
+    mesh_src = mesh_src.astype(np.float32)
     x0, y0, x1, y1 = _box(mesh_dst, size, pad=1)
     if x1 - x0 > 2 and y1 - y0 > 2:
         fx, fy, covered = warp_field.piecewise_affine(

@@ -1,0 +1,133 @@
+"""The warp renderer's mouth: the photo's own teeth move with the jaws, a dark cavity opens
+between them, the lower lip drops intact and rounds, and every edge is anti-aliased."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmgt.avatar import load_avatar
+from mmgt.keypoints import layout
+from mmgt.renderers import mouth
+from mmgt.renderers.raster import fill_coverage, line_coverage
+from mmgt.renderers.warp import WarpRenderer, render_frame
+from mmgt.types import Avatar
+
+F = layout.face_index
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+@pytest.fixture(scope="module")
+def avatar() -> Avatar:
+    return load_avatar()  # the bundled astronaut smiles with her upper teeth showing
+
+
+@pytest.fixture(scope="module")
+def state(avatar):
+    return WarpRenderer().prepare(avatar)
+
+
+def _drop_jaw(pose: np.ndarray, d: float) -> np.ndarray:
+    """The reference pose with the lower lip and chin lowered by up to ``d`` pixels."""
+    out = pose.copy()
+    out[F(np.array([65, 66, 67])), 1] += d
+    out[F(np.array([55, 56, 57, 58, 59])), 1] += d
+    out[F(np.arange(4, 13)), 1] += d * np.array([0.2, 0.5, 0.8, 1, 1, 1, 0.8, 0.5, 0.2])
+    return out
+
+
+def _rows(image: np.ndarray, y0: float, y1: float, xs: np.ndarray) -> np.ndarray:
+    """(rows, len(xs), 3) float pixels of the whole rows strictly inside (y0, y1)."""
+    ys = np.arange(int(np.floor(y0)) + 1, int(np.ceil(y1)))
+    return image[ys][:, xs].astype(np.float32)
+
+
+def test_opening_mouth_keeps_the_photos_teeth_and_lower_lip(avatar, state):
+    ref = avatar.reference_pose
+    assert state.mouth.shows_teeth
+    target = _drop_jaw(ref, 12.0)
+    frame = render_frame(state, target)
+    pose, _ = mouth.shape_mouth(target, state.mouth)
+    xs = np.arange(-5, 6) + int(round(ref[F(62), 0]))  # columns around the mouth's centre
+    top = float(ref[F(62), 1])  # the upper lip does not move
+    teeth_h = mouth.UPPER_TEETH_SHARE * state.mouth.gap
+    # The upper teeth stay as they are in the photo (a plain warp would stretch them).
+    teeth_out = _rows(frame, top, top + teeth_h - 1, xs)
+    teeth_ref = _rows(avatar.image, top, top + teeth_h - 1, xs)
+    assert len(teeth_out) >= 3
+    assert np.abs(teeth_out - teeth_ref).mean() < 6.0
+    # Between the teeth and the lowered lip: a dark cavity.
+    bottom = float(pose[F(66), 1])
+    cavity = _rows(frame, top + teeth_h + 1, bottom - 3, xs) @ LUMA
+    assert len(cavity) >= 6
+    assert cavity.max() < 100 and cavity.mean() < 0.35 * (teeth_ref @ LUMA).mean()
+    # The lower lip dropped with the jaw, intact: the same colours as in the photo.
+    lip_out = _rows(frame, bottom, float(pose[F(57), 1]) - 1, xs).reshape(-1, 3).mean(0)
+    lip_ref = _rows(avatar.image, ref[F(66), 1], ref[F(57), 1] - 1, xs).reshape(-1, 3).mean(0)
+    assert np.abs(lip_out - lip_ref).max() < 15.0
+
+
+def test_a_closed_mouth_photo_gets_a_painted_interior(avatar):
+    """When the photo shows no teeth, a cavity with a band of teeth is painted instead."""
+    closed = avatar.reference_pose.copy()
+    closed[F(np.array([65, 66, 67])), 1] = closed[F(np.array([63, 62, 61])), 1]  # lips meet
+    state = WarpRenderer().prepare(Avatar("closed", avatar.image, closed))
+    assert not state.mouth.shows_teeth
+    target = _drop_jaw(closed, 14.0)
+    frame = render_frame(state, target)
+    pose, _ = mouth.shape_mouth(target, state.mouth)
+    x = int(round(closed[F(62), 0]))
+    top, bottom = float(closed[F(62), 1]), float(pose[F(66), 1])
+    column = frame[int(top) + 1 : int(bottom), x].astype(np.float32) @ LUMA  # top to bottom
+    assert column[:3].max() > 150  # teeth under the upper lip
+    assert column[len(column) // 2 :].max() < 90  # the cavity below them
+
+
+def test_the_lower_lip_rounds_and_keeps_its_thickness(avatar, state):
+    ref = avatar.reference_pose
+    assert mouth.shape_mouth(ref, state.mouth)[0] is ref  # not open: untouched
+    target = _drop_jaw(ref, 12.0)
+    pose, lower = mouth.shape_mouth(target, state.mouth)
+    assert lower.shape == (7, 2)
+    np.testing.assert_allclose(lower[[0, 2, 3, 4, 6]], pose[mouth.LOWER, :2], atol=1e-4)
+    moved = lower[:, 1] - mouth.lip_row(target, mouth.LOWER)[:, 1]
+    assert (moved >= -1e-4).all() and moved.max() > 0.5  # pushed down, never up
+
+    def thickness(p: np.ndarray, inner: np.ndarray) -> np.ndarray:
+        """Outer minus inner (7-point row) lower lip height at the outer lip's x positions."""
+        outer = p[mouth.OUTER_LOWER, :2]
+        return outer[1:-1, 1] - np.interp(outer[1:-1, 0], inner[:, 0], inner[:, 1])
+
+    before = thickness(target, mouth.lip_row(target, mouth.LOWER))
+    np.testing.assert_allclose(thickness(pose, lower), before, atol=0.6)
+
+
+def test_open_mouth_lower_edge_is_rounded_not_a_v():
+    """Three lower-lip landmarks make a V; the painted opening follows an elliptical arc
+    through the corners and its deepest point, only ever pushed outwards."""
+    right, left = np.array([40.0, 10.0]), np.array([0.0, 10.0])
+    u = np.linspace(0.0, 1.0, 17)  # from the right corner to the left one
+    v_shape = np.stack([40 - 40 * u, 10 + 12 * (1 - np.abs(2 * u - 1))], 1)  # (17, 2)
+    rounded = mouth.round_out(v_shape, left, right, pull=1.0)
+    np.testing.assert_allclose(rounded[[0, 8, 16]], v_shape[[0, 8, 16]], atol=1e-6)
+    assert (rounded[:, 1] >= v_shape[:, 1] - 1e-9).all()
+    ellipse = 10 + 12 * np.sqrt(1 - (2 * u - 1) ** 2)
+    np.testing.assert_allclose(rounded[:, 1], ellipse, atol=1e-6)
+    # Rotated with the head, the same holds along the mouth's own axis.
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = np.array([[c, -s], [s, c]])
+    turned = mouth.round_out(v_shape @ rot.T, left @ rot.T, right @ rot.T, pull=1.0)
+    np.testing.assert_allclose(turned, rounded @ rot.T, atol=1e-6)
+
+
+def test_painted_edges_are_anti_aliased():
+    """Coverage masks are fractional on edges and fill the polygon's true area."""
+    triangle = np.array([[2.3, 3.1], [17.6, 5.2], [9.8, 18.4]])
+    cover = fill_coverage((24, 24), triangle)
+    partial = (cover > 0.02) & (cover < 0.98)
+    assert partial.sum() >= 15
+    (ax, ay), (bx, by), (cx, cy) = triangle
+    area = 0.5 * abs((bx - ax) * (cy - ay) - (cx - ax) * (by - ay))
+    assert cover.sum() == pytest.approx(area, rel=0.08)
+    line = line_coverage((24, 24), np.array([[2.0, 2.0], [20.0, 9.0]]), 1)
+    assert ((line > 0.02) & (line < 0.98)).sum() >= 10
