@@ -50,9 +50,7 @@ def test_lids_close_and_open_again_exactly(reference_pose):
     np.testing.assert_allclose(poses, np.repeat(reference_pose[None], 3, 0), atol=1e-4)
 
 
-def test_smga_driver_overlays_blinks_and_feeds_the_model_its_own_motion(
-    reference_pose, features
-):
+def test_smga_driver_overlays_blinks_and_feeds_the_model_its_own_motion(reference_pose, features):
     torch.manual_seed(0)
     model = SMGA(preset("tiny"))
     feats = features.frames(0, 60)
@@ -84,8 +82,9 @@ def test_the_shipped_model_blinks_only_with_the_overlay(reference_pose, features
         points = driver.generate(features, reference_pose).points
         return np.array([eye_openness(p, EYES[0]) for p in points])
 
-    with_overlay, model_only = lid_gaps(make_driver("smga")), lid_gaps(
-        make_driver("smga", blinks=False)
+    with_overlay, model_only = (
+        lid_gaps(make_driver("smga")),
+        lid_gaps(make_driver("smga", blinks=False)),
     )
     assert model_only.min() > 0.7 * np.median(model_only)
     shut = with_overlay < 0.3 * np.median(with_overlay)
