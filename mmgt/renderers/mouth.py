@@ -120,7 +120,7 @@ def sample_mouth_style(image: np.ndarray, points: np.ndarray) -> MouthStyle:
     luma = roi @ np.array([0.299, 0.587, 0.114], np.float32)
     lip_dark = roi[luma <= np.percentile(luma, 20)].mean(0)
     cavity = lip_dark * 0.35 + np.array([18, 6, 8], np.float32)
-    teeth = np.array([226, 220, 208], np.float32)
+    teeth = np.array([224, 212, 190], np.float32)  # ivory, as teeth look in the mouth's shade
     inner = points[layout.INNER_LIPS, :2]
     if mouth_gap(points) > 3.0:  # the reference shows its mouth interior: take the teeth colour
         ix0, iy0 = np.floor(inner.min(0)).astype(int)
@@ -295,7 +295,7 @@ def _paint_teeth(
     """A band of upper teeth under the upper lip, fading out towards the mouth corners."""
     width = float(np.linalg.norm(top[-1] - top[0])) + 1e-3
     gap = max(float(np.mean(bottom[1:-1, 1] - top[1:-1, 1])), 1.0)
-    teeth_h = min(0.3 * gap, 0.11 * width)
+    teeth_h = min(0.38 * gap, 0.13 * width)
     teeth = fill_coverage(paint.shape, np.concatenate([top, top[::-1] + (0, teeth_h)]))
     centre_x = 0.5 * (top[0, 0] + top[-1, 0])
     teeth *= np.sqrt(np.clip(1.0 - np.abs(xx - centre_x) / (0.42 * width), 0.0, 1.0))
