@@ -67,6 +67,17 @@ def test_opening_mouth_keeps_the_photos_teeth_and_lower_lip(avatar, state):
     assert np.abs(lip_out - lip_ref).max() < 15.0
 
 
+def test_nothing_is_painted_for_lips_that_are_not_visible(avatar, state):
+    target = _drop_jaw(avatar.reference_pose, 12.0)
+    assert mouth.opening(target, state.mouth) == 1.0
+    target[layout.LIPS, 2] = 0.0
+    assert mouth.opening(target, state.mouth) == 0.0
+    assert mouth.shape_mouth(target, state.mouth)[0] is target
+    frame = avatar.image.copy()
+    mouth.paint_mouth(frame, target, mouth.lip_row(target, mouth.LOWER), state.mouth)
+    np.testing.assert_array_equal(frame, avatar.image)
+
+
 def test_a_closed_mouth_photo_gets_a_painted_interior(avatar):
     """When the photo shows no teeth, a cavity with a band of teeth is painted instead."""
     closed = avatar.reference_pose.copy()

@@ -33,6 +33,7 @@ EYE_CORNERS = layout.face_index(np.array([36, 45]))  # outer eye corners: the he
 UPPER_TEETH_SHARE = 0.8  # of the reference's visible interior that moves with the upper lip
 TEETH_MIN_GAP = 0.08  # reference gap over mouth width above which the photo shows its teeth
 ROUNDING_PULL = 0.7
+_NEEDED = np.concatenate([layout.LIPS, EYE_CORNERS])  # points opening() reads
 
 
 def _strips(a: list[int], b: list[int]) -> list[tuple[int, int, int]]:
@@ -142,7 +143,10 @@ def mouth_gap(points: np.ndarray) -> float:
 
 def opening(target: np.ndarray, ref: MouthReference) -> float:
     """In [0, 1]: how far the target mouth opens beyond the reference's own opening (scaled
-    with the head); 0 up to 1 px beyond, 1 from 4 px beyond."""
+    with the head); 0 up to 1 px beyond, 1 from 4 px beyond, and 0 when the target's lips or
+    eye corners are not visible (nothing is shaped or painted then)."""
+    if (target[_NEEDED, 2] < layout.VISIBILITY_THRESHOLD).any():
+        return 0.0
     scale = _eye_span(target) / ref.eye_span
     return float(np.clip((mouth_gap(target) - ref.gap * scale - 1.0) / 3.0, 0.0, 1.0))
 
