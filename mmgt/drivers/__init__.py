@@ -34,7 +34,7 @@ def make_driver(
     context: int | None = None,
     heads: int = 8,
     backend: Backend | None = None,
-    blinks: bool | None = None,
+    ambient: bool | None = None,
 ) -> Driver:
     """Build a driver by name (see :data:`DRIVERS`; ``auto`` is :func:`default_driver_name`).
 
@@ -42,15 +42,16 @@ def make_driver(
     model) or an official checkpoint — and samples with its recommended settings unless
     ``steps``/``guidance``/``eta``/``context`` override them (official: 50 / 2 / 1 / 8).
     ``backend`` (default torch) runs its denoiser on ONNX Runtime or TensorRT from the exported
-    files of the same weights, with torch's intra-op thread count. ``blinks`` lays seeded blinks
-    over the model's eyes (default: on for models trained here, off for official checkpoints,
-    see :mod:`mmgt.drivers.blinks`).
+    files of the same weights, with torch's intra-op thread count. ``ambient`` lays seeded blinks,
+    head sway and breathing over the model's output (default: on for models trained here, off
+    for official checkpoints; see :mod:`mmgt.drivers.ambient`).
     """
     if name == "auto":
         name = default_driver_name()
     if name == "procedural":
         return ProceduralDriver(ProceduralConfig(seed=seed))
     if name == "smga":
+        from mmgt.drivers.ambient import AmbientMotion
         from mmgt.drivers.smga import SamplerSettings, SMGADriver
         from mmgt.weights.smga import load_any_smga
 
@@ -70,6 +71,7 @@ def make_driver(
             context=context if context is not None else int(meta.get("context", 8)),
             seed=seed,
         )
+        with_ambient = not official if ambient is None else ambient
         step = None
         if backend is not None and backend.name != "torch":
             import torch
@@ -84,7 +86,7 @@ def make_driver(
             audio_mean=pkg.audio_mean,
             audio_std=pkg.audio_std,
             pose_std=pkg.pose_std,
-            blinks=not official if blinks is None else blinks,
+            ambient=AmbientMotion(seed=seed) if with_ambient else None,
         )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from mmgt.audio import features as light
 from mmgt.drivers import rig
-from mmgt.drivers.blinks import blink_closure, hash01
+from mmgt.drivers.ambient import blink_closure, hash01
 from mmgt.keypoints import layout
 from mmgt.types import AudioFeatures, KeypointSeq
 

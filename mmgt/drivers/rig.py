@@ -23,14 +23,13 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from mmgt.drivers import blinks
+from mmgt.drivers.ambient import HEAD, face_width, move_lids
 from mmgt.keypoints import layout
 
 _F = layout.face_index
 UPPER_LIP = _F(np.array([49, 50, 51, 52, 53, 61, 62, 63]))
 LOWER_LIP = _F(np.array([55, 56, 57, 58, 59, 65, 66, 67]))
 CORNERS = _F(np.array([48, 54, 60, 64]))
-HEAD = np.concatenate([layout.FACE, [layout.NOSE, 14, 15, 16, 17]])
 JAW_WEIGHTS = np.array([0.15, 0.35, 0.55, 0.75, 0.9, 1.0, 0.9, 0.75, 0.55, 0.35, 0.15])  # 3..13
 
 
@@ -66,12 +65,6 @@ class RigCurves:
 
     def __len__(self) -> int:
         return len(self.opening)
-
-
-def face_width(reference: np.ndarray) -> float:
-    """Jaw end to jaw end, in pixels (at least 8)."""
-    jaw = reference[layout.JAW, :2]
-    return float(max(np.linalg.norm(jaw[-1] - jaw[0]), 8.0))
 
 
 def mouth_width(reference: np.ndarray) -> float:
@@ -122,7 +115,7 @@ def pose_sequence(reference: np.ndarray, curves: RigCurves) -> np.ndarray:
     poses[:, lips, 0] = cx + (poses[:, lips, 0] - cx) * scale[:, None]
 
     # 2. Blinks: upper lids onto the lower lids.
-    blinks.move_lids(poses, ref, np.clip(curves.blink, 0, 1))
+    move_lids(poses, ref, np.clip(curves.blink, 0, 1))
 
     # 3. Head: roll about a pivot between chin and neck, then shift.
     pivot = 0.5 * (ref[_F(8), :2] + ref[layout.NECK, :2])

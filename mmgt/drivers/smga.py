@@ -6,10 +6,10 @@ sampler's continuation (:func:`mmgt.schedulers.pose.ddim_sample` with ``known``)
 join without seams; a window adds W − C new frames. The network works in the official
 normalisation (v/500 − 0.6 of a 512 frame); poses come back in the caller's frame size.
 
-With ``blinks`` on (the default for the models trained here, off for official checkpoints),
-seeded blinks (:mod:`mmgt.drivers.blinks`) are laid over the model's eyes: a few-step sampler
-averages blinks away. They are taken off the committed frames before those become the next
-window's context, so the model only ever sees its own motion.
+With ``ambient`` motion (the default for the models trained here, off for official
+checkpoints), seeded blinks, head sway and breathing (:mod:`mmgt.drivers.ambient`) are laid
+over the model's output: a few-step sampler averages them away. They are taken off the committed
+frames before those become the next window's context, so the model only sees its own motion.
 
 The official model predicts the score channel too, but its normalised range is only 0.002 wide
 (mmgt_official §8 item 23), so by default the output keeps the reference pose's scores.
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmgt.drivers import blinks as blink_schedule
 from mmgt.drivers import pose_space
+from mmgt.drivers.ambient import AmbientMotion
 from mmgt.keypoints import layout
 from mmgt.models.smga import SMGA, guided
 from mmgt.runtime import Runner
@@ -58,12 +58,10 @@ class SMGADriver:
         pose_std: np.ndarray | None = None,
         keep_reference_scores: bool = True,
         step: Runner | None = None,
-        blinks: bool = False,
-        blink_every_s: float = 3.0,
+        ambient: AmbientMotion | None = None,
     ) -> None:
         self.model = model.eval()
-        self.blinks = blinks
-        self.blink_every_s = blink_every_s
+        self.ambient = ambient
         self.step = step  # the denoiser on another backend (same names as export.specs)
         self.feature_kind = feature_kind
         self.settings = settings or SamplerSettings()
@@ -111,7 +109,8 @@ class SMGADriver:
             done = len(committed)
             prev = committed.resized(frame_size)
             points = prev.points.copy()
-            self._blink(points, ref, prev.start_frame, features.fps, undo=True)
+            if self.ambient is not None:
+                self.ambient.apply(points, ref, prev.start_frame, features.fps, undo=True)
             out[:done] = layout.normalize(points, frame_size)
         audio = (features.values - self.audio_mean) / self.audio_std
         ref_norm = layout.normalize(ref, frame_size)  # (402,)
@@ -130,21 +129,11 @@ class SMGADriver:
             out = pose_space.from_residual(out, ref_norm, self.pose_std)
         skip = len(committed) if committed else 0
         poses = layout.denormalize(out[skip:], frame_size)
-        self._blink(poses, ref, features.start_frame + skip, features.fps)
+        if self.ambient is not None:
+            self.ambient.apply(poses, ref, features.start_frame + skip, features.fps)
         if self.keep_reference_scores:
             poses[..., 2] = ref[:, 2]
         return KeypointSeq(poses.copy(), frame_size, features.fps, features.start_frame + skip)
-
-    def _blink(
-        self, points: np.ndarray, ref: np.ndarray, start: int, fps: float, undo: bool = False
-    ) -> None:
-        """Lay the blink schedule over (T, 134, 3) ``points`` from absolute frame ``start``
-        (or take it off), in place."""
-        if not self.blinks or len(points) == 0:
-            return
-        frames = start + np.arange(len(points))
-        closure = blink_schedule.blink_closure(frames, fps, self.settings.seed, self.blink_every_s)
-        blink_schedule.move_lids(points, ref, -closure if undo else closure)
 
     @torch.no_grad()
     def _sample(

@@ -284,8 +284,8 @@ def run_eval(args: argparse.Namespace) -> int:
     clips = _load_split(args.corpus, args.split)[: args.max_clips]
     drivers = [] if args.no_baseline else [DriverUnderTest("procedural", make_driver("procedural"))]
     try:
-        # The model's own motion: without the blink overlay the shipped driver adds.
-        sampler = {"steps": args.steps, "guidance": args.guidance, "blinks": False}
+        # The model's own motion: without the ambient motion the shipped driver adds.
+        sampler = {"steps": args.steps, "guidance": args.guidance, "ambient": False}
         smga = make_driver("smga", weights=args.weights, **sampler)
         if args.live_hop:  # the live engine's windows
             from mmgt.drivers.hop import HopDriver, live_context
