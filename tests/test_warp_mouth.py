@@ -9,7 +9,7 @@ import pytest
 from mmgt.avatar import load_avatar
 from mmgt.keypoints import layout
 from mmgt.renderers import mouth
-from mmgt.renderers.raster import fill_coverage, line_coverage
+from mmgt.renderers.raster import catmull_rom, fill_coverage, line_coverage
 from mmgt.renderers.warp import WarpRenderer, render_frame
 from mmgt.types import Avatar
 
@@ -142,3 +142,14 @@ def test_painted_edges_are_anti_aliased():
     assert cover.sum() == pytest.approx(area, rel=0.08)
     line = line_coverage((24, 24), np.array([[2.0, 2.0], [20.0, 9.0]]), 1)
     assert ((line > 0.02) & (line < 0.98)).sum() >= 10
+
+
+def test_catmull_rom_passes_through_its_points_and_is_smooth():
+    points = np.array([[0.0, 0.0], [10.0, 4.0], [20.0, 5.0], [30.0, 3.0], [40.0, 0.0]])
+    curve = catmull_rom(points, steps=4)
+    assert curve.shape == (17, 2)
+    np.testing.assert_allclose(curve[::4], points, atol=1e-9)
+    # A segment's midpoint follows the cubic Hermite form with Catmull-Rom tangents.
+    p0, p1, p2, p3 = points[0], points[1], points[2], points[3]
+    mid = 0.5 * (p1 + p2) + 0.125 * ((p2 - p0) - (p3 - p1)) / 2.0
+    np.testing.assert_allclose(curve[6], mid, atol=1e-9)

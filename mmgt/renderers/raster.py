@@ -3,6 +3,8 @@ masks, smooth curves through landmarks and clipped regions of interest."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -51,15 +53,27 @@ def roi_box(
     return x0, y0, x1, y1
 
 
+@lru_cache(maxsize=32)
+def _catmull_rom_basis(n: int, steps: int) -> np.ndarray:
+    """(K, N) weights mapping N control points to the K = (N − 1)·steps + 1 curve samples."""
+    t = np.linspace(0.0, 1.0, steps, endpoint=False)  # (steps,)
+    w = 0.5 * np.stack(
+        [-t + 2 * t**2 - t**3, 2 - 5 * t**2 + 3 * t**3, t + 4 * t**2 - 3 * t**3, -(t**2) + t**3],
+        1,
+    )  # (steps, 4): weights of p0..p3 (Catmull-Rom, tension 0.5)
+    basis = np.zeros(((n - 1) * steps + 1, n + 2))  # over the points with repeated ends
+    for seg in range(n - 1):
+        basis[seg * steps : (seg + 1) * steps, seg : seg + 4] = w
+    basis[-1, n] = 1.0  # the last point itself
+    # Fold the repeated end points back onto the first and last control points.
+    folded = basis[:, 1:-1].copy()
+    folded[:, 0] += basis[:, 0]
+    folded[:, -1] += basis[:, -1]
+    return folded
+
+
 def catmull_rom(points: np.ndarray, steps: int = 4) -> np.ndarray:
-    """Catmull-Rom curve through (N, 2) points, ``steps`` samples per segment, ends included."""
-    p = np.concatenate([points[:1], points, points[-1:]])  # (N + 2, 2), ends repeated
-    t = np.linspace(0.0, 1.0, steps, endpoint=False)[:, None, None]  # (steps, 1, 1)
-    p0, p1, p2, p3 = p[:-3], p[1:-2], p[2:-1], p[3:]  # each (N − 1, 2)
-    curve = 0.5 * (
-        2 * p1
-        + (p2 - p0) * t
-        + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2
-        + (3 * p1 - p0 - 3 * p2 + p3) * t**3
-    )  # (steps, N − 1, 2)
-    return np.concatenate([curve.transpose(1, 0, 2).reshape(-1, 2), points[-1:]])
+    """Catmull-Rom curve through (N, 2) points, ``steps`` samples per segment, ends included
+    (the end points are repeated as their own outer neighbours)."""
+    basis = _catmull_rom_basis(len(points), steps)  # (K, N)
+    return (basis @ points.astype(np.float64)).astype(points.dtype, copy=False)
