@@ -21,6 +21,11 @@ section. Tests never assert timings; targets are checked here. All numbers are m
 machine except in the last section, the stage-2 compute accounting, whose GPU frame rates are
 **projections** from counted FLOPs and bytes (no GPU is available here).
 
+The project VM's host CPU changed during development: figures up to 2026-12-06 01:10 were
+measured on an Intel Xeon, later ones on an AMD EPYC (each section's machine line says which).
+The same code ran about 15–20 % slower on the new host, and its speed varies by up to ±20 % from
+hour to hour, so changes are compared with old and new code run alternately, not across dates.
+
 """
 
 SECTIONS = {
