@@ -50,7 +50,7 @@ def test_opening_mouth_keeps_the_photos_teeth_and_lower_lip(avatar, state):
     pose, _ = mouth.shape_mouth(target, state.mouth)
     xs = np.arange(-5, 6) + int(round(ref[F(62), 0]))  # columns around the mouth's centre
     top = float(ref[F(62), 1])  # the upper lip does not move
-    teeth_h = mouth.UPPER_TEETH_SHARE * state.mouth.gap
+    teeth_h = state.mouth.upper_share * state.mouth.gap
     # The upper teeth stay as they are in the photo (a plain warp would stretch them).
     teeth_out = _rows(frame, top, top + teeth_h - 1, xs)
     teeth_ref = _rows(avatar.image, top, top + teeth_h - 1, xs)
@@ -153,3 +153,14 @@ def test_catmull_rom_passes_through_its_points_and_is_smooth():
     p0, p1, p2, p3 = points[0], points[1], points[2], points[3]
     mid = 0.5 * (p1 + p2) + 0.125 * ((p2 - p0) - (p3 - p1)) / 2.0
     np.testing.assert_allclose(curve[6], mid, atol=1e-9)
+
+
+def test_the_teeth_split_where_the_photo_shows_a_gap_between_the_rows(avatar, state):
+    assert state.mouth.upper_share == mouth.UPPER_TEETH_SHARE  # her lower teeth are hidden
+    upper = np.stack([np.linspace(10, 50, 7), np.full(7, 20.0)], 1).astype(np.float32)
+    lower = upper + np.array([0.0, 20.0], np.float32)
+    image = np.full((64, 64, 3), 235, np.uint8)  # two rows of white teeth …
+    image[29:32] = 40  # … with a dark gap 45–55 % of the way down
+    assert mouth.teeth_split(image, upper, lower) == pytest.approx(0.5, abs=0.06)
+    image[29:32] = 235  # no gap: the default share
+    assert mouth.teeth_split(image, upper, lower) == mouth.UPPER_TEETH_SHARE

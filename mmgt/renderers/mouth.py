@@ -30,7 +30,7 @@ UPPER = layout.face_index(np.array([60, 61, 62, 63, 64]))  # inner upper lip, ri
 LOWER = layout.face_index(np.array([60, 67, 66, 65, 64]))  # inner lower lip, same direction
 OUTER_LOWER = layout.face_index(np.array([48, 59, 58, 57, 56, 55, 54]))  # outer lower lip
 EYE_CORNERS = layout.face_index(np.array([36, 45]))  # outer eye corners: the head's scale
-UPPER_TEETH_SHARE = 0.8  # of the reference's visible interior that moves with the upper lip
+UPPER_TEETH_SHARE = 0.8  # of the photo's visible interior moving with the upper lip (default)
 TEETH_MIN_GAP = 0.08  # reference gap over mouth width above which the photo shows its teeth
 ROUNDING_PULL = 0.7
 _NEEDED = np.concatenate([layout.LIPS, EYE_CORNERS])  # points opening() reads
@@ -79,6 +79,7 @@ class MouthReference:
     gap: float  # inner-lip opening in pixels
     eye_span: float  # outer eye corner distance: the head's scale
     shows_teeth: bool
+    upper_share: float  # of the visible interior that moves with the upper lip
     style: MouthStyle
 
 
@@ -94,6 +95,7 @@ def prepare_mouth(image: np.ndarray, pose: np.ndarray) -> MouthReference:
         gap=gap,
         eye_span=_eye_span(pose),
         shows_teeth=gap > max(2.0, TEETH_MIN_GAP * width),
+        upper_share=teeth_split(image, upper, lower),
         style=sample_mouth_style(image, pose),
     )
 
@@ -103,6 +105,27 @@ def lip_row(points: np.ndarray, row: np.ndarray) -> np.ndarray:
     next to each corner, where the lip bends most."""
     curve = catmull_rom(points[row, :2].astype(np.float32), steps=2)  # (9, 2) points and mids
     return curve[[0, 1, 2, 4, 6, 7, 8]]
+
+
+def teeth_split(image: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> float:
+    """Where the upper teeth end, as a share of the inner-lip opening (0 at the upper lip).
+
+    Along the middle of the mouth, a row clearly darker than the rest of the interior between
+    30 % and 85 % of the way down is the gap between the upper and lower teeth; without one
+    (only the upper teeth show, as in most smiles) :data:`UPPER_TEETH_SHARE` is used.
+    """
+    ts = np.linspace(0.0, 1.0, 21, dtype=np.float32)  # (21,) from the upper to the lower lip
+    columns = upper[2:5, None, :] + ts[None, :, None] * (lower[2:5] - upper[2:5])[:, None, :]
+    luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    xy = columns.reshape(-1, 1, 2).astype(np.float32)  # (63, 1, 2)
+    samples = cv2.remap(luma, xy[..., 0], xy[..., 1], cv2.INTER_LINEAR)  # (63, 1)
+    profile = np.median(samples.reshape(3, len(ts)), axis=0)  # (21,)
+    search = (ts >= 0.3) & (ts <= 0.85)
+    k = int(np.argmin(np.where(search, profile, np.inf)))
+    inside = profile[(ts >= 0.15) & (ts <= 0.85)]
+    if profile[k] < 0.6 * float(np.median(inside)):
+        return float(ts[k])
+    return UPPER_TEETH_SHARE
 
 
 def _eye_span(points: np.ndarray) -> float:
@@ -254,13 +277,14 @@ def _teeth_from_photo(
     span = lower - upper  # (7, 2)
     length = np.linalg.norm(span, axis=1)
     direction = span / np.maximum(length, 1e-6)[:, None]
-    up_len = UPPER_TEETH_SHARE * ref_height * scale
-    low_len = (1.0 - UPPER_TEETH_SHARE) * ref_height * scale
+    share = ref.upper_share
+    up_len = share * ref_height * scale
+    low_len = (1.0 - share) * ref_height * scale
     opened = (length > up_len + low_len)[:, None]
-    meet = upper + UPPER_TEETH_SHARE * span  # where the bands meet when not opened further
+    meet = upper + share * span  # where the bands meet when not opened further
     teeth_edge = np.where(opened, upper + direction * up_len[:, None], meet)
     lower_edge = np.where(opened, lower - direction * low_len[:, None], meet)
-    ref_meet = ref.upper + UPPER_TEETH_SHARE * (ref.lower - ref.upper)
+    ref_meet = ref.upper + share * (ref.lower - ref.upper)
     middle = slice(1, -1)
     targets = np.concatenate([upper, teeth_edge[middle], lower_edge[middle], lower[middle]])
     sources = np.concatenate([ref.upper, ref_meet[middle], ref_meet[middle], ref.lower[middle]])
