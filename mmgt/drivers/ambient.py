@@ -123,28 +123,33 @@ class AmbientMotion:
             return
         c = self.curves(start + np.arange(len(poses)), fps)
         face_w = face_width(reference)
-        pivot = 0.5 * (reference[layout.face_index(8), :2] + reference[layout.NECK, :2])  # (2,)
+        pivot = head_pivot(reference)
         # The head follows half of the chest's rise.
         head_y = c["head_y"] - 0.5 * c["breath"]
         shift = face_w * np.stack([c["head_x"], head_y], 1)[:, None, :]  # (T, 1, 2)
         lift = face_w * c["breath"][:, None]  # (T, 1)
         if undo:
             poses[:, BODY, 1] += lift
-            _rotate(poses, HEAD, pivot, -c["roll"], -shift, shift_first=True)
+            rotate_about(poses, HEAD, pivot, -c["roll"], -shift, shift_first=True)
             move_lids(poses, reference, -c["blink"])
         else:
             move_lids(poses, reference, c["blink"])
-            _rotate(poses, HEAD, pivot, c["roll"], shift, shift_first=False)
+            rotate_about(poses, HEAD, pivot, c["roll"], shift)
             poses[:, BODY, 1] -= lift
 
 
-def _rotate(
+def head_pivot(reference: np.ndarray) -> np.ndarray:
+    """(2,) the point the head rolls about: between the chin and the neck."""
+    return 0.5 * (reference[layout.face_index(8), :2] + reference[layout.NECK, :2])
+
+
+def rotate_about(
     poses: np.ndarray,
     index: np.ndarray,
     pivot: np.ndarray,
     angle: np.ndarray,
     shift: np.ndarray,
-    shift_first: bool,
+    shift_first: bool = False,
 ) -> None:
     """Rotate ``poses[:, index]`` by (T,) ``angle`` about ``pivot`` and add (T, 1, 2) ``shift``
     (before the rotation when ``shift_first``, which inverts the other order), in place."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from mmgt.drivers.ambient import HEAD, face_width, move_lids
+from mmgt.drivers.ambient import HEAD, face_width, head_pivot, move_lids, rotate_about
 from mmgt.keypoints import layout
 
 _F = layout.face_index
@@ -118,12 +118,8 @@ def pose_sequence(reference: np.ndarray, curves: RigCurves) -> np.ndarray:
     move_lids(poses, ref, np.clip(curves.blink, 0, 1))
 
     # 3. Head: roll about a pivot between chin and neck, then shift.
-    pivot = 0.5 * (ref[_F(8), :2] + ref[layout.NECK, :2])
-    rel = poses[:, HEAD, :2] - pivot
-    c, s = np.cos(curves.head_roll)[:, None], np.sin(curves.head_roll)[:, None]
-    shift_x, shift_y = face_w * curves.head_x[:, None], face_w * curves.head_y[:, None]
-    poses[:, HEAD, 0] = pivot[0] + c * rel[..., 0] - s * rel[..., 1] + shift_x
-    poses[:, HEAD, 1] = pivot[1] + s * rel[..., 0] + c * rel[..., 1] + shift_y
+    shift = face_w * np.stack([curves.head_x, curves.head_y], 1)[:, None, :]  # (T, 1, 2)
+    rotate_about(poses, HEAD, head_pivot(ref), curves.head_roll, shift)
 
     # 4. Body: breathing, then wrist lifts for beat gestures.
     body = np.concatenate([[1, 2, 3, 4, 5, 6, 7], layout.HANDS])
