@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import ssl
 import sys
 import time
@@ -117,7 +118,7 @@ async def serve(settings: ServerSettings, *, smoke: bool) -> int:
     from server.app import make_app
 
     app = make_app(settings)
-    runner = web.AppRunner(app, handle_signals=not smoke)
+    runner = web.AppRunner(app, handle_signals=False)  # SIGINT/SIGTERM: see _until_signalled
     await runner.setup()
     ssl_ctx = None
     if settings.cert:
@@ -132,9 +133,26 @@ async def serve(settings: ServerSettings, *, smoke: bool) -> int:
         if smoke:
             return await smoke_session(replace(settings, port=port), url)
         print(f"Avatar server ready: open {url} in a browser (Ctrl+C to stop)", flush=True)
-        await asyncio.Event().wait()  # until cancelled (Ctrl+C)
+        name = await _until_signalled()
+        print(f"server: {name}: closing sessions and stopping", flush=True)
+        return 0
     finally:
         await runner.cleanup()
+
+
+async def _until_signalled() -> str:
+    """Wait for SIGINT or SIGTERM (Ctrl+C, ``kill``, systemd, Docker) and return its name, so
+    a stop requested by a signal shuts down cleanly and exits 0."""
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[str] = loop.create_future()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, lambda s=sig: got.done() or got.set_result(s.name))
+    try:
+        return await got
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 async def smoke_session(settings: ServerSettings, url: str) -> int:

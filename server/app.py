@@ -63,6 +63,7 @@ class ServerContext:
     admission: Admission
     connections: set = field(default_factory=set)  # closers for live connections
     tasks: set = field(default_factory=set)
+    stopping: bool = False  # set when the server shuts down (connections close as going away)
 
     def spawn(self, coro, name: str) -> asyncio.Task:  # noqa: ANN001
         """Start a task this server owns (cancelled at shutdown)."""
@@ -230,6 +231,7 @@ async def _startup(app: web.Application) -> None:
 async def _shutdown(app: web.Application) -> None:
     """Close every live connection (websockets, peer connections) and their sessions."""
     ctx = app[CTX]
+    ctx.stopping = True
     for close in list(ctx.connections):
         with contextlib.suppress(Exception):
             await close()

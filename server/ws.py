@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import cv2
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from engine.frames import AudioFrame, VideoFrame
 from engine.scheduler import BufferFull
@@ -341,7 +341,10 @@ class WsConnection:
                 self.admitted = False
         if not self.ws.closed:
             with contextlib.suppress(Exception):
-                await self.ws.close()
+                if self.ctx.stopping:
+                    await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server stopping")
+                else:
+                    await self.ws.close()
 
 
 class _Fmp4Sender:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from server.__main__ import parse_args, settings_from
@@ -43,3 +47,41 @@ def test_smoke_runs_one_session_end_to_end():
     # 6 s at 25 fps; the client streams in real time, so on a loaded machine a late chunk can
     # let the session insert a few idle (silent) frames first, which is correct behaviour.
     assert 148 <= frames <= 151 + 10
+
+
+@pytest.mark.slow
+def test_sigterm_closes_live_sessions_and_exits_0():
+    """systemd, Docker and ``kill`` stop servers with SIGTERM: live websocket sessions are
+    closed as "going away" (1001) and the process exits 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--port", "0", "--driver", "procedural", "--size", "128"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        ready = proc.stdout.readline()
+        url = re.search(r"http://(\S+)/", ready).group(1)
+
+        async def live_session_at_sigterm() -> tuple[int | None, int]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.ws_connect(f"ws://{url}/ws") as ws,
+            ):
+                await ws.send_str(json.dumps({"type": "start", "sample_rate": 16000}))
+                assert (await ws.receive_json(timeout=60))["type"] == "ready"
+                await ws.send_bytes(bytes(2 * 16000))  # 1 s of silence
+                frames = 0
+                while frames < 3:
+                    msg = await ws.receive(timeout=60)
+                    frames += msg.type == aiohttp.WSMsgType.BINARY
+                proc.send_signal(signal.SIGTERM)
+                async for _ in ws:  # until the server closes the connection
+                    pass
+                return ws.close_code, frames
+
+        code, frames = asyncio.run(live_session_at_sigterm())
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert code == aiohttp.WSCloseCode.GOING_AWAY and frames == 3
+    assert proc.returncode == 0, out
+    assert "SIGTERM: closing sessions and stopping" in out
