@@ -39,6 +39,7 @@ from export.fusions import OrtRewrites
 from export.specs import NetworkSpec, smga_step
 from mmgt.errors import InputError
 from mmgt.runtime import MANIFEST, MANIFEST_VERSION, OrtRunner, TorchRunner, state_hash
+from mmgt.signals import exit_code, sigterm_as_interrupt
 
 TARGETS = ("onnxruntime", "tensorrt")
 DEFAULT_OPSET = 20
@@ -261,13 +262,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
     try:
-        specs = build_specs(args)
-        write_folder(specs, args.onnx_dir, opset=args.opset, target=args.target,
-                     optimize=args.optimize,
-                     external_data=True if args.external_data else None)  # fmt: skip
+        with sigterm_as_interrupt():  # a stopped export leaves no temporary folder behind
+            specs = build_specs(args)
+            write_folder(specs, args.onnx_dir, opset=args.opset, target=args.target,
+                         optimize=args.optimize,
+                         external_data=True if args.external_data else None)  # fmt: skip
     except InputError as exc:
         print(f"python -m export.onnx: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # write_folder has removed its temporary folder
+        print(f"python -m export.onnx: interrupted{f' ({exc})' if str(exc) else ''}",
+              file=sys.stderr)  # fmt: skip
+        return exit_code(exc)
     print(f"export: wrote {args.onnx_dir / MANIFEST}")
     return 0
 

@@ -22,6 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from mmgt import __version__  # noqa: E402
 from mmgt.errors import InputError, MissingDependencyError  # noqa: E402
+from mmgt.signals import exit_code, sigterm_as_interrupt  # noqa: E402
 
 log = logging.getLogger("mmgt")
 
@@ -312,20 +313,22 @@ def main(argv: list[str] | None = None) -> int:
         "check-weights": check.run_cli,
     }
     try:
-        import torch
+        with sigterm_as_interrupt():  # a stopped render leaves no temporary file either
+            import torch
 
-        torch.set_flush_denormal(True)  # denormal floats make CPU inference several times slower
-        if hasattr(args, "threads"):
-            _set_threads(args.threads)
-        if hasattr(args, "size") and (args.size < 64 or args.size % 64):
-            raise InputError(f"--size must be a positive multiple of 64, got {args.size}")
-        return commands[args.command](args)
+            torch.set_flush_denormal(True)  # denormal floats make CPU inference much slower
+            if hasattr(args, "threads"):
+                _set_threads(args.threads)
+            if hasattr(args, "size") and (args.size < 64 or args.size % 64):
+                raise InputError(f"--size must be a positive multiple of 64, got {args.size}")
+            return commands[args.command](args)
     except (InputError, MissingDependencyError) as exc:
         print(f"mmgt {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"mmgt {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"mmgt {args.command}: interrupted{f' ({exc})' if str(exc) else ''}",
+              file=sys.stderr)  # fmt: skip
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

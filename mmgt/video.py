@@ -206,6 +206,7 @@ class Mp4Writer:
         self._audio_pos = 0
         self._error: BaseException | None = None
         self._done = False
+        self._aborting = False  # set by abort(): the encoder thread skips what is left
         try:
             self._container = av.open(str(self._tmp), mode="w", format="mp4")
             self._video = _h264_stream(self._container, self.width, self.height, fps,
@@ -256,8 +257,9 @@ class Mp4Writer:
         return self.path
 
     def abort(self) -> None:
-        """Stop and delete the partial file."""
+        """Stop at once (queued frames are not encoded) and delete the partial file."""
         if not self._done:
+            self._aborting = True
             self._queue.put(_STOP)
             self._thread.join()
             self._done = True
@@ -276,9 +278,9 @@ class Mp4Writer:
     def _run(self) -> None:
         try:
             while (item := self._queue.get()) is not _STOP:
-                if self._error is None:
+                if self._error is None and not self._aborting:
                     self._encode_video(item)
-            if self._error is None:
+            if self._error is None and not self._aborting:
                 self._finish()
         except BaseException as exc:  # reported to the producer by write()/close()
             self._error = exc

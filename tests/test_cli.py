@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -187,6 +189,37 @@ def test_interrupted_render_leaves_nothing(tmp_path, short_speech, monkeypatch):
     args = ["render", "--audio", str(short_speech), "--out", str(out), "--debug", "--size", "128"]
     assert main([*args, "-q"]) == 130
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_render_and_leaves_nothing(tmp_path):
+    """A job runner or ``kill`` stops a render with SIGTERM: the hidden partial files go too,
+    and the exit code is 143 as for a shell-killed process."""
+    data, sr = sf.read(SPEECH, dtype="float32")
+    long_audio = tmp_path / "in" / "long.wav"
+    long_audio.parent.mkdir()
+    sf.write(long_audio, np.tile(data, 10), sr)  # 3 minutes: still rendering when stopped
+    out_dir = tmp_path / "out"
+    exe = Path(sys.executable).with_name("mmgt")
+    proc = subprocess.Popen(
+        [str(exe), "render", "--audio", str(long_audio), "--out", str(out_dir / "x.mp4"),
+         "--driver", "procedural", "--size", "128", "--debug", "-q"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(1200):  # until the encoders have opened their temporary files
+            if out_dir.is_dir() and len(list(out_dir.iterdir())) >= 2:
+                break
+            time.sleep(0.05)
+        partial = sorted(p.name for p in out_dir.iterdir())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert partial and all(n.startswith(".x.") and n.endswith(".part.mp4") for n in partial)
+    assert proc.returncode == 143, err
+    assert "interrupted (SIGTERM)" in err
+    assert list(out_dir.iterdir()) == []
 
 
 def test_argument_errors(tmp_path, capsys):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import time
 from pathlib import Path
 
 import av
@@ -18,6 +22,7 @@ from mmgt.cli import main as cli_main
 from mmgt.drivers.smga import SamplerSettings, SMGADriver
 from mmgt.errors import InputError
 from mmgt.models.smga import SMGA, preset
+from mmgt.ort_cache import cache_key
 from mmgt.runtime import MANIFEST, OnnxFolder, OrtRunner, TorchRunner, state_hash
 from tests.helpers import synthetic_reference_pose
 
@@ -86,6 +91,32 @@ def test_driver_on_ort_matches_torch(tiny_export):
     assert np.abs(a - b).max() < 1e-3
 
 
+def test_sessions_start_from_a_cached_optimised_graph(tiny_export, tmp_path):
+    """The first session saves ONNX Runtime's optimised graph; later ones load it (same
+    outputs); a damaged cache file is rebuilt, a re-exported file gets a new one, and an
+    unusable cache folder only costs the optimisation."""
+    _, folder = tiny_export
+    onnx = tmp_path / "smga_step.onnx"
+    onnx.write_bytes((folder / "smga_step.onnx").read_bytes())
+    inputs = smga_step(SMGA(preset("tiny", dropout=0.0))).sample("second")
+    cache = tmp_path / ".ort-cache"
+    want = OrtRunner(onnx)(**inputs)["x0"]
+    (first,) = cache.iterdir()
+    assert first.name == f"smga_step.{cache_key(onnx, ['CPUExecutionProvider'])}.onnx"
+    torch.testing.assert_close(OrtRunner(onnx)(**inputs)["x0"], want, rtol=0, atol=0)
+    first.write_bytes(b"damaged")
+    torch.testing.assert_close(OrtRunner(onnx)(**inputs)["x0"], want, rtol=0, atol=0)
+    assert first.stat().st_size > 1000  # rebuilt
+    onnx.write_bytes(onnx.read_bytes())  # exported again: a new file time
+    os.utime(onnx, ns=(0, first.stat().st_mtime_ns + 10**9))
+    OrtRunner(onnx)
+    (second,) = cache.iterdir()  # the stale graph is gone
+    assert second != first
+    shutil.rmtree(cache)
+    cache.write_text("not a folder")
+    torch.testing.assert_close(OrtRunner(onnx)(**inputs)["x0"], want, rtol=0, atol=0)
+
+
 def test_stale_or_missing_exports_are_refused(tiny_export, tmp_path):
     model, folder = tiny_export
     other = SMGA(preset("tiny", dropout=0.0))
@@ -98,6 +129,30 @@ def test_stale_or_missing_exports_are_refused(tiny_export, tmp_path):
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(InputError, match="cannot read"):
         OnnxFolder(tmp_path)
+
+
+def test_a_stopped_export_leaves_the_folder_as_it_was(tiny_export, tmp_path, monkeypatch, capsys):
+    """SIGTERM (as a job runner sends it) during an export: the temporary folder goes, the
+    existing files and manifest stay, and the exit code is 143."""
+    import export.onnx
+
+    _, folder = tiny_export
+    out = tmp_path / "onnx"
+    write_folder([], out, log=lambda _: None)  # an existing folder with its manifest
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def stopped(spec, tmp_dir, **_):  # noqa: ANN001, ANN202 - the signal arrives mid-export
+        (tmp_dir / f"{spec.name}.onnx").write_bytes((folder / "smga_step.onnx").read_bytes())
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        raise AssertionError("SIGTERM was not handled")
+
+    monkeypatch.setattr(export.onnx, "export_network", stopped)
+    assert export_main(["--onnx-dir", str(out)]) == 143
+    assert "interrupted (SIGTERM)" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert signal.getsignal(signal.SIGTERM) == handler  # the previous handler is restored
 
 
 def _frames(path: Path) -> np.ndarray:
