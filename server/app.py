@@ -6,7 +6,7 @@ Routes:
     GET  /static/…        its scripts and styles
     GET  /health          JSON: ok, sessions, limits
     GET  /metrics         Prometheus text
-    GET  /avatars         JSON list of avatar ids (``default`` + uploads)
+    GET  /avatars         JSON list of the public avatar ids (``default``; uploads are private)
     POST /avatars         upload a photo (raw body or multipart field ``image``) → {"id": …}
     GET  /avatars/{id}    JSON: size and the mouth box (for clients that measure the mouth)
     GET  /ws              the websocket API (docs/protocol.md)
@@ -117,7 +117,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def list_avatars(request: web.Request) -> web.Response:
-    return web.json_response({"avatars": request.app[CTX].avatars.ids()})
+    return web.json_response({"avatars": request.app[CTX].avatars.public_ids()})
 
 
 async def avatar_info(request: web.Request) -> web.Response:

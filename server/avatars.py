@@ -51,8 +51,11 @@ class AvatarStore:
             self._avatars.move_to_end(avatar_id)
         return avatar
 
-    def ids(self) -> list[str]:
-        return list(self._avatars)
+    def public_ids(self) -> list[str]:
+        """The avatars anyone may list: the bundled one. Uploads are private: usable by whoever
+        holds their id (a content hash), never listed, so one user's photo is not offered to
+        the next."""
+        return [DEFAULT_ID]
 
     async def add_upload(self, data: bytes) -> tuple[str, Avatar]:
         """Check, decode and prepare an uploaded photo; returns (id, avatar)."""

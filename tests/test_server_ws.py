@@ -330,7 +330,9 @@ async def test_uploads_are_checked_and_usable(client):
     ok = await client.post("/avatars", data=photo)
     assert ok.status == 200
     avatar_id = (await ok.json())["id"]
-    assert avatar_id in (await (await client.get("/avatars")).json())["avatars"]
+    # Uploads are private: usable by id, never listed to other clients.
+    assert (await (await client.get("/avatars")).json())["avatars"] == ["default"]
+    assert (await client.get(f"/avatars/{avatar_id}")).status == 200
     async with client.ws_connect("/ws") as ws:
         assert (await start(ws, avatar=avatar_id))["type"] == "ready"
     await idle_server(client)

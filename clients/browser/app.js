@@ -33,12 +33,39 @@ async function errorText(resp) {
   return (body && body.error) || `HTTP ${resp.status} ${resp.statusText}`;
 }
 
-async function loadAvatars() {
+// The server lists only its public avatars; an uploaded photo is private to whoever holds its
+// id, so this browser remembers the ids of its own uploads (dropping those the server evicted).
+const UPLOADS_KEY = "mmgt.uploads";
+
+function myUploads() {
+  try {
+    const ids = JSON.parse(localStorage.getItem(UPLOADS_KEY) || "[]");
+    return Array.isArray(ids) ? ids.filter((id) => typeof id === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+function rememberUploads(ids) {
+  try {
+    localStorage.setItem(UPLOADS_KEY, JSON.stringify(ids.slice(-32)));
+  } catch {
+    // storage disabled: uploads last for this page only
+  }
+}
+
+async function loadAvatars(extra = []) {
   const resp = await fetch("/avatars");
   if (!resp.ok) return;
   const { avatars } = await resp.json();
+  const mine = [...new Set([...myUploads(), ...extra])];
+  const alive = await Promise.all(mine.map((id) => fetch(`/avatars/${encodeURIComponent(id)}`)
+    .then((r) => r.ok, () => false)));
+  const uploads = mine.filter((_, i) => alive[i]);
+  rememberUploads(uploads);
   ui.avatar.replaceChildren(...avatars.map((id) => new Option(
-    id === "default" ? "Bundled avatar" : `Photo ${id.slice(1, 7)}`, id)));
+    id === "default" ? "Bundled avatar" : id, id)),
+  ...uploads.map((id) => new Option(`My photo ${id.slice(1, 7)}`, id)));
 }
 
 async function uploadPhoto(file) {
@@ -51,7 +78,7 @@ async function uploadPhoto(file) {
     const resp = await fetch("/avatars", { method: "POST", body: form });
     if (!resp.ok) throw new Error(`upload refused: ${await errorText(resp)}`);
     const { id } = await resp.json();
-    await loadAvatars();
+    await loadAvatars([id]);
     ui.avatar.value = id;
   } catch (err) {
     showError(err.message);
@@ -266,6 +293,7 @@ ui.stop.addEventListener("click", stop);
 ui.mute.addEventListener("click", toggleMute);
 ui.photo.addEventListener("change", () => ui.photo.files[0] && uploadPhoto(ui.photo.files[0]));
 loadAvatars().catch(() => {}).finally(() => {
+  document.body.dataset.ready = "1"; // the avatar list is loaded (for automation)
   if (params.get("avatar")) ui.avatar.value = params.get("avatar");
   if (TEST) testRun();
 });
