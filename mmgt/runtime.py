@@ -91,15 +91,20 @@ class OrtRunner:
     def __init__(self, path: str | os.PathLike[str], *, device: str = "cpu", threads: int = 1):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(int(threads), 1)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3  # errors only: graph-optimiser notes are not for users
+        from mmgt.ort_cache import cached_session
+
+        def options() -> ort.SessionOptions:
+            o = ort.SessionOptions()
+            o.intra_op_num_threads = max(int(threads), 1)
+            o.inter_op_num_threads = 1
+            o.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            o.log_severity_level = 3  # errors only: graph-optimiser notes are not for users
+            return o
+
         self.path = Path(path)
-        self.session = ort.InferenceSession(
-            str(self.path), options, providers=ort_providers(device)
-        )
+        # The optimised graph is cached next to the file (mmgt/ort_cache.py): ~8 s → ~1 s
+        # to open the tiny stage-2 UNet.
+        self.session = cached_session(self.path, options, ort_providers(device))
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
         self._dtypes = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
