@@ -193,11 +193,12 @@ def test_render_cli_on_onnxruntime_equals_torch(onnx_dir, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_a_folder_without_the_stage2_networks_is_refused(tmp_path):
-    from export.specs import smga_step
-    from mmgt.models.smga import SMGA, preset
-
-    write_folder([smga_step(SMGA(preset("tiny", dropout=0.0)))], tmp_path, log=lambda _: None)
+def test_a_folder_without_the_stage2_networks_is_refused(onnx_dir, tmp_path):
+    # What `python -m export.onnx` without a stage-2 source writes: SMGA only.
+    manifest = json.loads((onnx_dir / MANIFEST).read_text())
+    manifest["networks"] = {"smga_step": manifest["networks"]["smga_step"]}
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    (tmp_path / "smga_step.onnx").write_bytes((onnx_dir / "smga_step.onnx").read_bytes())
     with pytest.raises(InputError, match="no 'pose_guider' network"):
         make_renderer("diffusion", preset="tiny", backend=Backend("onnxruntime", tmp_path))
 
