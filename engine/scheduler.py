@@ -7,7 +7,9 @@ in a worker thread.
 Timeline. Everything is indexed by video frame ``i`` (25 fps): at 16 kHz frame ``i`` covers
 samples ``[640 i, 640 (i + 1))``; its audio out is ``[i·spf, (i + 1)·spf)`` at the output rate
 (``spf = output_rate / fps``). Audio is appended to the timeline as it arrives; when nothing
-arrives, :meth:`fill_silence` lets the session keep the timeline moving with the clock (idle).
+arrives, :meth:`fill_idle` lets the session keep the timeline moving with the clock (idle); if
+the audio was only late, the silence is made up later by leaving out quiet audio
+(:mod:`engine.catchup`), so latency does not grow with every network hiccup.
 
 Windows. A stage-1 call covers ``[posed − context, posed + new + lookahead)``: the first
 ``context`` frames are committed (already emitted, fixed), ``new = hop`` frames are kept, and
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.catchup import LateAudio, drop_quiet
 from engine.frames import (
     AudioFrame,
     Interrupted,
@@ -75,6 +78,8 @@ class StreamSettings:
         recover_after_s: time without lag before quality steps back up.
         vad: run the voice-activity detector and emit :class:`VadEvent`.
         masks: compute motion masks (None: only if the renderer needs them).
+        catch_up_s: idle silence up to this long that turns out to have stood in for late
+            audio is made up by leaving out quiet audio (:mod:`engine.catchup`); 0 disables.
     """
 
     fps: int = 25
@@ -87,6 +92,7 @@ class StreamSettings:
     recover_after_s: float = 2.0
     vad: bool = True
     masks: bool | None = None
+    catch_up_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or SPEECH_RATE % self.fps:
@@ -141,6 +147,8 @@ class StreamScheduler:
         self._base_steps = getattr(getattr(driver, "settings", None), "steps", None)
         self.counters: collections.Counter[str] = collections.Counter()
         self._force_until = 0  # frames that must be posed even if a hop is incomplete
+        self._late = LateAudio(s.catch_up_s)
+        self.clock_samples: int | None = None  # where the live clock puts the timeline's end
         self._reset_timeline(0, input_rate, channels)
         self._poses = np.zeros((0, layout.NUM_KEYPOINTS, 3), np.float32)
         self._poses_start = 0
@@ -167,6 +175,7 @@ class StreamScheduler:
         self.posed = frame  # frames with poses
         self.emitted = frame  # frames paired with audio and returned
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
+        self._late.reset()
         # (key, event): emitted before frame `key`, or after frame k when key = k + 0.5.
         self._events: list[tuple[float, OutputFrame]] = []
         if self._vad is not None:
@@ -198,9 +207,24 @@ class StreamScheduler:
                 f"audio buffer full: {self.buffered_s:.1f} s queued "
                 f"(limit {self.settings.max_buffered_s:.0f} s); chunk dropped"
             )
+        if self.settings.catch_up_s > 0:
+            chunk = self._catch_up(np.asarray(chunk), sample_rate)
         speech = self._to_speech.push(chunk)
         out = self._to_output.push(chunk)
         self._ingest(speech, out, arrival)
+
+    def _catch_up(self, chunk: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Leave out quiet blocks of late audio that idle silence already stood in for."""
+        incoming = chunk.shape[0] * SPEECH_RATE // sample_rate
+        allowed = self._late.allowance(self.samples, incoming, self.clock_samples)
+        if allowed <= 0:
+            return chunk
+        kept, dropped = drop_quiet(chunk, sample_rate, allowed * sample_rate // SPEECH_RATE)
+        if dropped:
+            made_up = dropped * SPEECH_RATE // sample_rate
+            self._late.made_up(made_up)
+            self.counters["late_samples_made_up"] += made_up
+        return kept
 
     def _ingest(self, speech: np.ndarray, out: np.ndarray, arrival: float | None) -> None:
         if speech.size:
@@ -232,6 +256,15 @@ class StreamScheduler:
         self._ingest(self._to_speech.push(zeros), self._to_output.push(zeros), None)
         self.counters["idle_samples"] += missing
         return missing
+
+    def fill_idle(self, until_samples: int) -> int:
+        """The live session's idle fill: :meth:`fill_silence` up to where its clock is, kept
+        on the books in case the audio was only late (:mod:`engine.catchup`)."""
+        self.clock_samples = until_samples
+        self._late.settle(self.samples, until_samples)
+        added = self.fill_silence(until_samples)
+        self._late.idle(added)
+        return added
 
     def end_segment(self) -> None:
         """Close the current segment: pad it to a whole frame and finalise its features."""

@@ -245,6 +245,10 @@ class Session:
         Returns the frames and whether the input has ended and everything is out."""
         sched = self.scheduler
         out: list[OutputFrame] = []
+        live = self._idle and not self._input_ended
+        due = int((now - self._t0 - self._slack) * SPEECH_RATE)
+        if live:
+            sched.clock_samples = due  # audio arriving now is compared with this
         for cmd in commands:
             if cmd[0] == "audio":
                 _, arr, rate, ch, arrival = cmd
@@ -258,8 +262,9 @@ class Session:
                 sched.end_segment()
                 self._input_ended = True
         if self._idle and not self._input_ended:
-            due = int((now - self._t0 - self._slack) * SPEECH_RATE)
-            sched.fill_silence(due)
+            sched.fill_idle(due)
+        else:
+            sched.clock_samples = None  # the input has ended or is not paced by a clock
         out.extend(sched.step(now, starving and not self._input_ended))
         if self._input_ended and not out:
             return sched.drain(), True

@@ -1,0 +1,58 @@
+"""Catching up after late audio (engine/catchup.py): what may be left out, and when."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.catchup import LateAudio, drop_quiet
+
+
+def test_only_quiet_blocks_are_left_out_earliest_first():
+    rng = np.random.default_rng(0)
+    loud = rng.normal(0, 0.2, 160).astype(np.float32)  # -14 dBFS
+    hush = rng.normal(0, 0.002, 160).astype(np.float32)  # -54 dBFS
+    chunk = np.concatenate([loud, hush, loud, hush, hush, loud, hush])  # 7 blocks of 10 ms
+    kept, dropped = drop_quiet(chunk, 16000, limit=3 * 160 + 100)
+    assert dropped == 3 * 160  # whole blocks only, within the limit
+    np.testing.assert_array_equal(kept, np.concatenate([loud, loud, loud, hush]))
+    assert drop_quiet(chunk, 16000, limit=159) == (chunk, 0)  # less than a block: nothing
+    speech = np.tile(loud, 5)
+    assert drop_quiet(speech, 16000, limit=10**6)[1] == 0  # speech is never cut
+
+
+def test_int16_and_stereo_chunks_keep_their_layout():
+    loud = (np.sin(np.arange(480) / 3) * 8000).astype(np.int16)
+    stereo = np.stack([np.concatenate([loud, np.zeros(480, np.int16)])] * 2, axis=1)
+    kept, dropped = drop_quiet(stereo, 48000, limit=480)
+    assert dropped == 480 and kept.dtype == np.int16 and kept.shape == (480, 2)
+    np.testing.assert_array_equal(kept[:, 0], loud)
+
+
+def test_the_books_owe_only_short_fills_and_only_while_the_audio_runs_ahead():
+    late = LateAudio(window_s=1.0)
+    second = 16000
+    # A 0.3 s fill, then the late audio arrives in a burst: the timeline runs 0.3 s ahead.
+    late.idle(int(0.3 * second))
+    ahead = late.allowance(timeline=10 * second, incoming=int(0.3 * second), clock=10 * second)
+    assert ahead == int(0.2 * second)  # 0.1 s ahead is tolerated
+    late.made_up(int(0.2 * second))
+    assert late.owed == int(0.1 * second)
+    late.settle(timeline=int(10.2 * second), clock=10 * second)  # still ahead: still owed
+    assert late.owed == int(0.1 * second)
+    late.settle(timeline=int(10.05 * second), clock=10 * second)  # back with the clock
+    assert late.owed == 0
+    # Audio resuming on time after a short pause owes nothing once the step is in.
+    late.idle(int(0.5 * second))
+    assert late.allowance(timeline=12 * second, incoming=320, clock=12 * second) == 0
+    late.settle(timeline=12 * second + 320, clock=12 * second)
+    assert late.owed == 0
+    # A long silence was a pause, not late audio: nothing is owed.
+    late.idle(3 * second)
+    assert late.allowance(timeline=20 * second, incoming=5 * second, clock=20 * second) == 0
+    # A TTS burst after a short fill: at most that fill is made up, never the burst itself.
+    late.idle(int(0.25 * second))
+    burst = late.allowance(timeline=30 * second, incoming=8 * second, clock=30 * second)
+    assert burst == int(0.25 * second)
+    # Offline (no clock): never.
+    late.idle(1000)
+    assert late.allowance(timeline=0, incoming=10**6, clock=None) == 0
