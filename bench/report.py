@@ -21,10 +21,11 @@ section. Tests never assert timings; targets are checked here. All numbers are m
 machine except in the last section, the stage-2 compute accounting, whose GPU frame rates are
 **projections** from counted FLOPs and bytes (no GPU is available here).
 
-The project VM's host CPU changed during development: figures up to 2026-12-06 01:10 were
-measured on an Intel Xeon, later ones on an AMD EPYC (each section's machine line says which).
-The same code ran about 15–20 % slower on the new host, and its speed varies by up to ±20 % from
-hour to hour, so changes are compared with old and new code run alternately, not across dates.
+The project VM's host CPU changes between runs: figures up to 2026-12-06 01:10 were measured on
+an Intel Xeon, most later ones on an AMD EPYC, and the soak runs on an Intel Xeon again (each
+section's machine line says which). The same code ran about 15–20 % slower on the EPYC host, and
+speed varies by up to ±20 % from hour to hour, so changes are compared with old and new code run
+alternately, not across dates.
 
 """
 
@@ -35,6 +36,8 @@ SECTIONS = {
     "audio": "Audio front-end",
     "live": "Live engine: websocket sessions under load (`bench/bench_live.py`)",
     "live_hop2": "Live engine at `--hop 2` (lower latency, more stage-1 calls)",
+    "soak": "Live server soak: long sessions and connect/abort churn (`bench/bench_soak.py`)",
+    "soak_light": "Live server soak at light load (`bench/bench_soak.py --long 1`)",
     "smga": "SMGA sampling cost per second of motion (`bench/bench_smga.py`)",
     "runtime": "ONNX Runtime vs torch: SMGA at the live hop, the tiny stage-2 networks and a "
     "live diffusion window (`bench/bench_runtime.py`)",
@@ -48,6 +51,20 @@ NOTES = {
         "of that frame after encoding. The transport paces every frame of a stage-1 window from "
         "the first one, so latency is about (hop − 1) × 40 ms of waiting for audio plus the "
         "work; `live_hop2` below is the same benchmark at `--hop 2`."
+    ),
+    "soak": (
+        "Long sessions speak for the whole run while short sessions come and go (every other "
+        "one vanishes mid-stream without a websocket close). Lag is a frame's arrival at the "
+        "client minus the moment the last of its audio was sent; its drift is the slope of a "
+        "line fitted over the run (a growing backlog would show here). Memory growth is fitted "
+        "over the samples after the first 5 minutes (caches and pools warm up first). `soak` is "
+        "the heavy run (two long sessions at 512², a short one every 15 s, clients on the same "
+        "2-core machine): its lag stays low for about 15 minutes and then grows while the "
+        "server's memory rises by about the size of two full frame queues, which suggests "
+        "frames waiting for the transport (not verified); `soak_light` (one long session, a "
+        "short one every 30 s) stays flat, so the growth comes with load, not with session "
+        "age. Graceful degradation reacts to unrendered audio, not to frames waiting to be "
+        "sent, so it does not relieve such a backlog."
     ),
     "smga": (
         "One window call of the SMGA driver, one thread, random weights (speed does not depend "
