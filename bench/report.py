@@ -60,11 +60,13 @@ NOTES = {
         "over the samples after the first 5 minutes (caches and pools warm up first). `soak` is "
         "the heavy run (two long sessions at 512², a short one every 15 s, clients on the same "
         "2-core machine): its lag stays low for about 15 minutes and then grows while the "
-        "server's memory rises by about the size of two full frame queues, which suggests "
-        "frames waiting for the transport (not verified); `soak_light` (one long session, a "
-        "short one every 30 s) stays flat, so the growth comes with load, not with session "
-        "age. Graceful degradation reacts to unrendered audio, not to frames waiting to be "
-        "sent, so it does not relieve such a backlog."
+        "server's memory rises by about the size of two full frame queues, i.e. frames wait "
+        "to be sent; `soak_light` (one long session, a short one every 30 s) stays flat, so "
+        "the growth comes with load, not with session age. A likely cause (not verified): the "
+        "websocket pacer re-anchors its clock on a late frame, as a stalled client would, and "
+        "then holds later frames to that later schedule, so each overload episode leaves its "
+        "delay behind; graceful degradation reacts to unrendered audio, not to frames held "
+        "for sending, so it does not relieve it."
     ),
     "smga": (
         "One window call of the SMGA driver, one thread, random weights (speed does not depend "
