@@ -245,9 +245,8 @@ class Session:
         Returns the frames and whether the input has ended and everything is out."""
         sched = self.scheduler
         out: list[OutputFrame] = []
-        live = self._idle and not self._input_ended
         due = int((now - self._t0 - self._slack) * SPEECH_RATE)
-        if live:
+        if self._idle and not self._input_ended:
             sched.clock_samples = due  # audio arriving now is compared with this
         for cmd in commands:
             if cmd[0] == "audio":

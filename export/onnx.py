@@ -39,7 +39,7 @@ from export.fusions import OrtRewrites
 from export.specs import NetworkSpec, smga_step
 from mmgt.errors import InputError
 from mmgt.runtime import MANIFEST, MANIFEST_VERSION, OrtRunner, TorchRunner, state_hash
-from mmgt.signals import exit_code, sigterm_as_interrupt
+from mmgt.signals import exit_code, interrupted, sigterm_as_interrupt
 
 TARGETS = ("onnxruntime", "tensorrt")
 DEFAULT_OPSET = 20
@@ -271,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m export.onnx: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # write_folder has removed its temporary folder
-        print(f"python -m export.onnx: interrupted{f' ({exc})' if str(exc) else ''}",
-              file=sys.stderr)  # fmt: skip
+        print(f"python -m export.onnx: {interrupted(exc)}", file=sys.stderr)
         return exit_code(exc)
     print(f"export: wrote {args.onnx_dir / MANIFEST}")
     return 0

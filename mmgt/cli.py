@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from mmgt import __version__  # noqa: E402
 from mmgt.errors import InputError, MissingDependencyError  # noqa: E402
-from mmgt.signals import exit_code, sigterm_as_interrupt  # noqa: E402
+from mmgt.signals import exit_code, interrupted, sigterm_as_interrupt  # noqa: E402
 
 log = logging.getLogger("mmgt")
 
@@ -326,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmgt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        print(f"mmgt {args.command}: interrupted{f' ({exc})' if str(exc) else ''}",
-              file=sys.stderr)  # fmt: skip
+        print(f"mmgt {args.command}: {interrupted(exc)}", file=sys.stderr)
         return exit_code(exc)
 
 

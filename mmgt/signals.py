@@ -26,6 +26,11 @@ def exit_code(exc: KeyboardInterrupt) -> int:
     return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
 
 
+def interrupted(exc: KeyboardInterrupt) -> str:
+    """``interrupted`` or ``interrupted (SIGTERM)``, for a tool's last line."""
+    return f"interrupted ({exc})" if str(exc) else "interrupted"
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated("SIGTERM")
 
