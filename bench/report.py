@@ -48,9 +48,9 @@ SECTIONS = {
 NOTES = {
     "live": (
         "Latency is measured on the server from the arrival of a frame's audio to the hand-over "
-        "of that frame after encoding. The transport paces every frame of a stage-1 window from "
-        "the first one, so latency is about (hop − 1) × 40 ms of waiting for audio plus the "
-        "work; `live_hop2` below is the same benchmark at `--hop 2`."
+        "of that frame after encoding. A stage-1 window's frames are rendered together once the "
+        "audio of its last frame is in, so latency is about (hop − 1) × 40 ms of waiting for "
+        "audio plus the work; `live_hop2` below is the same benchmark at `--hop 2`."
     ),
     "soak": (
         "Long sessions speak for the whole run while short sessions come and go (every other "
@@ -59,14 +59,14 @@ NOTES = {
         "line fitted over the run (a growing backlog would show here). Memory growth is fitted "
         "over the samples after the first 5 minutes (caches and pools warm up first). `soak` is "
         "the heavy run (two long sessions at 512², a short one every 15 s, clients on the same "
-        "2-core machine): its lag stays low for about 15 minutes and then grows while the "
-        "server's memory rises by about the size of two full frame queues, i.e. frames wait "
-        "to be sent; `soak_light` (one long session, a short one every 30 s) stays flat, so "
-        "the growth comes with load, not with session age. A likely cause (not verified): the "
-        "websocket pacer re-anchors its clock on a late frame, as a stalled client would, and "
-        "then holds later frames to that later schedule, so each overload episode leaves its "
-        "delay behind; graceful degradation reacts to unrendered audio, not to frames held "
-        "for sending, so it does not relieve it."
+        "2-core machine), `soak_light` one long session with a short one every 30 s. Before "
+        "the websocket pacer followed the session's clock (it re-anchored on every late frame, "
+        "as a stalled client would, and held the frames after it to that later schedule), the "
+        "heavy run's lag stayed low for about 15 minutes and then grew to 0.5–0.7 s (second-half "
+        "median; p95 1.0–1.3 s) while memory rose by about two full frame queues (+37 MB): each "
+        "overload episode left its delay behind, and degradation, which reacts to a consumer "
+        "waiting for frames, never saw it. With the fixed schedule, the same run on the same "
+        "host is flat (the table below; `soak_light` was run before that change)."
     ),
     "smga": (
         "One window call of the SMGA driver, one thread, random weights (speed does not depend "
@@ -103,12 +103,14 @@ def _fmt(value: object) -> str:
 
 
 def _is_record(value: object) -> bool:
-    """A flat dict of scalars: one row of a table."""
-    return (
-        isinstance(value, dict)
-        and bool(value)
-        and not any(isinstance(v, dict | list) for v in value.values())
-    )
+    """A flat dict of scalars (or lists of scalars): one row of a table."""
+
+    def flat(v: object) -> bool:
+        if isinstance(v, list):
+            return not any(isinstance(x, dict | list) for x in v)
+        return not isinstance(v, dict)
+
+    return isinstance(value, dict) and bool(value) and all(flat(v) for v in value.values())
 
 
 def _collect(prefix: str, value: object, scalars: list, tables: list) -> None:

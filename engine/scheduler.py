@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.catchup import LateAudio, drop_quiet
+from engine.catchup import LateAudio, NoiseFloor, drop_quiet
 from engine.frames import (
     AudioFrame,
     Interrupted,
@@ -148,6 +148,7 @@ class StreamScheduler:
         self.counters: collections.Counter[str] = collections.Counter()
         self._force_until = 0  # frames that must be posed even if a hop is incomplete
         self._late = LateAudio(s.catch_up_s)
+        self._noise = NoiseFloor()  # the microphone's background level (what counts as quiet)
         self.clock_samples: int | None = None  # where the live clock puts the timeline's end
         self._reset_timeline(0, input_rate, channels)
         self._poses = np.zeros((0, layout.NUM_KEYPOINTS, 3), np.float32)
@@ -215,11 +216,14 @@ class StreamScheduler:
 
     def _catch_up(self, chunk: np.ndarray, sample_rate: int) -> np.ndarray:
         """Leave out quiet blocks of late audio that idle silence already stood in for."""
+        quiet_dbfs = self._noise.quiet_dbfs  # judged on what came before this chunk
+        self._noise.push(chunk, sample_rate)
         incoming = chunk.shape[0] * SPEECH_RATE // sample_rate
         allowed = self._late.allowance(self.samples, incoming, self.clock_samples)
         if allowed <= 0:
             return chunk
-        kept, dropped = drop_quiet(chunk, sample_rate, allowed * sample_rate // SPEECH_RATE)
+        limit = allowed * sample_rate // SPEECH_RATE
+        kept, dropped = drop_quiet(chunk, sample_rate, limit, quiet_dbfs)
         if dropped:
             made_up = dropped * SPEECH_RATE // sample_rate
             self._late.made_up(made_up)

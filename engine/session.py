@@ -10,7 +10,8 @@ Modelled on LiveKit's ``VideoGenerator``: push audio in, iterate typed frames ou
 
 All model and render work runs in the engine's worker pool, one step at a time per session; the
 asyncio loop only moves frames. When no audio arrives, silence is appended as the clock moves
-(``idle``), so the avatar keeps blinking and breathing. Pacing belongs to the transport.
+(``idle``), so the avatar keeps blinking and breathing. Pacing belongs to the transport; the
+session says when each frame is due (:meth:`Session.play_time`).
 """
 
 from __future__ import annotations
@@ -194,6 +195,26 @@ class Session:
     @property
     def played_frames(self) -> int:
         return self._played
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def play_time(self, index: int) -> float:
+        """When frame ``index`` is due, on :attr:`clock`: the moment its audio has all arrived
+        if the input keeps pace with the clock, which is where the idle fill keeps a live
+        timeline (audio pushed ahead of the clock, e.g. a TTS burst, makes frames due later).
+
+        A fixed schedule, so a frame that comes late is late alone: the frames after it are
+        not held back to its lateness (re-anchoring on late frames made every overload episode
+        add to the delay for the rest of the session)."""
+        return self._t0 + self._slack + (index + 1) / self.scheduler.settings.fps
+
+    async def wait_until_due(self, index: int, lead_s: float) -> None:
+        """Wait until frame ``index`` is at most ``lead_s`` ahead of :meth:`play_time`."""
+        wait = self.play_time(index) - lead_s - self._clock.now()
+        if wait > 0:
+            await self._clock.sleep(wait)
 
     def record_latency(self, frame: VideoFrame, handed_over: float | None = None) -> None:
         """Transports call this when a frame leaves (e.g. after encoding) for latency figures."""

@@ -242,7 +242,6 @@ class WsConnection:
     async def send_loop(self) -> None:
         session, opts = self.session, self.options
         fps = session.scheduler.settings.fps
-        anchor: tuple[float, int] | None = None
         last_stats = time.monotonic()
         frames = 0
         stream = None
@@ -259,7 +258,7 @@ class WsConnection:
                     if stream is None:
                         jpeg = await asyncio.to_thread(_encode_jpeg, item.image, opts["quality"])
                     if opts["pace"] == "realtime":
-                        anchor = await _pace(anchor, item.index, fps)
+                        await session.wait_until_due(item.index, PACE_LEAD_S)
                     if stream is not None:
                         await stream.video(item, with_audio=opts["audio_out"])
                     else:
@@ -400,21 +399,6 @@ def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
-
-
-async def _pace(anchor: tuple[float, int] | None, index: int, fps: int) -> tuple[float, int]:
-    """Send frames as soon as they are ready but at most :data:`PACE_LEAD_S` ahead of real
-    time (so audio that arrives faster than real time is not all sent at once, and an
-    interrupt drops what the client has not yet been sent). A late frame re-anchors the clock,
-    as a client that stalled waiting for it would."""
-    now = time.monotonic()
-    if anchor is None:
-        return now, index
-    due = anchor[0] + (index - anchor[1]) / fps
-    if due - PACE_LEAD_S > now:
-        await asyncio.sleep(due - PACE_LEAD_S - now)
-        return anchor
-    return (now, index) if now > due else anchor
 
 
 def _stats(session) -> dict:  # noqa: ANN001

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.catchup import LateAudio, drop_quiet
+from engine.catchup import QUIET_CEILING_DBFS, QUIET_DBFS, LateAudio, NoiseFloor, drop_quiet
 
 
 def test_only_quiet_blocks_are_left_out_earliest_first():
@@ -56,3 +56,27 @@ def test_the_books_owe_only_short_fills_and_only_while_the_audio_runs_ahead():
     # Offline (no clock): never.
     late.idle(1000)
     assert late.allowance(timeline=0, incoming=10**6, clock=None) == 0
+
+
+def noise(rng: np.random.Generator, dbfs: float, seconds: float) -> np.ndarray:
+    return rng.normal(0, 10 ** (dbfs / 20), int(16000 * seconds)).astype(np.float32)
+
+
+def test_quiet_follows_the_microphones_background_level():
+    rng = np.random.default_rng(1)
+    floor = NoiseFloor()
+    floor.push(noise(rng, -36, 0.5), 16000)
+    assert floor.quiet_dbfs == QUIET_DBFS  # not enough heard yet: the fixed threshold
+    floor.push(noise(rng, -36, 2.0), 16000)
+    assert -31 <= floor.quiet_dbfs <= QUIET_CEILING_DBFS  # a noisy room: its noise is quiet
+    speech_in_noise = noise(rng, -36, 0.5)
+    speech_in_noise[:4000] += noise(rng, -18, 0.25)  # the first 250 ms are speech
+    kept, dropped = drop_quiet(speech_in_noise, 16000, 10**6, floor.floor_dbfs + 6)
+    assert dropped == 4000 and np.array_equal(kept, speech_in_noise[:4000])
+    for dbfs, expected in ((-60, QUIET_DBFS), (-20, QUIET_CEILING_DBFS)):
+        quiet_room_or_all_speech = NoiseFloor()
+        quiet_room_or_all_speech.push(noise(rng, dbfs, 3.0), 16000)
+        assert quiet_room_or_all_speech.quiet_dbfs == expected
+    silent = NoiseFloor()  # digital silence (e.g. a TTS between utterances)
+    silent.push(np.zeros(32000, np.int16), 16000)
+    assert silent.quiet_dbfs == QUIET_DBFS

@@ -124,6 +124,60 @@ async def test_late_audio_does_not_add_up_to_latency(speech):
     await session.aclose()
 
 
+async def test_a_noisy_microphone_catches_up_too(speech):
+    """Room noise at -35 dBFS is louder than the fixed quiet level (-40 dBFS); what counts as
+    quiet follows the input's background, so the noise between words is left out all the same
+    (with the fixed level the delay stayed at the longest hold, as without catching up)."""
+    rng = np.random.default_rng(2)
+    noisy = (speech + rng.normal(0, 10 ** (-35 / 20), speech.size)).astype(np.float32)
+    frames, session = await jittery_microphone(noisy, catch_up_s=1.0)
+    assert _delay_s(frames, 100) < 0.1
+    await session.aclose()
+
+
+async def paced_sends(speech: np.ndarray, burst_s: float, stall_at: int) -> list[float]:
+    """Ten virtual seconds: ``burst_s`` of speech pushed at once at the start (a TTS burst),
+    then speech in real time; the consumer paces frames like the websocket transport and
+    stalls 0.8 s while sending frame ``stall_at``. Returns each frame's send time minus its
+    play time."""
+    clock = VirtualClock()
+    sched, _ = make_scheduler(output_rate=24000)
+    # Room for the whole burst, so the pump is never blocked and caught_up() can tell when the
+    # session is idle (the transport's pacing is what holds frames back here).
+    session = Session(sched, clock=clock, queue_frames=int(25 * burst_s) + 25)
+    lateness: list[float] = []
+
+    async def consume() -> None:
+        async for item in session:
+            if isinstance(item, VideoFrame):
+                await session.wait_until_due(item.index, 0.3)
+                if item.index == stall_at:
+                    await clock.sleep(0.8)  # a slow client or a busy loop
+                lateness.append(clock.now() - session.play_time(item.index))
+
+    consumer = asyncio.create_task(consume())
+    session.push_audio(speech[: int(16000 * burst_s)], 16000, 1)
+    for k in range(100):
+        session.push_audio(np.roll(speech, -k * 1600)[:1600], 16000, 1)
+        await clock.advance(0.1)
+        await caught_up(session, clock)
+    consumer.cancel()  # it waits on the clock for frames due after these ten seconds
+    await asyncio.gather(consumer, return_exceptions=True)
+    await session.aclose()
+    return lateness
+
+
+async def test_pacing_holds_bursts_and_a_late_frame_is_late_alone(speech):
+    """Frames never leave more than the lead ahead of their play time (a TTS burst is held),
+    and a stall delays the frames queued behind it but not the rest of the session: the
+    schedule is the clock's, not re-anchored on the late frame."""
+    lateness = np.asarray(await paced_sends(speech, burst_s=3.0, stall_at=150))
+    assert lateness.min() >= -0.3 - 1e-9
+    assert np.allclose(lateness[10:150], -0.3)  # the burst keeps frames ahead: held to the lead
+    assert lateness[150] > 0.4  # the stalled frame and those queued behind it leave late…
+    assert np.allclose(lateness[175:], -0.3)  # …and then the schedule is the clock's again
+
+
 async def test_idle_session_keeps_producing_silent_frames():
     clock = VirtualClock()
     session = new_session(clock)
