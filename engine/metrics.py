@@ -69,6 +69,11 @@ class _SessionCollector(Collector):
         drops = CounterMetricFamily(
             "mmgt_session_dropped_frames", "Frames dropped (interrupts)", labels=["session"]
         )
+        skipped = CounterMetricFamily(
+            "mmgt_session_skipped_frames",
+            "Late video frames the transport skipped to stay live",
+            labels=["session"],
+        )
         held = CounterMetricFamily(
             "mmgt_session_held_frames", "Frames held under load", labels=["session"]
         )
@@ -88,6 +93,7 @@ class _SessionCollector(Collector):
             n = s.stats.frames_out
             frames.add_metric([name], n)
             drops.add_metric([name], s.stats.dropped_frames)
+            skipped.add_metric([name], s.stats.skipped_frames)
             held.add_metric([name], s.scheduler.counters["held_frames"])
             level.add_metric([name], s.scheduler.level)
             buffered.add_metric([name], s.scheduler.buffered_s)
@@ -96,4 +102,4 @@ class _SessionCollector(Collector):
                 fps.add_metric([name], (n - last[1]) / (now - last[0]))
             seen[name] = (now, n)
         self._fps_state = seen
-        yield from (frames, drops, held, level, buffered, fps)
+        yield from (frames, drops, skipped, held, level, buffered, fps)

@@ -40,7 +40,8 @@ class SessionStats:
 
     frames_out: int = 0
     audio_in_s: float = 0.0
-    dropped_frames: int = 0
+    dropped_frames: int = 0  # queued frames an interrupt dropped
+    skipped_frames: int = 0  # late video frames a transport skipped to stay live
     refused_chunks: int = 0
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=2000)

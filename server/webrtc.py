@@ -51,6 +51,7 @@ AUDIO_RATE = 48000
 AUDIO_PACKET = AUDIO_RATE // 50  # 20 ms
 CONNECT_TIMEOUT_S = 30.0
 QUEUE_S = 2.0  # frames kept for a track whose sender is not pulling (oldest dropped)
+SKIP_LATE_S = 0.2  # a video frame this late is skipped if a newer one is already waiting
 RUNNING = {"type": "state", "state": "running", "detail": "connected"}
 _ORIGINAL_HOST_ADDRESSES = aioice.ice.get_host_addresses
 
@@ -82,6 +83,12 @@ class Pacer:
 
     def __init__(self) -> None:
         self.start: float | None = None
+
+    def lateness(self, pts: float) -> float:
+        """Seconds since ``pts`` was due to leave (0 before the first frame set the start)."""
+        if self.start is None:
+            return 0.0
+        return asyncio.get_running_loop().time() - (self.start + pts)
 
     async def wait(self, pts: float) -> None:
         loop = asyncio.get_running_loop()
@@ -117,16 +124,29 @@ class _QueueTrack(MediaStreamTrack):
 
 
 class AvatarVideoTrack(_QueueTrack):
-    """Session video frames as ``av.VideoFrame`` (rgb24, pts = index · 3600 at 90 kHz)."""
+    """Session video frames as ``av.VideoFrame`` (rgb24, pts = index · 3600 at 90 kHz).
+
+    When frames pile up behind a sender that fell behind (the encoder or the loop overloaded),
+    a frame more than :data:`SKIP_LATE_S` late is skipped if a newer one is already queued, so
+    the picture stays live instead of trailing its sound; audio is never skipped, and the
+    browser keeps the two in sync from their timestamps."""
 
     kind = "video"
 
-    def __init__(self, pacer: Pacer, on_sent: Callable[[VideoFrame], None]) -> None:
+    def __init__(
+        self,
+        pacer: Pacer,
+        on_sent: Callable[[VideoFrame], None],
+        on_skipped: Callable[[VideoFrame], None] = lambda frame: None,
+    ) -> None:
         super().__init__(pacer, int(QUEUE_S * 25))
-        self.on_sent = on_sent
+        self.on_sent, self.on_skipped = on_sent, on_skipped
 
     async def recv(self) -> av.VideoFrame:
         frame: VideoFrame = await self._next()
+        while self.pacer.lateness(frame.pts) > SKIP_LATE_S and not self.queue.empty():
+            self.on_skipped(frame)
+            frame = await self._next()
         await self.pacer.wait(frame.pts)
         out = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
         out.pts = frame.index * (VIDEO_CLOCK // frame.fps)
@@ -189,7 +209,7 @@ class PeerSession:
         self.session: Session | None = None
         self.channel = None  # the page's data channel, once it opens
         self.pacer = Pacer()
-        self.video = AvatarVideoTrack(self.pacer, self._video_sent)
+        self.video = AvatarVideoTrack(self.pacer, self._video_sent, self._video_skipped)
         self.audio = AvatarAudioTrack(self.pacer)
         self.tasks: set[asyncio.Task] = set()
         self.sent_frames = 0
@@ -306,6 +326,10 @@ class PeerSession:
             self.session.record_latency(frame, now)  # also feeds the engine's histogram
             self._latencies.append(now - frame.source_time)
 
+    def _video_skipped(self, frame: VideoFrame) -> None:
+        if self.session is not None:
+            self.session.stats.skipped_frames += 1
+
     async def _stats(self, period: float = 1.0) -> None:
         """Every ``period``: frames sent per second and the median latency of those frames."""
         last_frames, last_time = self.sent_frames, time.monotonic()
@@ -319,6 +343,7 @@ class PeerSession:
                     "fps": round((self.sent_frames - last_frames) / (now - last_time), 1),
                     "latency_ms": round(1000 * statistics.median(fresh)) if fresh else None,
                     "frames": self.sent_frames,
+                    "skipped": self.session.stats.skipped_frames,
                     "level": self.session.scheduler.level,
                 }
             )

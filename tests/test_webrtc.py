@@ -23,8 +23,10 @@ from aiohttp import web
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from engine.frames import AudioFrame, VideoFrame
 from server.app import CTX, make_app
 from server.settings import ServerSettings
+from server.webrtc import SKIP_LATE_S, AvatarAudioTrack, AvatarVideoTrack, Pacer
 
 SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
 RATE = 48000
@@ -212,3 +214,31 @@ def test_offer_errors() -> None:
             await runner.cleanup()
 
     asyncio.run(run())
+
+
+async def test_late_video_frames_are_skipped_to_stay_live_and_audio_never_is():
+    """A sender that fell behind finds frames piled up: the late ones with a newer frame waiting
+    are skipped (counted), the newest late one goes out at once, and on-time frames are paced;
+    audio packets are all sent, however late."""
+    loop = asyncio.get_running_loop()
+    pacer = Pacer()
+    pacer.start = loop.time() - 1.0  # frame i (pts i / 25) was due 1 - i / 25 s ago
+    sent, skipped = [], []
+    video = AvatarVideoTrack(pacer, sent.append, skipped.append)
+    image = np.zeros((16, 16, 3), np.uint8)
+    for i in range(5):  # 1.0 … 0.84 s late
+        video.put(VideoFrame(i, 25, image, None))
+    out = await video.recv()
+    assert out.pts == 4 * 3600 and [f.index for f in sent] == [4]
+    assert [f.index for f in skipped] == [0, 1, 2, 3]
+    on_time = int((1.0 + SKIP_LATE_S) * 25) + 3  # due a little after now
+    video.put(VideoFrame(on_time, 25, image, None))
+    video.put(VideoFrame(on_time + 1, 25, image, None))
+    out = await video.recv()  # not late: waits for its time, nothing skipped
+    assert out.pts == on_time * 3600 and pacer.lateness(on_time / 25) >= -0.01
+    assert len(skipped) == 4
+    audio = AvatarAudioTrack(pacer)
+    for i in range(3):  # all late
+        audio.put_frame(AudioFrame(i, 48000, i * 1920, np.zeros(1920, np.float32)))
+    starts = [(await audio.recv()).pts for _ in range(6)]
+    assert starts == [k * 960 for k in range(6)]
