@@ -74,6 +74,7 @@ class LateAudio:
     def reset(self) -> None:
         self.idle_run = 0  # idle silence appended since the last audio arrived
         self.owed = 0  # silence to make up by leaving out quiet audio
+        self.calm_since: int | None = None  # clock sample since which the timeline is in line
 
     def idle(self, samples: int) -> None:
         """The session appended ``samples`` of idle silence."""
@@ -83,9 +84,13 @@ class LateAudio:
         """How many timeline samples of the ``incoming`` audio may be left out, given the
         timeline's length and where the clock says it should be (None: not live)."""
         if self.idle_run:
-            # A short fill stood in for audio that was on its way; a long one was a pause.
-            self.owed = self.idle_run if self.idle_run <= self.window else 0
+            # A short fill stood in for audio that was on its way (added to what is still
+            # owed: late audio can land over several steps with small fills between); a long
+            # one was a pause, after which nothing is owed.
+            fits = self.idle_run <= self.window
+            self.owed = min(self.owed + self.idle_run, self.window) if fits else 0
             self.idle_run = 0
+            self.calm_since = None  # whether it was late shows from here on
         if not self.owed or clock is None:
             return 0
         return max(0, min(self.owed, timeline + incoming - clock - self.tolerance))
@@ -94,9 +99,15 @@ class LateAudio:
         self.owed = max(0, self.owed - samples)
 
     def settle(self, timeline: int, clock: int) -> None:
-        """After a step's audio is in: a timeline no further ahead of the clock than the
-        tolerance owes nothing (caught up, or the audio came on time after all)."""
-        if timeline - clock <= self.tolerance:
+        """After each step's audio is in. A timeline that stays within the tolerance of the
+        clock for ``window_s`` owes nothing: the audio came on time after all, or it has been
+        made up. (A burst of late audio often lands over several steps, so one step in line
+        proves nothing.)"""
+        if timeline - clock > self.tolerance:
+            self.calm_since = None
+        elif self.calm_since is None:
+            self.calm_since = clock
+        elif clock - self.calm_since >= self.window:
             self.owed = 0
 
 

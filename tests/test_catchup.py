@@ -39,13 +39,31 @@ def test_the_books_owe_only_short_fills_and_only_while_the_audio_runs_ahead():
     assert late.owed == int(0.1 * second)
     late.settle(timeline=int(10.2 * second), clock=10 * second)  # still ahead: still owed
     assert late.owed == int(0.1 * second)
-    late.settle(timeline=int(10.05 * second), clock=10 * second)  # back with the clock
+    late.settle(timeline=int(10.05 * second), clock=10 * second)  # back with the clock…
+    late.settle(timeline=int(10.95 * second), clock=int(10.9 * second))
+    assert late.owed == int(0.1 * second)  # …but a burst can land over several steps
+    late.settle(timeline=int(11.05 * second), clock=11 * second)  # in line for 1 s: settled
     assert late.owed == 0
-    # Audio resuming on time after a short pause owes nothing once the step is in.
+    # Audio resuming on time after a short pause: nothing to leave out, and after a second in
+    # line with the clock nothing is owed.
     late.idle(int(0.5 * second))
     assert late.allowance(timeline=12 * second, incoming=320, clock=12 * second) == 0
-    late.settle(timeline=12 * second + 320, clock=12 * second)
+    for t in (12.0, 12.5, 13.0):
+        late.settle(timeline=int(t * second) + 320, clock=int(t * second))
     assert late.owed == 0
+    # Late audio landing over two steps: the first leaves the timeline in line with the clock,
+    # the second runs it ahead, and that is made up.
+    late.idle(int(0.4 * second))
+    assert late.allowance(timeline=14 * second, incoming=int(0.05 * second), clock=14 * second) == 0
+    late.settle(timeline=int(14.05 * second), clock=14 * second)
+    rest = late.allowance(int(14.05 * second), int(0.35 * second), clock=14 * second)
+    assert rest == int(0.3 * second)
+    # A small fill between the parts of a burst adds to the debt; it does not replace it.
+    late = LateAudio(window_s=1.0)
+    late.idle(int(0.4 * second))
+    late.allowance(timeline=16 * second, incoming=320, clock=16 * second)
+    late.idle(100)
+    assert late.allowance(16 * second, 16000, clock=16 * second) == int(0.4 * second) + 100
     # A long silence was a pause, not late audio: nothing is owed.
     late.idle(3 * second)
     assert late.allowance(timeline=20 * second, incoming=5 * second, clock=20 * second) == 0
