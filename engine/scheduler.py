@@ -216,11 +216,12 @@ class StreamScheduler:
 
     def _catch_up(self, chunk: np.ndarray, sample_rate: int) -> np.ndarray:
         """Leave out quiet blocks of late audio that idle silence already stood in for."""
-        quiet_dbfs = self._noise.quiet_dbfs  # judged on what came before this chunk
-        self._noise.push(chunk, sample_rate)
         incoming = chunk.shape[0] * SPEECH_RATE // sample_rate
         allowed = self._late.allowance(self.samples, incoming, self.clock_samples)
-        if allowed <= 0:
+        # Quiet is judged on the input before this chunk (the percentile only when needed).
+        quiet_dbfs = self._noise.quiet_dbfs if allowed > 0 else None
+        self._noise.push(chunk, sample_rate)
+        if quiet_dbfs is None:
             return chunk
         limit = allowed * sample_rate // SPEECH_RATE
         kept, dropped = drop_quiet(chunk, sample_rate, limit, quiet_dbfs)
