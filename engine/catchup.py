@@ -49,9 +49,6 @@ def drop_quiet(chunk: np.ndarray, rate: int, limit: int, quiet_dbfs: float = QUI
     """Leave out quiet 10 ms blocks (below ``quiet_dbfs``) of ``chunk`` ((n,) or (n, channels),
     float or int16 at ``rate``), at most ``limit`` samples, earliest first. Returns (kept chunk,
     samples left out)."""
-    block = max(1, int(rate * BLOCK_S))
-    if limit < block or chunk.shape[0] < block:
-        return chunk, 0
     levels, block = block_levels(chunk, rate)
     quiet = np.flatnonzero(levels < quiet_dbfs)[: limit // block]
     if quiet.size == 0:
@@ -68,7 +65,6 @@ class LateAudio:
     def __init__(self, window_s: float, rate: int = 16000) -> None:
         self.window = int(window_s * rate)
         self.tolerance = int(TOLERANCE_S * rate)
-        self.rate = rate
         self.reset()
 
     def reset(self) -> None:
