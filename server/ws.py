@@ -296,12 +296,16 @@ class WsConnection:
                 await self.ws.close(code=1011)
 
     async def send_bytes(self, data: bytes) -> None:
-        await asyncio.wait_for(self.ws.send_bytes(data), self.ctx.settings.send_timeout_s)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that lands as
+        # the send completes, and a sender that survives close() keeps streaming after it.
+        async with asyncio.timeout(self.ctx.settings.send_timeout_s):
+            await self.ws.send_bytes(data)
 
     async def send_json(self, obj: dict) -> None:
         if not self.ws.closed:
             text = json_dumps(obj)
-            await asyncio.wait_for(self.ws.send_str(text), self.ctx.settings.send_timeout_s)
+            async with asyncio.timeout(self.ctx.settings.send_timeout_s):
+                await self.ws.send_str(text)
 
     async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
         """Send an error event (per-chunk audio errors at most every 0.5 s: a flood of bad

@@ -7,6 +7,7 @@ import gc
 import io
 import json
 import tracemalloc
+from types import SimpleNamespace
 
 import aiohttp
 import numpy as np
@@ -21,6 +22,7 @@ from mmgt.audio import load_audio
 from mmgt.avatar import BUNDLED_AVATAR
 from server.app import CTX, make_app
 from server.settings import ServerSettings
+from server.ws import WsConnection
 from tests.ws_helpers import assert_lips_follow_audio, mouth_opening, ws_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -415,3 +417,32 @@ async def test_shutdown_closes_live_sessions_cleanly(speech):
     # Leaving the context shut the server down: the connection and its session are gone.
     assert app[CTX].admission.active == 0 and not app[CTX].engine.sessions
     assert ws.closed
+
+
+async def test_a_cancel_that_lands_as_a_send_completes_stops_the_sender():
+    """Closing a connection cancels its sender; the cancel must hold even when it lands in
+    the step where a send completes (Python 3.11's wait_for dropped it there, and the
+    sender kept streaming for most of a minute after SIGTERM)."""
+
+    class InstantWs:  # every send completes in the step it starts
+        closed = False
+
+        async def send_bytes(self, data: bytes) -> None:
+            pass
+
+    conn = WsConnection(SimpleNamespace(settings=ServerSettings()), InstantWs(), "ws-test")
+
+    async def stream() -> None:
+        while True:
+            await conn.send_bytes(b"frame")
+            await asyncio.sleep(0)
+
+    for steps_before_cancel in range(6):
+        sender = asyncio.create_task(stream())
+        for _ in range(steps_before_cancel):
+            await asyncio.sleep(0)
+        sender.cancel()
+        await asyncio.wait({sender}, timeout=1.0)
+        stopped = sender.cancelled()
+        sender.cancel()  # a sender that survived must not outlive the test
+        assert stopped, f"cancel after {steps_before_cancel} loop steps was lost"
