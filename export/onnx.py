@@ -38,6 +38,7 @@ import torch
 from export.fusions import OrtRewrites
 from export.specs import NetworkSpec, smga_step
 from mmgt.errors import InputError
+from mmgt.ort_cache import CACHE_DIR
 from mmgt.runtime import MANIFEST, MANIFEST_VERSION, OrtRunner, TorchRunner, state_hash
 from mmgt.signals import exit_code, interrupted, sigterm_as_interrupt
 
@@ -186,7 +187,8 @@ def write_folder(
             log(f"export: {spec.name}: {entry['export_seconds']} s, ORT vs torch ≤ {worst:.1e} "
                 f"at two sizes")  # fmt: skip
         for f in tmp_dir.iterdir():  # every network's .onnx (and external data)
-            f.replace(folder / f.name)
+            if f.name != CACHE_DIR:  # the checks' optimised graphs: keyed to the temporary path
+                f.replace(folder / f.name)
         manifest["networks"].update(entries)
     manifest["torch"] = torch.__version__
     manifest["onnxruntime"] = __import__("onnxruntime").__version__

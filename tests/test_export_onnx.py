@@ -8,9 +8,11 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -22,7 +24,7 @@ from mmgt.cli import main as cli_main
 from mmgt.drivers.smga import SamplerSettings, SMGADriver
 from mmgt.errors import InputError
 from mmgt.models.smga import SMGA, preset
-from mmgt.ort_cache import cache_key
+from mmgt.ort_cache import CACHE_DIR, cache_key
 from mmgt.runtime import MANIFEST, OnnxFolder, OrtRunner, TorchRunner, state_hash
 from tests.helpers import synthetic_reference_pose
 
@@ -131,6 +133,44 @@ def test_stale_or_missing_exports_are_refused(tiny_export, tmp_path):
         OnnxFolder(tmp_path)
 
 
+def _add_graph(value: float) -> onnx.ModelProto:
+    """y = x + value: a network whose version shows in its output."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])
+    c = helper.make_tensor("c", TensorProto.FLOAT, [1], [value])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "add", [x], [y], [c])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_re_exporting_into_a_folder_in_use_replaces_the_network(tmp_path, monkeypatch):
+    """A folder that render or the server has run from holds ONNX Runtime's cache of
+    optimised graphs, and so does the export's own temporary folder after its checks;
+    exporting into the folder again (a new checkpoint, ``--networks``) works, and the runner
+    then serves the new network, not a cached graph of the old one."""
+    import export.onnx
+
+    version = {"value": 1.0}
+
+    def export_add(spec, tmp_dir, **_):  # noqa: ANN001, ANN202 - the export and its check
+        path = tmp_dir / f"{spec.name}.onnx"
+        onnx.save(_add_graph(version["value"]), str(path))
+        OrtRunner(path)(x=torch.zeros(3))  # checking it caches the optimised graph here
+        return {"file": path.name, "export_seconds": 0.0, "checks": [{"max_abs_error": 0.0}]}
+
+    monkeypatch.setattr(export.onnx, "export_network", export_add)
+    out, spec = tmp_path / "onnx", SimpleNamespace(name="net")
+    write_folder([spec], out, log=lambda _: None)
+    assert OrtRunner(out / "net.onnx")(x=torch.zeros(3))["y"].tolist() == [1.0] * 3
+    assert list((out / CACHE_DIR).glob("net.*.onnx"))  # the folder is in use
+    version["value"] = 2.0
+    write_folder([spec], out, log=lambda _: None)
+    assert OrtRunner(out / "net.onnx")(x=torch.zeros(3))["y"].tolist() == [2.0] * 3
+    assert len(list((out / CACHE_DIR).glob("net.*.onnx"))) == 1  # the stale graph went
+    assert not list(out.glob(".export-*"))
+
+
 def test_a_stopped_export_leaves_the_folder_as_it_was(tiny_export, tmp_path, monkeypatch, capsys):
     """SIGTERM (as a job runner sends it) during an export: the temporary folder goes, the
     existing files and manifest stay, and the exit code is 143."""
@@ -161,11 +201,8 @@ def _frames(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def shipped_export(tmp_path_factory) -> Path:
-    """``python -m export.onnx`` on the shipped CPU SMGA model."""
-    onnx_dir = tmp_path_factory.mktemp("shipped") / "onnx"
-    assert export_main(["--onnx-dir", str(onnx_dir)]) == 0
-    return onnx_dir
+def shipped_export(shipped_smga_onnx) -> Path:
+    return shipped_smga_onnx  # tests/conftest.py: shared with the stage-2 export tests
 
 
 @pytest.mark.slow

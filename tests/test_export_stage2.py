@@ -8,6 +8,7 @@ and here again at a third, and whole renders through ONNX Runtime are compared w
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import av
@@ -42,9 +43,13 @@ def models() -> Stage2Models:
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory) -> Path:
+def onnx_dir(tmp_path_factory, shipped_smga_onnx) -> Path:
+    """The shipped SMGA's export (shared, tests/conftest.py) with the stage-2 networks added
+    by ``--networks``, which keeps the manifest entries already in the folder."""
     folder = tmp_path_factory.mktemp("stage2") / "onnx"
-    assert export_main(["--stage2-preset", "tiny", "--onnx-dir", str(folder)]) == 0
+    shutil.copytree(shipped_smga_onnx, folder)
+    argv = ["--stage2-preset", "tiny", "--networks", ",".join(STAGE2_NETWORKS)]
+    assert export_main([*argv, "--onnx-dir", str(folder)]) == 0
     return folder
 
 
