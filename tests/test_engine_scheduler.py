@@ -34,6 +34,14 @@ def run(sched, audio: np.ndarray, chunk: int = 320, rate: int = 16000) -> list: 
     return out
 
 
+def window(sched, **step) -> list:  # noqa: ANN001
+    """One stage-1 window: the step that runs it, then the steps that draw its frames."""
+    out = sched.step(**step)
+    while sched.undrawn_frames:
+        out += sched.step(**step)
+    return out
+
+
 def split(items: list) -> tuple[list[VideoFrame], list[AudioFrame], list]:
     video = [f for f in items if isinstance(f, VideoFrame)]
     audio = [f for f in items if isinstance(f, AudioFrame)]
@@ -81,8 +89,19 @@ def test_lookahead_and_hop_bound_the_window():
     sched.push_audio(np.zeros(640 * 5 + 200, np.float32), 16000, 1, 0.0)
     assert sched.step(None) == []  # 5 final frames < hop + look-ahead
     sched.push_audio(np.zeros(640, np.float32), 16000, 1, 0.0)
-    out = sched.step(None)
-    assert [v.index for v in out if isinstance(v, VideoFrame)] == [0, 1, 2, 3]
+    indices = lambda out: [v.index for v in out if isinstance(v, VideoFrame)]  # noqa: E731
+    # A frame-wise renderer: the window's first frame leaves as soon as it is drawn, and each
+    # later step draws one more of the window's frames, with no further stage-1 call.
+    assert indices(sched.step(None)) == [0] and sched.undrawn_frames == 3
+    assert [indices(sched.step(None)) for _ in range(4)] == [[1], [2], [3], []]
+    assert sched.counters["driver_calls"] == 1 and sched.undrawn_frames == 0
+
+
+def test_a_window_renderer_gets_the_whole_hop_at_once():
+    sched, _ = make_scheduler(window=True, hop_frames=4, lookahead_frames=0)
+    sched.push_audio(np.zeros(640 * 13, np.float32), 16000, 1, 0.0)
+    sched.step(None)
+    assert sched.undrawn_frames == 0  # the window stream holds them itself
 
 
 @pytest.mark.parametrize("rate,channels,out_rate", [(44100, 2, 48000), (8000, 1, 24000)])
@@ -139,7 +158,7 @@ def test_segment_end_pads_to_a_whole_frame():
 def test_idle_fill_advances_the_timeline_with_silence():
     sched, _ = make_scheduler()
     assert sched.fill_silence(640 * 10 + 192) == 640 * 10 + 192
-    video, audio, _ = split(sched.step(None) + sched.step(None))
+    video, audio, _ = split(window(sched, now=None) + window(sched, now=None))
     assert [v.index for v in video] == list(range(8))
     assert all(v.source_time is None for v in video)  # idle frames carry no latency source
     assert max(np.abs(a.samples).max() for a in audio) == 0.0
@@ -159,7 +178,7 @@ def test_degrades_under_lag_without_drift(speech):
     sched.push_audio(speech, 16000, 1, 0.0)  # 4 s arrive at once: far behind "real time"
     out, levels = [], []
     for _ in range(4):
-        out.extend(sched.step(now=0.0, starving=True))
+        out.extend(window(sched, now=0.0, starving=True))
         levels.append(sched.level)
     assert levels == [1, 2, 3, 3]
     assert sched.driver.settings.steps == 1
@@ -199,7 +218,7 @@ def test_bad_audio_is_refused_and_the_stream_goes_on():
     with pytest.raises(BufferFull, match="buffer full"):
         sched.push_audio(np.zeros(32000, np.float32), 16000, 1, None)
     sched.push_audio(np.zeros(6400, np.float32), 16000, 1, None)
-    assert len(split(sched.step(None))[0]) == 4
+    assert len(split(window(sched, now=None))[0]) == 4
 
 
 def test_vad_events_mark_speech_and_silence(speech):
