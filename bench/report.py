@@ -48,9 +48,12 @@ SECTIONS = {
 NOTES = {
     "live": (
         "Latency is measured on the server from the arrival of a frame's audio to the hand-over "
-        "of that frame after encoding. A stage-1 window's frames are rendered together once the "
-        "audio of its last frame is in, so latency is about (hop − 1) × 40 ms of waiting for "
-        "audio plus the work; `live_hop2` below is the same benchmark at `--hop 2`."
+        "of that frame after encoding. A stage-1 window runs once the audio of its last frame "
+        "is in, so a window's first frame waits about (hop − 1) × 40 ms for audio, plus the "
+        "stage-1 call and its own drawing and encoding (the warp renderer draws a window's "
+        "frames one at a time and each leaves when drawn); `live_hop2` below is the same "
+        "benchmark at `--hop 2`. The host's CPU varies between runs (see `machine`), and with "
+        "it how many sessions hold."
     ),
     "soak": (
         "Long sessions speak for the whole run while short sessions come and go (every other "
