@@ -57,7 +57,6 @@ from mmgt.types import AudioFeatures, Driver, KeypointSeq, RenderStream
 
 log = logging.getLogger(__name__)
 
-
 SPEECH_RATE = 16000
 HISTORY_FRAMES = 64  # poses/features kept behind the newest frame (interrupt look-back)
 
