@@ -174,9 +174,12 @@ def section(name: str, payload: dict) -> str:
 def main() -> None:
     parts = [INTRO]
     files = {p.stem: p for p in sorted(RESULTS_DIR.glob("*.json"))}
-    for name in [*SECTIONS, *sorted(set(files) - set(SECTIONS))]:
+    for name in SECTIONS:
         if name in files:
             parts.append(section(name, json.loads(files[name].read_text())))
+    # Scratch results (e.g. ``--name ab_old`` for an A/B comparison) stay out of the document.
+    for name in sorted(set(files) - set(SECTIONS)):
+        print(f"skipped {files[name].name}: not a section of the report (bench/report.py)")
     # Reports a script writes as Markdown (python -m bench.stage2_compute > results/NAME.md).
     for md in sorted(RESULTS_DIR.glob("*.md")):
         parts.append("#" + md.read_text().strip().replace("\n## ", "\n### ") + "\n")
