@@ -8,7 +8,7 @@ import pytest
 from mmgt.audio import extract_light_features, load_audio
 from mmgt.avatar import BUNDLED_AVATAR
 from mmgt.drivers import make_driver
-from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver
+from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver, _running_percentile
 from mmgt.keypoints import layout
 from mmgt.renderers.face_details import EYES, eye_openness
 from mmgt.renderers.mouth import mouth_gap
@@ -77,6 +77,53 @@ def test_silence_is_calm(reference_pose):
     # Mouth stays shut; the body breathes (shoulders move a little).
     assert max(mouth_gap(p) for p in seq.points) < 0.5
     assert 0.3 < np.ptp(seq.points[:, layout.R_SHOULDER, 1]) < 4.0
+
+
+def test_running_percentile_is_numpys_over_each_causal_window():
+    x = np.random.default_rng(1).normal(size=40)
+    for q in (0.0, 10.0, 95.0, 100.0):
+        want = [np.percentile(x[max(0, i - 6) : i + 1], q) for i in range(len(x))]
+        np.testing.assert_allclose(_running_percentile(x, 7, q), want, rtol=0, atol=1e-12)
+
+
+def _gaps(features: AudioFeatures, reference_pose: np.ndarray, **config) -> np.ndarray:
+    seq = ProceduralDriver(ProceduralConfig(**config)).generate(features, reference_pose)
+    return np.array([mouth_gap(p) for p in seq.points])
+
+
+@pytest.mark.parametrize("gain_db", [-12, -30])
+def test_a_quiet_recording_moves_the_mouth_like_a_normal_one(reference_pose, gain_db):
+    speech = load_audio(SPEECH)
+    normal = _gaps(extract_light_features(speech), reference_pose)
+    quiet_features = extract_light_features(speech * np.float32(10 ** (gain_db / 20)))
+    quiet = _gaps(quiet_features, reference_pose)
+    uncorrected = _gaps(quiet_features, reference_pose, max_boost_db=0)
+    assert np.percentile(uncorrected, 90) < 0.8 * np.percentile(normal, 90)  # the old limit
+    assert np.percentile(quiet, 90) > 0.85 * np.percentile(normal, 90)
+    assert np.corrcoef(quiet, normal)[0, 1] > 0.9  # the same syllables open it
+
+
+def test_the_level_correction_leaves_noise_and_normal_speech_alone(reference_pose):
+    rng = np.random.default_rng(0)
+    for noise_db in (-65, -55, -48):  # a quiet room … a noisy one, with nobody speaking
+        noise = rng.standard_normal(16000 * 8).astype(np.float32) * 10 ** (noise_db / 20)
+        gaps = _gaps(extract_light_features(noise), reference_pose)
+        assert gaps.max() < 0.5, f"noise at {noise_db} dBFS opens the mouth"
+    # Quiet speech over a noise floor: raised, but its pauses stay shut.
+    speech = load_audio(SPEECH) * np.float32(10 ** (-30 / 20))
+    noisy = speech + rng.standard_normal(len(speech)).astype(np.float32) * 10 ** (-60 / 20)
+    features = extract_light_features(noisy)
+    boost = ProceduralDriver().level_boost(features.values[:, 40] * 10 / np.log(10))
+    assert 10 <= boost.max() <= 16  # the background (about −60 dBFS) may rise to −45 only
+    act = ProceduralDriver().signals(extract_light_features(load_audio(SPEECH)))["activity"]
+    pauses = np.max([np.roll(act, k) for k in range(4)], axis=0) < 0.02
+    gaps = _gaps(features, reference_pose)
+    assert pauses.sum() > 40 and gaps[pauses].max() < 0.5 < np.percentile(gaps, 90)
+    # Speech at a normal level is not changed in its louder passages.
+    loud = extract_light_features(load_audio(SPEECH)).values[:, 40] * 10 / np.log(10)
+    boost = ProceduralDriver().level_boost(loud)
+    assert boost[25:].max() == 0.0  # (the first second: digital silence, then the first word)
+    assert (loud + boost).max() == loud.max() and (boost[loud > -14] == 0).all()
 
 
 def test_blinks_happen_at_a_natural_rate(reference_pose, speech_features):

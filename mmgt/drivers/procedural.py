@@ -1,8 +1,14 @@
 """The procedural driver: hand-written rules from the light audio features to keypoints.
 
-It is the baseline every learned driver must beat. From each frame's features (and a few frames
-of look-behind, :attr:`ProceduralDriver.context_frames`) it derives:
+It is the baseline every learned driver must beat. From each frame's features (and 4.6 s of
+look-behind, :attr:`ProceduralDriver.context_frames`) it derives:
 
+* **level** — quiet recordings are raised to a normal speech level before any rule reads them:
+  the loudest frame of the last ``level_window_s`` seconds (this one included) is brought up to
+  ``level_target_db`` (at most ``max_boost_db``), but never so far that the quietest 10 % (the
+  background) would rise above ``level_floor_db``, so noise and pauses stay calm. No frame is
+  raised above the target, so the first syllable after a long pause is not exaggerated, and
+  recordings at a normal level are not changed;
 * **mouth and jaw** — opening from the loudness of the voiced band (250–3000 Hz), reduced on
   fricatives (high-band energy); width from the voiced band's spectral balance (spread for
   bright vowels, rounded for dark ones). The lower lip and jaw carry ¾ of the opening, the upper
@@ -23,12 +29,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from mmgt.audio import features as light
 from mmgt.drivers import rig
 from mmgt.drivers.ambient import blink_closure, hash01
 from mmgt.keypoints import layout
-from mmgt.types import AudioFeatures, KeypointSeq
+from mmgt.types import FPS, AudioFeatures, KeypointSeq
 
 _DB = 10.0 / np.log(10.0)  # natural log of power → dB
 
@@ -46,6 +53,7 @@ _CENTERS_HZ = light.mel_to_hz(
     np.linspace(light.hz_to_mel(light.FMIN), light.hz_to_mel(light.FMAX), light.N_MELS + 2)
 )[1:-1]
 _I_ENERGY = light.FEATURE_NAMES.index("log_energy")
+_RULES_REACH = 16  # frames of look-behind the rules' filters need (stress, nods, gestures)
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,29 @@ class ProceduralConfig:
     head_roll_deg: float = 1.8
     nod: float = 0.05
     stress_db: float = 6.0  # loudness rise that counts as a stressed syllable
+    level_target_db: float = -14.0  # loudest frame of a few seconds of normal speech
+    level_window_s: float = 4.0  # how far back the recording's level is measured
+    max_boost_db: float = 30.0  # 0 turns the level correction off
+    level_floor_db: float = -45.0  # highest level a boost may lift the background to (steady
+    # noise starts to open the mouth at about −35 dBFS)
     gesture: float = 0.35  # wrist lift of a beat gesture
     gesture_stress_db: float = 10.0
     breath: float = 0.01
     breath_period_s: float = 4.2
     blink_every_s: float = 3.0  # one blink per block of this length (with probability 0.9)
+
+
+def _running_percentile(x: np.ndarray, n: int, q: float) -> np.ndarray:
+    """(T,) q-th percentile (numpy's linear rule) of x[max(0, i − n + 1) : i + 1] for each i."""
+    pad = np.concatenate([np.full(n - 1, -np.inf), x])  # sorts before every real value
+    rows = np.sort(sliding_window_view(pad, n), axis=1)  # (T, n)
+    count = np.minimum(np.arange(1, len(x) + 1), n)  # real values in each row
+    pos = (n - count) + q / 100.0 * (count - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    at = np.arange(len(x))
+    frac = pos - lo
+    return rows[at, lo] + frac * (rows[at, hi] - rows[at, lo])
 
 
 def _fir(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -81,10 +107,13 @@ class ProceduralDriver:
 
     name = "procedural"
     feature_kind = light.KIND
-    context_frames = 16  # look-behind that makes windowed generation equal whole-clip generation
 
     def __init__(self, config: ProceduralConfig | None = None) -> None:
         self.config = config or ProceduralConfig()
+        self.level_frames = max(1, round(self.config.level_window_s * FPS))
+        # Look-behind that makes windowed generation equal whole-clip generation: the level
+        # window plus the reach of the rules' filters.
+        self.context_frames = self.level_frames - 1 + _RULES_REACH
 
     # -- audio → control signals ---------------------------------------------------------
     def signals(self, features: AudioFeatures) -> dict[str, np.ndarray]:
@@ -97,8 +126,10 @@ class ProceduralDriver:
         v = features.values.astype(np.float64)
         mel = np.exp(v[:, : light.N_MELS])
         loud = v[:, _I_ENERGY] * _DB
+        boost = self.level_boost(loud)
+        loud = loud + boost
         activity = np.clip((loud - cfg.silence_db) / (cfg.speech_db - cfg.silence_db), 0, 1)
-        voiced_db = 10 * np.log10(mel[:, VOICED].mean(1) + 1e-12)
+        voiced_db = 10 * np.log10(mel[:, VOICED].mean(1) + 1e-12) + boost
         tilt = 10 * np.log10(mel[:, HIGH].mean(1) + 1e-12) - 10 * np.log10(
             mel[:, LOW].mean(1) + 1e-12
         )
@@ -122,6 +153,19 @@ class ProceduralDriver:
             "rise": rise,
             "engagement": engagement,
         }
+
+    def level_boost(self, loud: np.ndarray) -> np.ndarray:
+        """(T,) dB to add to frame loudness ``loud`` (T,) so that quiet speech reads as normal.
+
+        Causal: frame ``i`` looks at frames ``i − level_frames + 1 … i`` only (fewer at the
+        start of a stream)."""
+        cfg = self.config
+        if cfg.max_boost_db <= 0 or len(loud) == 0:
+            return np.zeros(len(loud))
+        peak = _running_percentile(loud, self.level_frames, 100.0)
+        floor = _running_percentile(loud, self.level_frames, 10.0)
+        room = cfg.level_floor_db - floor  # keeps the background below where it would speak
+        return np.clip(np.minimum(cfg.level_target_db - peak, room), 0.0, cfg.max_boost_db)
 
     # -- generation -----------------------------------------------------------------------
     def generate(
