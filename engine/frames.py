@@ -83,6 +83,16 @@ class SegmentEnd:
 
 
 @dataclass(frozen=True, slots=True)
+class Mark:
+    """The point of the audio marked by ``Session.mark(name)`` plays during frame ``index``,
+    ``t`` seconds into the session's timeline (e.g. a word of a caption begins there)."""
+
+    index: int
+    name: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
 class Interrupted:
     """``Session.interrupt`` took effect: frames after ``played_frames`` were dropped.
 
@@ -112,4 +122,4 @@ class StateEvent:
     level: int = 0
 
 
-OutputFrame = VideoFrame | AudioFrame | VadEvent | SegmentEnd | Interrupted | StateEvent
+OutputFrame = VideoFrame | AudioFrame | VadEvent | SegmentEnd | Mark | Interrupted | StateEvent

@@ -41,6 +41,7 @@ from engine.catchup import LateAudio, NoiseFloor, drop_quiet
 from engine.frames import (
     AudioFrame,
     Interrupted,
+    Mark,
     OutputFrame,
     SegmentEnd,
     StateEvent,
@@ -276,9 +277,18 @@ class StreamScheduler:
         missing = until_samples - self.samples
         if missing <= 0:
             return 0
-        n_in = max(1, round(missing * self.input_rate / SPEECH_RATE))
-        zeros = np.zeros((n_in, self.channels) if self.channels > 1 else n_in, np.float32)
-        self._ingest(self._to_speech.push(zeros), self._to_output.push(zeros), None)
+        if self._to_speech.held_back or self._to_output.held_back:
+            # Audio is still in the resamplers: the silence goes after it, through them (what
+            # they hold back now comes out with the next push).
+            n_in = max(1, round(missing * self.input_rate / SPEECH_RATE))
+            zeros = np.zeros((n_in, self.channels) if self.channels > 1 else n_in, np.float32)
+            self._ingest(self._to_speech.push(zeros), self._to_output.push(zeros), None)
+        else:  # nothing in flight (e.g. just flushed): append it exactly, at both rates
+            rate = self.settings.output_rate
+            out_end = -(-until_samples * rate // SPEECH_RATE)
+            out_missing = out_end - (self._audio_frame * self.spf + self._audio.size)
+            self._ingest(np.zeros(missing, np.float32), np.zeros(max(0, out_missing), np.float32),
+                         None)  # fmt: skip
         self.counters["idle_samples"] += missing
         return missing
 
@@ -301,6 +311,15 @@ class StreamScheduler:
         index = max(end_frame - 1, self.emitted - 1)
         self._events.append((index + 0.5, SegmentEnd(index, self._segment)))  # after frame index
         self._force_until = max(self._force_until, end_frame)
+
+    def mark(self, name: str) -> Mark:
+        """Mark the end of the audio pushed so far; a :class:`Mark` is emitted just before the
+        frame it plays in (an interrupt that drops that audio drops the mark too)."""
+        position = self.samples + self._to_speech.held_back  # 16 kHz timeline samples
+        index = max(position // HOP, self.emitted)
+        mark = Mark(index, name, position / SPEECH_RATE)
+        self._events.append((index, mark))
+        return mark
 
     def drain(self) -> list[OutputFrame]:
         """After the last :meth:`step` of a finished input: the render stream's held frames and

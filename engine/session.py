@@ -5,8 +5,9 @@ Modelled on LiveKit's ``VideoGenerator``: push audio in, iterate typed frames ou
     session = engine.open_session(avatar, input_rate=48000, channels=1)
     session.push_audio(pcm)            # any rate / channel count, float or int16
     session.end_segment()              # e.g. the TTS finished an utterance
+    session.mark("word-3")             # a Mark comes out with the frame where this point plays
     played = await session.interrupt() # barge-in: drop queued audio and frames
-    async for frame in session: ...    # VideoFrame, AudioFrame, VadEvent, SegmentEnd, …
+    async for frame in session: ...    # VideoFrame, AudioFrame, VadEvent, SegmentEnd, Mark, …
 
 All model and render work runs in the engine's worker pool, one step at a time per session; the
 asyncio loop only moves frames. When no audio arrives, silence is appended as the clock moves
@@ -27,11 +28,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.clock import Clock, MonotonicClock
-from engine.frames import Interrupted, OutputFrame, StateEvent, VideoFrame
+from engine.frames import Interrupted, Mark, OutputFrame, StateEvent, VideoFrame
 from engine.scheduler import SPEECH_RATE, BufferFull, StreamScheduler
 from mmgt.errors import AudioError
 
 log = logging.getLogger(__name__)
+
+MAX_MARK_CHARS = 200
+MAX_PENDING_MARKS = 1000  # marks waiting for their frames (bounds what a client can queue)
+
+
+class MarkLimit(RuntimeError):
+    """Too many marks are waiting for their frames; the mark was not added."""
 
 
 @dataclass
@@ -87,6 +95,7 @@ class Session:
         self._generation = 0
         self._played = 0  # video frames handed to the consumer
         self._starved = False  # the consumer found the queue empty since the last step
+        self._marks_pending = 0  # marks asked for and not yet handed to the consumer
         self._finishing = False
         self._input_ended = False  # set in the worker once "finish" has been applied
         self._done = False  # no more frames will be produced
@@ -138,6 +147,21 @@ class Session:
         self._inbox.append(("end",))
         self._wake.set()
 
+    def mark(self, name: str) -> None:
+        """Mark the end of the audio pushed so far: a :class:`~engine.frames.Mark` with ``name``
+        comes out just before the frame in which that point plays (captions, word timings).
+
+        Raises ``ValueError`` for a name that is not 1–200 characters and :class:`MarkLimit`
+        when :data:`MAX_PENDING_MARKS` marks are waiting for their frames."""
+        self._check_input()
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_MARK_CHARS:
+            raise ValueError(f"a mark's name is a string of 1–{MAX_MARK_CHARS} characters")
+        if self._marks_pending >= MAX_PENDING_MARKS:
+            raise MarkLimit(f"{MAX_PENDING_MARKS} marks are waiting for their frames")
+        self._marks_pending += 1
+        self._inbox.append(("mark", name))
+        self._wake.set()
+
     def finish(self) -> None:
         """End of input: render what is queued, then the iteration stops."""
         self._check_input()
@@ -152,6 +176,7 @@ class Session:
             self._generation += 1
             self._inbox = collections.deque(c for c in self._inbox if c[0] == "finish")
             self._inbox_samples = 0.0
+            self._marks_pending = 0  # queued, rendered or not: all dropped with their audio
             dropped = self._out_video
             self._out.clear()
             self._out_video = 0
@@ -186,7 +211,9 @@ class Session:
             self._avail.clear()
             await self._avail.wait()
         item = self._out.popleft()
-        if isinstance(item, VideoFrame):
+        if isinstance(item, Mark):
+            self._marks_pending -= 1
+        elif isinstance(item, VideoFrame):
             self._out_video -= 1
             self._played = item.index + 1
             self.stats.frames_out += 1
@@ -279,6 +306,8 @@ class Session:
                     out.append(StateEvent(sched.emitted, "error", str(exc)))
             elif cmd[0] == "end":
                 sched.end_segment()
+            elif cmd[0] == "mark":
+                sched.mark(cmd[1])
             elif cmd[0] == "finish":
                 sched.end_segment()
                 self._input_ended = True

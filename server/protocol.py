@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 
-from engine.frames import Interrupted, SegmentEnd, StateEvent, VadEvent
+from engine.frames import Interrupted, Mark, SegmentEnd, StateEvent, VadEvent
 
 PROTOCOL = 1
 KIND_VIDEO_JPEG = 1
@@ -16,11 +16,13 @@ HEADER = struct.Struct("<BxxxqI")  # kind, pts (video: frame index; audio: sampl
 
 
 def event_json(item: object, fps: int) -> dict:
-    """The JSON event for an engine event (vad, segment_end, interrupted, state, error)."""
+    """The JSON event for an engine event (vad, segment_end, mark, interrupted, state, error)."""
     if isinstance(item, VadEvent):
         return {"type": "vad", "speech": item.speech, "frame": item.index, "t": item.index / fps}
     if isinstance(item, SegmentEnd):
         return {"type": "segment_end", "segment": item.segment, "frame": item.index}
+    if isinstance(item, Mark):
+        return {"type": "mark", "name": item.name, "frame": item.index, "t": round(item.t, 4)}
     if isinstance(item, Interrupted):
         return {
             "type": "interrupted",

@@ -25,6 +25,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from engine.frames import AudioFrame, VideoFrame
 from engine.scheduler import BufferFull
+from engine.session import MarkLimit
 from mmgt.audio.decode import MAX_CHANNELS, MAX_RATE, MIN_RATE
 from mmgt.errors import AudioError
 from mmgt.video import FragmentedMp4
@@ -175,14 +176,27 @@ class WsConnection:
             await self.start(msg)
         elif self.session is None:
             raise ProtocolError("not_started", f"send a start message before {kind!r}")
-        elif kind == "end_segment":
-            self.session.end_segment()
-        elif kind == "interrupt":
-            await self.session.interrupt()
-        elif kind == "finish":
-            self.session.finish()
         else:
-            raise ProtocolError("bad_message", f"unknown message type {kind!r}")
+            await self.control(kind, msg)
+
+    async def control(self, kind: str, msg: dict) -> None:
+        """A control message of a started session; refusals become non-fatal errors (e.g.
+        ``end_segment`` after ``finish``: the session goes on to its end)."""
+        try:
+            if kind == "end_segment":
+                self.session.end_segment()
+            elif kind == "mark":
+                self.session.mark(msg.get("name"))
+            elif kind == "interrupt":
+                await self.session.interrupt()
+            elif kind == "finish":
+                self.session.finish()
+            else:
+                raise ProtocolError("bad_message", f"unknown message type {kind!r}")
+        except MarkLimit as exc:
+            raise ProtocolError("mark_limit", f"mark not added: {exc}") from None
+        except (ValueError, RuntimeError) as exc:
+            raise ProtocolError("bad_message", f"{kind}: {exc}") from None
 
     def on_audio(self, data: bytes) -> None:
         if self.session is None:
@@ -312,7 +326,7 @@ class WsConnection:
         chunks must not become a flood of replies)."""
         self.ctx.engine.metrics.errors_total.labels(code).inc()
         now = time.monotonic()
-        throttled = code in ("buffer_full", "bad_audio") and not fatal
+        throttled = code in ("buffer_full", "bad_audio", "mark_limit") and not fatal
         if throttled and now - self._last_error.get(code, -1.0) < 0.5:
             return
         self._last_error[code] = now

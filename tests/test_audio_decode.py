@@ -221,6 +221,20 @@ def test_streaming_resampler_matches_offline(rate):
     assert peak_hz(y) == pytest.approx(440, abs=1.5)
 
 
+def test_streaming_resampler_knows_what_it_holds_back():
+    rng = np.random.default_rng(4)
+    r, given, taken = StreamingResampler(44100), 0, 0
+    for _ in range(40):
+        chunk = rng.standard_normal(int(rng.integers(1, 3000))).astype(np.float32)
+        given += r.push(chunk).size
+        taken += chunk.size
+        # The output so far plus what is held back is where the input's end lands.
+        assert given + r.held_back == taken * SAMPLE_RATE // 44100
+        assert r.held_back <= SAMPLE_RATE // 20  # a filter block, not a backlog (≤ 50 ms)
+    assert abs(given + r.flush().size - taken * SAMPLE_RATE / 44100) <= 1
+    assert r.held_back == 0
+
+
 def test_streaming_resampler_stereo_int16_passthrough():
     x = tone(48000, 1.0, 2)
     x[:, 1] = -0.5 * x[:, 1]

@@ -7,7 +7,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engine.frames import AudioFrame, Interrupted, SegmentEnd, StateEvent, VadEvent, VideoFrame
+from engine.frames import (
+    AudioFrame,
+    Interrupted,
+    Mark,
+    SegmentEnd,
+    StateEvent,
+    VadEvent,
+    VideoFrame,
+)
 from engine.scheduler import BufferFull, StreamSettings
 from mmgt.audio import extract_light_features, load_audio
 from mmgt.avatar import BUNDLED_AVATAR
@@ -153,6 +161,41 @@ def test_segment_end_pads_to_a_whole_frame():
     assert [v.index for v in video] == [0, 1]
     assert events == [SegmentEnd(1, 1)]
     assert audio[1].samples[1000 - 640 :].max() == 0.0  # padded with silence
+
+
+@pytest.mark.parametrize("rate,out_rate", [(16000, 16000), (44100, 48000), (48000, 24000)])
+def test_a_finished_segment_renders_every_frame_at_any_rate(rate, out_rate):
+    # 4 s of input is exactly 100 frames; the resamplers' held-back tail must not cost the
+    # last one (it did for resampled input: the end padding went into a fresh resampler).
+    sched, _ = make_scheduler(input_rate=rate, output_rate=out_rate)
+    video, audio, events = split(run(sched, np.full(rate * 4, 0.1, np.float32), 1000, rate))
+    assert [v.index for v in video] == list(range(100)) and len(audio) == 100
+    assert events == [SegmentEnd(99, 1)]
+    assert np.abs(audio[99].samples[: out_rate // 50] - 0.1).max() < 0.01  # its own audio
+
+
+def test_marks_come_out_before_the_frame_they_play_in(speech):
+    sched, _ = make_scheduler(input_rate=48000, output_rate=48000)
+    x = np.repeat(speech, 3)  # 48 kHz
+    cuts = [0, 5000, 48000, 100001, x.size]
+    out = []
+    for k, (a, b) in enumerate(zip(cuts, cuts[1:] + [None], strict=True)):
+        sched.mark(f"m{k}")
+        if b is not None:
+            sched.push_audio(x[a:b], 48000, 1, None)
+            while got := sched.step(None):
+                out.extend(got)
+    sched.end_segment()
+    while got := sched.step(None):
+        out.extend(got)
+    out.extend(sched.drain())
+    marks = [(i, m) for i, m in enumerate(out) if isinstance(m, Mark)]
+    assert [m.name for _, m in marks] == ["m0", "m1", "m2", "m3", "m4"]
+    frames = [f.index for f in out if isinstance(f, VideoFrame)]
+    for (at, mark), cut in zip(marks, cuts, strict=True):
+        assert mark.t == pytest.approx(cut / 48000, abs=1e-4) and mark.index == cut * 25 // 48000
+        after = [f.index for f in out[at:] if isinstance(f, VideoFrame)]
+        assert (after[0] if after else len(frames)) == mark.index
 
 
 def test_idle_fill_advances_the_timeline_with_silence():

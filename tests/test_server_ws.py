@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import itertools
 import json
 import tracemalloc
 from types import SimpleNamespace
@@ -206,6 +207,100 @@ async def test_interrupt_reports_the_played_position(client, speech):
         await ws.send_str(json.dumps({"type": "finish"}))
         await next_of(ws, "done")
     await idle_server(client)
+
+
+async def test_marks_come_with_the_frame_where_their_audio_plays(client, speech):
+    rate = 44100  # resampled to the 16 kHz timeline: the mark must count what is held back
+    pcm = (load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"), sample_rate=rate)[: rate * 4]
+           * 32767).astype("<i2")  # fmt: skip
+    cuts = [0, 12345, 44100, 70000, 123457, pcm.size]  # input samples before each mark
+    async with client.ws_connect("/ws") as ws:
+        assert (await start(ws, sample_rate=rate, pace="asap"))["type"] == "ready"
+        await ws.send_str(json.dumps({"type": "mark", "name": "start"}))
+        for k, (a, b) in enumerate(itertools.pairwise(cuts[:-1] + [pcm.size])):
+            for i in range(a, b, 3000):
+                await ws.send_bytes(pcm[i : min(i + 3000, b)].tobytes())
+            await ws.send_str(json.dumps({"type": "mark", "name": f"m{k}"}))
+        for bad in ({}, {"name": ""}, {"name": 7}, {"name": "x" * 201}):
+            await ws.send_str(json.dumps({"type": "mark", **bad}))
+            assert (await next_of(ws, "error"))["code"] == "bad_message"
+        await ws.send_str(json.dumps({"type": "finish"}))
+        order, marks = [], {}
+        while True:
+            msg = await ws.receive(timeout=30)
+            if msg.type == WSMsgType.BINARY and msg.data[0] == 1:
+                order.append(("frame", int.from_bytes(msg.data[12:16], "little")))
+            elif msg.type == WSMsgType.TEXT:
+                event = json.loads(msg.data)
+                if event["type"] == "mark":
+                    marks[event["name"]] = event
+                    order.append(("mark", event["name"]))
+                elif event["type"] == "done":
+                    break
+    assert list(marks) == ["start", "m0", "m1", "m2", "m3", "m4"]  # in order, each once
+    for name, cut in zip(marks, cuts, strict=True):
+        event = marks[name]
+        assert event["t"] == pytest.approx(cut / rate, abs=1e-4), name
+        assert event["frame"] == int(cut / rate * 25)
+        # It arrives just before the frame in which its point of the audio plays (the mark at
+        # the very end: after the last frame).
+        at = order.index(("mark", name))
+        frames = sum(kind == "frame" for kind, _ in order)
+        after = next((v for kind, v in order[at:] if kind == "frame"), frames)
+        assert after == event["frame"], (name, str(order[-6:]))
+    await idle_server(client)
+
+
+async def test_marks_after_an_interrupt_or_beyond_the_limit(client, speech, monkeypatch):
+    import engine.session
+
+    monkeypatch.setattr(engine.session, "MAX_PENDING_MARKS", 3)
+    async with client.ws_connect("/ws") as ws:
+        assert (await start(ws, pace="realtime"))["type"] == "ready"
+        pcm = (speech[: 16000 * 8] * 32767).astype("<i2")
+        await ws.send_bytes(pcm[:8000].tobytes())
+        await ws.send_str(json.dumps({"type": "mark", "name": "played"}))
+        await ws.send_bytes(pcm[8000:].tobytes())
+        for name in ("dropped", "dropped too", "one too many"):
+            await ws.send_str(json.dumps({"type": "mark", "name": name}))
+        assert (await next_of(ws, "error"))["code"] == "mark_limit"
+        assert (await next_of(ws, "mark"))["name"] == "played"
+        await ws.send_str(json.dumps({"type": "interrupt"}))
+        await next_of(ws, "interrupted")
+        await ws.send_str(json.dumps({"type": "mark", "name": "after"}))  # room again
+        await ws.send_str(json.dumps({"type": "finish"}))
+        # Control messages after finish are refused; the stream still ends normally.
+        for late in ("end_segment", "finish", "mark"):
+            await ws.send_str(json.dumps({"type": late, "name": "late"}))
+        events = []
+        while (event := await next_of_any(ws))["type"] != "done":
+            events.append(event)
+        assert [e["name"] for e in events if e["type"] == "mark"] == ["after"]
+        refused = [e for e in events if e["type"] == "error"]
+        assert [e["code"] for e in refused] == ["bad_message"] * 3
+        assert all("already finished" in e["message"] and not e["fatal"] for e in refused)
+    await idle_server(client)
+
+
+async def test_the_python_client_sends_marks_between_chunks(client, speech):
+    async def source():  # noqa: ANN202
+        async for chunk in wav_chunks(speech[:16000], 16000, realtime=False):
+            yield chunk
+        yield {"type": "mark", "name": "one second"}
+
+    got = await run_client(ws_url(client), source(), sample_rate=16000, pace="asap")
+    marks = [e for e in got.events if e["type"] == "mark"]
+    assert marks == [{"type": "mark", "name": "one second", "frame": 25, "t": 1.0}]
+    await idle_server(client)
+
+
+async def next_of_any(ws) -> dict:  # noqa: ANN001
+    while True:
+        msg = await ws.receive(timeout=30)
+        if msg.type == WSMsgType.TEXT:
+            return json.loads(msg.data)
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED):
+            raise AssertionError("closed before done")
 
 
 async def test_admission_control_refuses_clearly(client):

@@ -87,7 +87,7 @@ async def wav_chunks(
 
 async def run_client(
     url: str,
-    source: AsyncIterator[bytes],
+    source: AsyncIterator[bytes | dict],
     *,
     sample_rate: int,
     channels: int = 1,
@@ -99,6 +99,9 @@ async def run_client(
     video_format: str = "jpeg",
 ) -> Received:
     """Stream ``source`` to the server at ``url`` and collect the reply until ``done``.
+
+    ``source`` yields PCM16 chunks and, between them, control messages as dicts (``mark``,
+    ``end_segment``); ``finish`` is sent after the last item.
 
     ``video_format``: ``jpeg`` (frames + PCM) or ``fmp4`` (one fragmented MP4 stream)."""
     received = Received()
@@ -135,9 +138,12 @@ async def run_client(
     return received
 
 
-async def _send(ws: aiohttp.ClientWebSocketResponse, source: AsyncIterator[bytes]) -> None:
-    async for chunk in source:
-        await ws.send_bytes(chunk)
+async def _send(ws: aiohttp.ClientWebSocketResponse, source: AsyncIterator[bytes | dict]) -> None:
+    async for item in source:
+        if isinstance(item, dict):  # a control message, e.g. {"type": "mark", "name": "w3"}
+            await ws.send_str(json.dumps(item))
+        else:
+            await ws.send_bytes(item)
     await ws.send_str(json.dumps({"type": "finish"}))
 
 

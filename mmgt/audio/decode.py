@@ -236,18 +236,28 @@ class StreamingResampler:
             raise AudioError(f"{channels} channels are not supported (1…{MAX_CHANNELS})")
         self.channels = int(channels)
         self._stream = self._new_stream()
+        self._taken = self._given = 0  # input / output samples of the current stream
 
     def _new_stream(self) -> soxr.ResampleStream | None:
         if self.in_rate == self.out_rate:
             return None
         return soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32", quality="HQ")
 
+    @property
+    def held_back(self) -> int:
+        """Output samples owed for the input pushed so far (the filter delay): the end of the
+        input is this far past the end of the output."""
+        return max(0, self._taken * self.out_rate // self.in_rate - self._given)
+
     def push(self, chunk: np.ndarray) -> np.ndarray:
         """Resample one chunk; returns the (m,) float32 output available so far (may be empty)."""
         mono = _to_mono(chunk, self.channels)
         if self._stream is None:
             return mono
-        return self._stream.resample_chunk(mono)
+        out = self._stream.resample_chunk(mono)
+        self._taken += mono.shape[0]
+        self._given += out.shape[0]
+        return out
 
     def flush(self) -> np.ndarray:
         """Return the held-back tail and reset, ready for a new stream."""
@@ -255,6 +265,7 @@ class StreamingResampler:
             return np.zeros(0, np.float32)
         tail = self._stream.resample_chunk(np.zeros(0, np.float32), last=True)
         self._stream = self._new_stream()
+        self._taken = self._given = 0
         return tail
 
 
