@@ -1,10 +1,10 @@
 """The websocket API (protocol version 1, see docs/protocol.md).
 
 Client → server: a JSON ``start`` message, then PCM16 binary chunks, and JSON control messages
-(``end_segment``, ``interrupt``, ``finish``). Server → client: JSON events and binary frames,
-each with a 16-byte header (:data:`HEADER`): JPEG video frames with their index, and the PCM16
-audio that plays with each frame (delayed with the video, so they stay in sync); or, with
-``format: fmp4``, one fragmented MP4 stream (H.264 + AAC) in pieces.
+(``end_segment``, ``mark``, ``interrupt``, ``finish``). Server → client: JSON events and binary
+frames, each with a 16-byte header (:data:`HEADER`): JPEG video frames with their index, and
+the PCM16 audio that plays with each frame (delayed with the video, so they stay in sync); or,
+with ``format: fmp4``, one fragmented MP4 stream (H.264 + AAC) in pieces.
 
 Every bad input gets an ``error`` event with a code; only protocol-level abuse (floods, a
 consumer that stops reading) closes the connection. The server and other sessions go on.
