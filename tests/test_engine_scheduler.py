@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -29,12 +30,19 @@ def speech() -> np.ndarray:
     return load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"))[: 16000 * 4]
 
 
-def run(sched, audio: np.ndarray, chunk: int = 320, rate: int = 16000) -> list:  # noqa: ANN001
+def run(sched, audio: np.ndarray, chunk: int = 320, rate: int = 16000, marks=()) -> list:  # noqa: ANN001
+    """Push ``audio`` in chunks (``marks``: (input sample, name) pairs marked there), end the
+    segment and drain; returns everything that came out."""
     out = []
-    for i in range(0, len(audio), chunk):
-        sched.push_audio(audio[i : i + chunk], rate, 1, float(i))
+    cuts = sorted({*range(0, len(audio), chunk), *(at for at, _ in marks if at < len(audio))})
+    for a, b in itertools.pairwise([*cuts, len(audio)]):
+        for name in (name for at, name in marks if at == a):
+            sched.mark(name)
+        sched.push_audio(audio[a:b], rate, 1, float(a))
         while got := sched.step(None):
             out.extend(got)
+    for name in (name for at, name in marks if at >= len(audio)):
+        sched.mark(name)
     sched.end_segment()
     while got := sched.step(None):
         out.extend(got)
@@ -178,17 +186,7 @@ def test_marks_come_out_before_the_frame_they_play_in(speech):
     sched, _ = make_scheduler(input_rate=48000, output_rate=48000)
     x = np.repeat(speech, 3)  # 48 kHz
     cuts = [0, 5000, 48000, 100001, x.size]
-    out = []
-    for k, (a, b) in enumerate(zip(cuts, cuts[1:] + [None], strict=True)):
-        sched.mark(f"m{k}")
-        if b is not None:
-            sched.push_audio(x[a:b], 48000, 1, None)
-            while got := sched.step(None):
-                out.extend(got)
-    sched.end_segment()
-    while got := sched.step(None):
-        out.extend(got)
-    out.extend(sched.drain())
+    out = run(sched, x, 4000, 48000, marks=[(at, f"m{k}") for k, at in enumerate(cuts)])
     marks = [(i, m) for i, m in enumerate(out) if isinstance(m, Mark)]
     assert [m.name for _, m in marks] == ["m0", "m1", "m2", "m3", "m4"]
     frames = [f.index for f in out if isinstance(f, VideoFrame)]
