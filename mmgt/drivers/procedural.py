@@ -83,17 +83,20 @@ class ProceduralConfig:
     blink_every_s: float = 3.0  # one blink per block of this length (with probability 0.9)
 
 
-def _running_percentile(x: np.ndarray, n: int, q: float) -> np.ndarray:
-    """(T,) q-th percentile (numpy's linear rule) of x[max(0, i − n + 1) : i + 1] for each i."""
+def _running_percentiles(x: np.ndarray, n: int, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """For each q in ``qs``: (T,) q-th percentile (numpy's linear rule) of
+    x[max(0, i − n + 1) : i + 1] for each i (the windows are sorted once)."""
     pad = np.concatenate([np.full(n - 1, -np.inf), x])  # sorts before every real value
     rows = np.sort(sliding_window_view(pad, n), axis=1)  # (T, n)
     count = np.minimum(np.arange(1, len(x) + 1), n)  # real values in each row
-    pos = (n - count) + q / 100.0 * (count - 1)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, n - 1)
     at = np.arange(len(x))
-    frac = pos - lo
-    return rows[at, lo] + frac * (rows[at, hi] - rows[at, lo])
+    out = []
+    for q in qs:
+        pos = (n - count) + q / 100.0 * (count - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, n - 1)
+        out.append(rows[at, lo] + (pos - lo) * (rows[at, hi] - rows[at, lo]))
+    return out
 
 
 def _fir(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -162,8 +165,7 @@ class ProceduralDriver:
         cfg = self.config
         if cfg.max_boost_db <= 0 or len(loud) == 0:
             return np.zeros(len(loud))
-        peak = _running_percentile(loud, self.level_frames, 100.0)
-        floor = _running_percentile(loud, self.level_frames, 10.0)
+        peak, floor = _running_percentiles(loud, self.level_frames, (100.0, 10.0))
         room = cfg.level_floor_db - floor  # keeps the background below where it would speak
         return np.clip(np.minimum(cfg.level_target_db - peak, room), 0.0, cfg.max_boost_db)
 
