@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
-import tempfile
+import secrets
 import threading
 from collections.abc import Iterator
 from fractions import Fraction
@@ -194,11 +194,12 @@ class Mp4Writer:
             raise ValueError(f"H.264 needs even frame sizes, got {self.width}×{self.height}")
         self.fps = fps
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent
-        )
-        os.close(fd)
-        self._tmp = Path(tmp)
+        # The hidden partial file is created by the first write (or close), so it exists only
+        # once the caller holds the writer and can abort it: an interrupt (SIGTERM, Ctrl+C)
+        # that lands while a writer is being made or handed over leaves nothing behind.
+        self._tmp: Path | None = None
+        self._container: av.container.OutputContainer | None = None
+        self._x264 = {"crf": str(crf), "preset": preset}
         self.frames_written = 0
         self._frames_encoded = 0
         self._audio = None if audio is None else np.ascontiguousarray(audio, dtype=np.float32)
@@ -207,20 +208,32 @@ class Mp4Writer:
         self._error: BaseException | None = None
         self._done = False
         self._aborting = False  # set by abort(): the encoder thread skips what is left
-        try:
-            self._container = av.open(str(self._tmp), mode="w", format="mp4")
-            self._video = _h264_stream(self._container, self.width, self.height, fps,
-                                       {"crf": str(crf), "preset": preset})  # fmt: skip
-            self._astream = None
-            if self._audio is not None:
-                self._astream = self._container.add_stream("aac", rate=audio_rate)
-                self._astream.layout = "mono"
-        except Exception:
-            self._discard()
-            raise
         self._queue: queue.Queue = queue.Queue(maxsize=32)
         self._thread = threading.Thread(target=self._run, name="mp4-encoder", daemon=True)
         self._thread.start()
+
+    def _open(self) -> None:
+        """Create the partial file and the container (in the producer's thread)."""
+        try:
+            while True:  # a fresh hidden name next to the destination, in the usual mode
+                self._tmp = self.path.with_name(
+                    f".{self.path.stem}.{secrets.token_hex(4)}.part.mp4"
+                )
+                try:
+                    os.close(os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                    break
+                except FileExistsError:
+                    continue
+            container = av.open(str(self._tmp), mode="w", format="mp4")
+            self._video = _h264_stream(container, self.width, self.height, self.fps, self._x264)
+            self._astream = None
+            if self._audio is not None:
+                self._astream = container.add_stream("aac", rate=self._audio_rate)
+                self._astream.layout = "mono"
+            self._container = container
+        except BaseException:  # including an interrupt: no partial file stays
+            self._discard()
+            raise
 
     # -- producer side -----------------------------------------------------------------------
     def write(self, frame: np.ndarray) -> None:
@@ -233,6 +246,8 @@ class Mp4Writer:
             raise ValueError(
                 f"expected a ({self.height}, {self.width}, 3) uint8 frame, got {frame.shape}"
             )
+        if self._container is None:
+            self._open()
         self._queue.put(frame)
         self.frames_written += 1
 
@@ -240,6 +255,12 @@ class Mp4Writer:
         """Finish encoding and move the file into place; returns the final path."""
         if self._done:
             return self.path
+        if self._container is None and self._error is None:
+            try:
+                self._open()  # a video without frames
+            except BaseException:
+                self.abort()
+                raise
         self._queue.put(_STOP)
         self._thread.join()
         self._done = True
@@ -247,9 +268,6 @@ class Mp4Writer:
             self._discard()
             raise RuntimeError(f"video encoding failed: {self._error}") from self._error
         try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self._tmp, 0o666 & ~umask)  # mkstemp creates 0600; use the usual mode
             self._tmp.replace(self.path)
         except OSError:
             self._discard()
@@ -288,7 +306,8 @@ class Mp4Writer:
                 pass
         finally:
             try:
-                self._container.close()
+                if self._container is not None:
+                    self._container.close()
             except Exception as exc:  # noqa: BLE001 - keep the first error
                 self._error = self._error or exc
 
@@ -320,6 +339,7 @@ class Mp4Writer:
 
     def _discard(self) -> None:
         try:
-            self._tmp.unlink(missing_ok=True)
+            if self._tmp is not None:
+                self._tmp.unlink(missing_ok=True)
         except OSError:
             pass

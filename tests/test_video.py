@@ -53,6 +53,29 @@ def test_failure_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_partial_file_exists_only_while_frames_are_written(tmp_path):
+    out = tmp_path / "late.mp4"
+    w = Mp4Writer(out, 64)
+    assert list(tmp_path.iterdir()) == []  # nothing to clean up before the caller holds it
+    w.write(_frames(1)[0])
+    (part,) = tmp_path.iterdir()
+    assert part.name.startswith(".late.") and part.name.endswith(".part.mp4")
+    assert w.close() == out and [p.name for p in tmp_path.iterdir()] == ["late.mp4"]
+
+
+def test_an_interrupt_while_the_file_opens_leaves_nothing(tmp_path, monkeypatch):
+    import mmgt.video
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - SIGTERM lands in av.open
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mmgt.video.av, "open", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with Mp4Writer(tmp_path / "x.mp4", 64) as w:
+            w.write(_frames(1)[0])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_file_is_kept_until_success(tmp_path):
     out = tmp_path / "keep.mp4"
     out.write_bytes(b"previous")
