@@ -215,7 +215,10 @@ class Mp4Writer:
     def _open(self) -> None:
         """Create the partial file and the container (in the producer's thread)."""
         try:
-            while True:  # a fresh hidden name next to the destination, in the usual mode
+            # A fresh hidden name next to the destination, in the usual mode; named before
+            # it is created, so the cleanup below always knows it (mkstemp's name is only
+            # known once it returns).
+            while True:
                 self._tmp = self.path.with_name(
                     f".{self.path.stem}.{secrets.token_hex(4)}.part.mp4"
                 )
