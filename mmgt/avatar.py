@@ -133,11 +133,12 @@ def prepare_avatar(
         small = image
         if scale < 1.0:
             small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        first = ex(small)
+        first = ex(small, use_dwpose=False)  # framing does not depend on the pose model
         box = tuple(v / scale for v in _face_box(first.keypoints))
         framed = frame_square(image, box)  # type: ignore[arg-type]
         if framed is image and h == frame_size and scale == 1.0:
-            square, result = image, first  # already framed at the output size
+            square = image  # already framed at the output size
+            result = first if ex.dwpose is None else ex(square)
         else:
             square = _resize(framed, frame_size)
             result = ex(square)

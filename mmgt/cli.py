@@ -40,6 +40,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     from mmgt.drivers import DRIVERS
+    from mmgt.keypoints.extractor import add_pose_model_arguments
     from mmgt.renderers import RENDERERS, add_diffusion_arguments
     from mmgt.runtime import add_backend_arguments
 
@@ -69,6 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="official weights folder (docs/weights.md): stage_1/ and wavlm/ for --driver smga, "
         "stage_2/ and the base models for --renderer diffusion",
     )
+    add_pose_model_arguments(r)
     add_backend_arguments(r)
     g = r.add_argument_group("SMGA driver (--driver smga)")
     g.add_argument(
@@ -105,6 +107,7 @@ def _build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("prepare-avatar", help="frame a photo and extract its reference pose")
     a.add_argument("--image", type=Path, help="reference photo (default: the bundled avatar)")
     a.add_argument("--out", type=Path, required=True, help="output folder")
+    add_pose_model_arguments(a, weights_dir=True)
     _add_common(a)
 
     sub.add_parser("doctor", help="print versions, threads and devices")
@@ -131,6 +134,7 @@ def _set_threads(n: int | None) -> None:
 def _cmd_render(args: argparse.Namespace) -> int:
     from mmgt.avatar import BUNDLED_AVATAR
     from mmgt.drivers import default_driver_name
+    from mmgt.keypoints.extractor import extractor_from_args
     from mmgt.offline import render_video
     from mmgt.runtime import backend_from_args
 
@@ -163,20 +167,23 @@ def _cmd_render(args: argparse.Namespace) -> int:
     elif args.stage2_preset or args.render_steps is not None or args.render_guidance is not None:
         raise InputError("diffusion options (--stage2-preset, --render-steps, …) need "
                          "--renderer diffusion")  # fmt: skip
-    result = render_video(
-        audio,
-        args.out,
-        image=args.image,
-        size=args.size,
-        driver=args.driver,
-        renderer=args.renderer,
-        seed=args.seed,
-        debug=args.debug,
-        progress=not args.quiet,
-        driver_options=options if driver == "smga" else None,
-        wavlm=wavlm,
-        renderer_options=renderer_options,
-    )
+    official = args.weights_dir is not None and (driver == "smga" or args.renderer == "diffusion")
+    with extractor_from_args(args, official_models=official) as extractor:
+        result = render_video(
+            audio,
+            args.out,
+            image=args.image,
+            size=args.size,
+            driver=args.driver,
+            renderer=args.renderer,
+            seed=args.seed,
+            debug=args.debug,
+            progress=not args.quiet,
+            driver_options=options if driver == "smga" else None,
+            wavlm=wavlm,
+            renderer_options=renderer_options,
+            extractor=extractor,
+        )
     work = result.work_s
     rt = result.duration_s / work if work else float("inf")
     log.info("timings (s): %s", json.dumps({k: round(v, 3) for k, v in result.timings.items()}))
@@ -235,9 +242,11 @@ def _cmd_prepare_avatar(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from mmgt.avatar import load_avatar
+    from mmgt.keypoints.extractor import extractor_from_args
     from mmgt.keypoints.render import render_pose
 
-    avatar = load_avatar(args.image, frame_size=args.size)
+    with extractor_from_args(args, official_models=args.weights_dir is not None) as extractor:
+        avatar = load_avatar(args.image, frame_size=args.size, extractor=extractor)
     args.out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(avatar.image).save(args.out / "avatar.png")
     Image.fromarray(render_pose(avatar.reference_pose, args.size)).save(args.out / "pose.png")

@@ -28,6 +28,7 @@ from mmgt.audio import extract_light_features, load_audio_native
 from mmgt.avatar import load_avatar
 from mmgt.drivers import make_driver
 from mmgt.errors import InputError
+from mmgt.keypoints.extractor import ReferencePoseExtractor
 from mmgt.keypoints.render import render_pose
 from mmgt.mask_filters import mask_pyramid
 from mmgt.masks import MotionMaskStream, blur_kernel, mask_overlay
@@ -79,15 +80,17 @@ def render_video(
     driver_options: dict | None = None,
     wavlm: str | os.PathLike[str] | None = None,
     renderer_options: dict | None = None,
+    extractor: ReferencePoseExtractor | None = None,
 ) -> RenderResult:
     """Render ``audio`` spoken by the photo ``image`` (or the bundled avatar) into ``out``.
 
     ``driver_options`` go to :func:`mmgt.drivers.make_driver` (e.g. ``weights``, ``steps``);
     ``wavlm`` is the WavLM model (folder or ``WavLM-Large.pt``) that official SMGA checkpoints
     need for their features; ``renderer_options`` go to :func:`mmgt.renderers.make_renderer`
-    (e.g. the diffusion renderer's ``weights_dir``). Raises :class:`~mmgt.errors.InputError`
-    subclasses for bad photos, audio or weights; no output file (nor debug file) is left behind
-    when anything fails.
+    (e.g. the diffusion renderer's ``weights_dir``); ``extractor`` finds the photo's reference
+    pose (default: MediaPipe; :func:`mmgt.keypoints.extractor.make_extractor`). Raises
+    :class:`~mmgt.errors.InputError` subclasses for bad photos, audio or weights; no output file
+    (nor debug file) is left behind when anything fails.
     """
     out = Path(out)
     if out.suffix.lower() != ".mp4":
@@ -97,7 +100,7 @@ def render_video(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if avatar is None:
-        avatar = load_avatar(image, frame_size=size)
+        avatar = load_avatar(image, frame_size=size, extractor=extractor)
     elif avatar.frame_size != size:
         raise ValueError(f"avatar frame size {avatar.frame_size} != requested size {size}")
     timings["avatar"] = time.perf_counter() - t0

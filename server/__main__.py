@@ -21,6 +21,7 @@ from aiohttp import web
 
 from engine.scheduler import StreamSettings
 from mmgt.errors import InputError
+from mmgt.keypoints.dwpose import POSE_MODELS, choose_dwpose
 from mmgt.renderers import add_diffusion_arguments, diffusion_options
 from mmgt.runtime import add_backend_arguments, backend_from_args
 from server.settings import ServerSettings
@@ -56,6 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--renderer", default="warp", choices=("warp", "diffusion"))
     p.add_argument(
         "--weights-dir", help="official weights folder for --renderer diffusion (docs/weights.md)"
+    )
+    p.add_argument(
+        "--pose-model",
+        choices=POSE_MODELS,
+        default="auto",
+        help="reference-pose keypoints: MediaPipe, or the official DWPose from --weights-dir "
+        "(auto: DWPose with --renderer diffusion when WEIGHTS/DWPose/ holds it)",
     )
     add_diffusion_arguments(p, live=True)
     p.add_argument("--size", type=int, default=512, help="video side in pixels")
@@ -95,6 +103,11 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     renderer_options = {}
     if args.renderer == "diffusion":
         renderer_options = diffusion_options(args, live=True) | {"backend": backend}
+    official = args.weights_dir is not None and args.renderer == "diffusion"
+    try:
+        dwpose = choose_dwpose(args.pose_model, args.weights_dir, official_models=official)
+    except InputError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     return ServerSettings(
         host=args.host,
         port=0 if args.smoke else args.port,
@@ -108,6 +121,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         driver_options=options,
         renderer=args.renderer,
         renderer_options=renderer_options,
+        dwpose_dir=str(dwpose) if dwpose is not None else None,
         stream=StreamSettings(hop_frames=args.hop, lookahead_frames=args.lookahead),
         workers=args.workers,
     )

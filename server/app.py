@@ -201,7 +201,12 @@ def make_app(settings: ServerSettings, engine: Engine | None = None) -> web.Appl
     ctx = ServerContext(
         settings=settings,
         engine=engine,
-        avatars=AvatarStore(settings.frame_size, max_bytes=settings.max_upload_bytes),
+        avatars=AvatarStore(
+            settings.frame_size,
+            max_bytes=settings.max_upload_bytes,
+            dwpose_dir=settings.dwpose_dir,
+            device=settings.renderer_options.get("device", "cpu"),
+        ),
         admission=Admission(settings.max_sessions),
     )
     app = web.Application(client_max_size=settings.max_upload_bytes + 65536)

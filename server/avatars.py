@@ -14,6 +14,8 @@ import threading
 
 from mmgt.avatar import BUNDLED_AVATAR, load_image, prepare_avatar
 from mmgt.errors import ImageError
+from mmgt.keypoints.dwpose import DWPose
+from mmgt.keypoints.extractor import ReferencePoseExtractor
 from mmgt.types import Avatar
 
 DEFAULT_ID = "default"
@@ -27,17 +29,33 @@ class UploadError(ImageError):
 class AvatarStore:
     """Prepared avatars by id; uploads keyed by content hash, least recently used dropped."""
 
-    def __init__(self, frame_size: int, max_uploads: int = 32, max_bytes: int = 10 << 20) -> None:
+    def __init__(
+        self,
+        frame_size: int,
+        max_uploads: int = 32,
+        max_bytes: int = 10 << 20,
+        *,
+        dwpose_dir: str | None = None,
+        device: str = "cpu",
+    ) -> None:
+        """``dwpose_dir``: take reference poses from the official DWPose models there."""
         self.frame_size = frame_size
         self.max_uploads = max_uploads
         self.max_bytes = max_bytes
+        self.dwpose_dir, self.device = dwpose_dir, device
+        self._dwpose: DWPose | None = None  # loaded on first use, then kept
         self._avatars: collections.OrderedDict[str, Avatar] = collections.OrderedDict()
         self._lock = threading.Lock()  # MediaPipe graphs are not shared across threads
 
     def _prepare(self, data: bytes | None, name: str) -> Avatar:
         with self._lock:
             image = load_image(BUNDLED_AVATAR if data is None else data)
-            return prepare_avatar(image, frame_size=self.frame_size, name=name)
+            if self.dwpose_dir is not None and self._dwpose is None:
+                self._dwpose = DWPose(self.dwpose_dir, device=self.device)
+            with ReferencePoseExtractor(dwpose=self._dwpose) as extractor:
+                return prepare_avatar(
+                    image, frame_size=self.frame_size, name=name, extractor=extractor
+                )
 
     async def load_default(self) -> Avatar:
         if DEFAULT_ID not in self._avatars:

@@ -23,6 +23,8 @@ class ServerSettings:
         frame_size: output video side (multiple of 64).
         driver, driver_options, renderer, renderer_options: engine choices
             (``auto``: the shipped default).
+        dwpose_dir: the official DWPose models' folder, to take reference poses from (None:
+            MediaPipe).
         stream: scheduler settings for live sessions.
         workers: worker threads (default: the machine's cores).
     """
@@ -41,6 +43,7 @@ class ServerSettings:
     driver_options: dict = field(default_factory=dict)
     renderer: str = "warp"
     renderer_options: dict = field(default_factory=dict)
+    dwpose_dir: str | None = None
     stream: StreamSettings = field(default_factory=StreamSettings)
     workers: int | None = None
     send_timeout_s: float = 10.0  # a websocket client that reads nothing this long is dropped

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from mmgt.cli import main
 from mmgt.models.smga import SMGA, preset
 from mmgt.weights.wavlm import load_wavlm
+from tests.dwpose_models import write_models
 
 FIX = Path(__file__).parent / "fixtures" / "official"
 
@@ -33,10 +34,11 @@ def official_weights(tmp_path_factory) -> Path:
     (root / "stage_1").mkdir()
     torch.save({"ema_state_dict": state, "model_state_dict": state, "normalizer": None},
                root / "stage_1" / "audio2pose_best_model.pt")  # fmt: skip
+    write_models(root)  # DWPose/ stand-ins: the reference pose comes from them
     return root
 
 
-def test_render_with_official_format_weights(tmp_path, official_weights):
+def test_render_with_official_format_weights(tmp_path, official_weights, capsys):
     out = tmp_path / "smga.mp4"
     data, rate = sf.read(FIX.parent.parent.parent / "mmgt" / "assets" / "speech_sample.wav")
     speech = tmp_path / "speech.wav"
@@ -45,6 +47,7 @@ def test_render_with_official_format_weights(tmp_path, official_weights):
             "--driver", "smga", "--weights-dir", str(official_weights), "--smga-heads", "4",
             "--steps", "2"]  # fmt: skip
     assert main(args) == 0
+    assert "reference pose: DWPose" in capsys.readouterr().err
     with av.open(str(out)) as c:
         frames = sum(1 for _ in c.decode(video=0))
     assert frames == 163

@@ -162,8 +162,13 @@ def test_stream_api_and_other_sizes(avatar):
         make_renderer("nope")
 
 
-def test_reference_without_face_points_is_refused(avatar):
-    broken = avatar.reference_pose.copy()
-    broken[layout.FACE[:10], 2] = 0.0
+def test_hidden_face_points_come_from_the_face_mesh(avatar):
+    """A detector unsure of some face points (DWPose on an occluded jaw): the warp takes those
+    from the face mesh; without a mesh it refuses."""
+    unsure = avatar.reference_pose.copy()
+    unsure[layout.FACE[:10], :2] += 25.0  # wrong where the detector is unsure…
+    unsure[layout.FACE[:10], 2] = 0.1  # … and says so
+    state = WarpRenderer().prepare(Avatar("x", avatar.image, unsure, avatar.face_mesh))
+    np.testing.assert_allclose(state.reference_pose[:, :2], avatar.reference_pose[:, :2], atol=1e-4)
     with pytest.raises(ValueError, match="68 face points"):
-        WarpRenderer().prepare(Avatar("x", avatar.image, broken))
+        WarpRenderer().prepare(Avatar("x", avatar.image, unsure))

@@ -15,22 +15,26 @@ landmarks into the official 134-point layout:
 * detector confidence → the score channel: pose visibility for the body, the face detector's
   score for the face, the hand score for hands. Points outside the image get score 0.
 
-Hands that are not visible get score 0 (not an error). No person, or no visible face, raises a
-clear :class:`~mmgt.errors.ImageError`.
+With the official DWPose files (``mmgt/keypoints/dwpose.py``) the 134 keypoints come from DWPose
+instead, as in the official pipeline. Hands that are not visible get score 0 (not an error). No
+person, or no visible face, raises a clear :class:`~mmgt.errors.ImageError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from mmgt.errors import MissingDependencyError, NoFaceError, NoPersonError
 from mmgt.keypoints import layout
+from mmgt.keypoints.dwpose import POSE_MODELS, DWPose, choose_dwpose
 
 # iBUG-68 index → MediaPipe face-mesh index.
 MESH_TO_IBUG68 = np.array(
@@ -141,9 +145,14 @@ class ReferencePoseExtractor:
     extractor can be shared between threads. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, *, mirror: bool = True) -> None:
-        """``mirror``: also run on the mirrored photo and average body and hands (2× cost)."""
+    def __init__(self, *, mirror: bool = True, dwpose: DWPose | None = None) -> None:
+        """``mirror``: also run on the mirrored photo and average body and hands (2× cost).
+
+        ``dwpose``: take the 134 keypoints from the official DWPose models instead (the face
+        mesh, and the checks for a person and a face, still come from MediaPipe).
+        """
         self.mirror = mirror
+        self.dwpose = dwpose
         self._lock = threading.Lock()
         self._graphs: dict[str, object] = {}
         self._started: set[str] = set()
@@ -174,15 +183,16 @@ class ReferencePoseExtractor:
             self._graphs[name] = graph
         return graph
 
-    def __call__(self, image: np.ndarray) -> Extraction:
-        """Extract keypoints from an (H, W, 3) uint8 RGB image."""
+    def __call__(self, image: np.ndarray, *, use_dwpose: bool = True) -> Extraction:
+        """Extract keypoints from an (H, W, 3) uint8 RGB image (``use_dwpose=False``: MediaPipe's
+        keypoints even when DWPose is set, e.g. to frame a photo the same way either way)."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape}")
         image = np.ascontiguousarray(image)
         with self._lock:
-            return self._extract(image)
+            return self._extract(image, self.dwpose if use_dwpose else None)
 
-    def _extract(self, image: np.ndarray) -> Extraction:
+    def _extract(self, image: np.ndarray, dwpose: DWPose | None) -> Extraction:
         h, w = image.shape[:2]
         res = self._process("holistic", image)
         face_lms = res.face_landmarks
@@ -197,6 +207,11 @@ class ReferencePoseExtractor:
                 "a person was found but no face is visible; use a photo with the face in view"
             )
 
+        mesh = _landmarks(face_lms, w, h)[:, :3]  # (478, 3)
+        face_score = self._face_score(image)
+        if dwpose is not None:  # the official convention, raw scores (see dwpose.py)
+            return Extraction(dwpose(image), mesh.astype(np.float32), face_score)
+
         kp = self._body_and_hands(image, res)
         if self.mirror:
             flipped = np.ascontiguousarray(image[:, ::-1])
@@ -205,8 +220,6 @@ class ReferencePoseExtractor:
             )
             kp = _average_present(kp, kp_m)
 
-        mesh = _landmarks(face_lms, w, h)[:, :3]  # (478, 3)
-        face_score = self._face_score(image)
         kp[layout.FACE, :2] = mesh[MESH_TO_IBUG68, :2]
         kp[layout.FACE, 2] = face_score
 
@@ -301,3 +314,33 @@ class ReferencePoseExtractor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def make_extractor(
+    dwpose_dir: str | os.PathLike[str] | None = None, *, device: str = "cpu"
+) -> ReferencePoseExtractor:
+    """A MediaPipe extractor, taking its keypoints from DWPose when ``dwpose_dir`` is given."""
+    return ReferencePoseExtractor(dwpose=DWPose(dwpose_dir, device=device) if dwpose_dir else None)
+
+
+def add_pose_model_arguments(parser, *, weights_dir: bool = False) -> None:  # noqa: ANN001
+    """``--pose-model`` (and, with ``weights_dir``, ``--weights-dir``) on an argparse parser."""
+    if weights_dir:
+        parser.add_argument(
+            "--weights-dir", type=Path, help="official weights folder (its DWPose/ files)"
+        )
+    parser.add_argument(
+        "--pose-model",
+        choices=POSE_MODELS,
+        default="auto",
+        help="reference-pose keypoints: MediaPipe, or the official DWPose from --weights-dir "
+        "(auto: DWPose when the official models run and WEIGHTS/DWPose/ holds it)",
+    )
+
+
+def extractor_from_args(args: object, *, official_models: bool) -> ReferencePoseExtractor:
+    """The extractor ``--pose-model``/``--weights-dir`` ask for; says so when it is DWPose."""
+    folder = choose_dwpose(args.pose_model, args.weights_dir, official_models=official_models)
+    if folder is not None:
+        print(f"reference pose: DWPose ({folder})", file=sys.stderr)
+    return make_extractor(folder, device=getattr(args, "device", "cpu"))

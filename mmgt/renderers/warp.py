@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from mmgt.keypoints import layout
+from mmgt.keypoints.extractor import MESH_TO_IBUG68
 from mmgt.renderers import face_details, mouth, warp_field
 from mmgt.types import AudioFeatures, Avatar, KeypointSeq, MaskSet
 
@@ -62,6 +63,7 @@ class WarpAvatarState:
 
     avatar: Avatar
     config: WarpConfig
+    reference_pose: np.ndarray  # (134, 3) the avatar's, hidden face points filled from its mesh
     ring: np.ndarray  # (R, 2) head ring in reference pixels
     torso: np.ndarray  # (A, 2) neck and torso anchors: move with the shoulders, hold the body
     border: np.ndarray  # (B, 2) pinned border points
@@ -74,6 +76,23 @@ class WarpAvatarState:
     identity_y: np.ndarray
     feather_px: float
     mouth: mouth.MouthReference
+
+
+def _visible_face(avatar: Avatar) -> np.ndarray:
+    """The reference pose with every face point visible: points its detector was unsure of (as
+    DWPose may be about an occluded jaw) are taken from the avatar's face mesh."""
+    pose = avatar.reference_pose
+    hidden = pose[layout.FACE, 2] < VISIBLE  # (68,)
+    if not hidden.any():
+        return pose
+    if avatar.face_mesh is None:
+        raise ValueError("the warp renderer needs all 68 face points of the reference pose")
+    pose = pose.copy()
+    face = pose[layout.FACE]
+    face[hidden, :2] = avatar.face_mesh[MESH_TO_IBUG68[hidden], :2]
+    face[hidden, 2] = 1.0
+    pose[layout.FACE] = face
+    return pose
 
 
 def _face_width(pose: np.ndarray) -> float:
@@ -152,10 +171,8 @@ class WarpRenderer:
         self.config = config or WarpConfig()
 
     def prepare(self, avatar: Avatar) -> WarpAvatarState:
-        cfg, pose, size = self.config, avatar.reference_pose, avatar.frame_size
+        cfg, pose, size = self.config, _visible_face(avatar), avatar.frame_size
         face = pose[layout.FACE]
-        if (face[:, 2] < VISIBLE).any():
-            raise ValueError("the warp renderer needs all 68 face points of the reference pose")
         face_w = _face_width(pose)
         ring = _head_ring(face[:, :2], cfg)
         forehead = _forehead(face[:, :2])
@@ -204,6 +221,7 @@ class WarpRenderer:
             identity_y=gy,
             feather_px=max(cfg.feather * face_w, 1.5),
             mouth=mouth.prepare_mouth(avatar.image, pose),
+            reference_pose=pose,
         )
 
     def open_stream(self, state: WarpAvatarState) -> WarpStream:
@@ -241,7 +259,7 @@ def render_frame(state: WarpAvatarState, target: np.ndarray) -> np.ndarray:
         state.avatar.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
     mouth.paint_mouth(frame, pose, lower_lip, state.mouth)
-    face_details.paint_closed_lids(frame, pose, state.avatar.reference_pose, state.mouth.style)
+    face_details.paint_closed_lids(frame, pose, state.reference_pose, state.mouth.style)
     return frame
 
 
@@ -256,7 +274,7 @@ def _maps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`backward_map` of a pose already shaped by :func:`mouth.shape_mouth`; ``lip_mids``
     (2, 2) are its added lower-lip mesh points."""
-    ref = state.avatar.reference_pose
+    ref = state.reference_pose
     size = state.avatar.frame_size
     head = _head_transform(ref, target)
     ring_dst = warp_field.apply_affine(head, state.ring).astype(np.float32)

@@ -17,6 +17,7 @@ import numpy as np
 
 from mmgt.audio import extract_light_features
 from mmgt.errors import InputError
+from mmgt.keypoints.extractor import add_pose_model_arguments, extractor_from_args
 
 log = logging.getLogger(__name__)
 REAL_SPEECH = Path(__file__).resolve().parent / "data" / "real_speech"
@@ -112,6 +113,7 @@ def _add_stage2(g: argparse._ArgumentGroup) -> None:
         metavar="FILE",
         help="first cut this talking-person video into clips in --clips",
     )
+    add_pose_model_arguments(g)  # the keypoints of --add-video clips
     g.add_argument("--frames", type=int, default=12, help="frames per window (process 2)")
     g.add_argument(
         "--mask-mode",
@@ -245,8 +247,11 @@ def run_train_stage2(args: argparse.Namespace) -> int:
     if args.generate:
         size, frames = args.train_size or models.resolution, max(32, args.frames + 8)
         generate_clips(args.clips, args.generate, size=size, frames=frames, seed=args.seed)
-    for video in args.add_video:
-        video_to_clips(video, args.clips, size=args.train_size or models.resolution)
+    if args.add_video:
+        with extractor_from_args(args, official_models=args.weights_dir is not None) as ex:
+            for video in args.add_video:
+                size = args.train_size or models.resolution
+                video_to_clips(video, args.clips, size=size, extractor=ex)
     given = {k: getattr(args, k) for k in ("steps", "batch", "lr") if getattr(args, k) is not None}
     if args.process == 2:
         given["frames"] = args.frames

@@ -142,6 +142,18 @@ def check_smga(root: Path) -> Report:
     return Report("stage 1 SMGA", str(path), "ok" if not problems else "problems", problems)
 
 
+def check_dwpose(root: Path) -> Report:
+    from mmgt.keypoints import dwpose
+
+    folder = root / "DWPose"
+    if not folder.is_dir():
+        return Report("DWPose (reference poses)", str(folder), "absent")
+    problems = dwpose.signature_problems(folder)
+    notes = ["used for reference poses with --pose-model auto (official models) or dwpose"]
+    return Report("DWPose (reference poses)", str(folder), "problems" if problems else "ok",
+                  problems, notes)  # fmt: skip
+
+
 def check_folder(root: Path, stage2: Stage2State | None = None) -> list[Report]:
     """Reports for every component of an official weights folder."""
     if not root.is_dir():
@@ -152,6 +164,7 @@ def check_folder(root: Path, stage2: Stage2State | None = None) -> list[Report]:
         _check_pretrained("VAE (sd-vae-ft-mse)", root / VAE_DIR, _vae),
         _check_pretrained("CLIP image encoder", root / IMAGE_ENCODER_DIR, _clip),
         _check_pretrained("wav2vec2", root / WAV2VEC_DIR, _wav2vec),
+        check_dwpose(root),
     ]
 
 

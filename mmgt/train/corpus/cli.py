@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mmgt.errors import MMGTError
+from mmgt.keypoints.extractor import add_pose_model_arguments, extractor_from_args
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument("--id", help="clip id (default: the video's file name without suffix)")
     e.add_argument("--split", choices=("train", "val", "test"), default="train")
     e.add_argument("--text", default="", help="transcript, if known")
+    add_pose_model_arguments(e, weights_dir=True)
     return data
 
 
@@ -59,7 +61,10 @@ def run_cli(args: argparse.Namespace) -> int:
         from mmgt.train.corpus.video import prepare_video  # noqa: PLC0415
 
         clip_id = args.id or args.video.stem
-        summary = prepare_video(args.video, args.out, clip_id, args.split, text=args.text)
+        with extractor_from_args(args, official_models=args.weights_dir is not None) as ex:
+            summary = prepare_video(
+                args.video, args.out, clip_id, args.split, text=args.text, extractor=ex
+            )
     else:  # pragma: no cover - argparse enforces the choices
         raise MMGTError(f"unknown data command {args.data_command!r}")
     print(json.dumps(summary, indent=2, ensure_ascii=False))

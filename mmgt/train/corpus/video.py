@@ -42,7 +42,7 @@ class VideoFramer:
 
     def square(self, image: np.ndarray) -> np.ndarray:
         if self.box is None:
-            self.box = _face_box(self.extractor(image).keypoints)
+            self.box = _face_box(self.extractor(image, use_dwpose=False).keypoints)
         framed = frame_square(image, self.box)
         interp = cv2.INTER_AREA if framed.shape[0] > FRAME else cv2.INTER_LANCZOS4
         return cv2.resize(np.ascontiguousarray(framed), (FRAME, FRAME), interpolation=interp)
