@@ -144,7 +144,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     audio = args.audio or Path(__file__).resolve().parent / "assets" / "speech_sample.wav"
     weights, wavlm = args.smga_weights, args.wavlm
     if args.weights_dir is not None and args.driver == "smga":
-        weights = weights or args.weights_dir / "stage_1" / "audio2pose_best_model.pt"
+        weights = weights or _find_smga(args.weights_dir / "stage_1")
         wavlm = wavlm or _find_wavlm(args.weights_dir / "wavlm")
     options = {
         "weights": weights,
@@ -227,6 +227,12 @@ def _cmd_render_poses(args: argparse.Namespace) -> int:
     print(f"{result.frames} frames rendered from {args.pose_video.name}", file=sys.stderr)
     print(result.path)
     return 0
+
+
+def _find_smga(folder: Path) -> Path:
+    """The official SMGA checkpoint: its converted safetensors if present, else the ``.pt``."""
+    converted = folder / "audio2pose_best_model.safetensors"
+    return converted if converted.is_file() else folder / "audio2pose_best_model.pt"
 
 
 def _find_wavlm(folder: Path) -> Path | None:

@@ -77,3 +77,12 @@ def test_missing_wavlm_and_bad_checkpoints_fail_cleanly(tmp_path, official_weigh
     assert main([*plain, "--steps", "3"]) == 2
     assert "--driver smga" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pt"]
+
+
+def test_a_converted_checkpoint_is_preferred(tmp_path):
+    from mmgt.cli import _find_smga
+
+    (tmp_path / "audio2pose_best_model.pt").touch()
+    assert _find_smga(tmp_path).name == "audio2pose_best_model.pt"
+    (tmp_path / "audio2pose_best_model.safetensors").touch()
+    assert _find_smga(tmp_path).name == "audio2pose_best_model.safetensors"

@@ -190,3 +190,37 @@ def test_official_checkpoint_layout_and_safetensors_round_trip(tmp_path, model, 
         a = loaded(io["x"], io["cond_frame"], io["cond"], io["times"])
         b = again(io["x"], io["cond_frame"], io["cond"], io["times"])
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_official_checkpoints_condition_on_a_legless_reference(tmp_path, model):
+    """As the official audio2vid (``mask_leg``): knees and ankles of the normalised reference
+    pose are zero in the model's condition; the conversion to safetensors keeps this."""
+    from mmgt.drivers import make_driver
+    from mmgt.keypoints import layout
+    from mmgt.types import AudioFeatures
+    from mmgt.weights.smga import convert_official_smga
+
+    ckpt = tmp_path / "audio2pose_best_model.pt"
+    torch.save({"ema_state_dict": model.state_dict()}, ckpt)
+    converted = convert_official_smga(ckpt, tmp_path / "smga.safetensors", heads=4)
+    rng = np.random.default_rng(0)
+    reference = np.concatenate([rng.uniform(50, 450, (134, 2)), np.ones((134, 1))], 1).astype(
+        np.float32
+    )
+    features = AudioFeatures(rng.normal(size=(12, model.config.audio_dim)),
+                             kind="official-wavlm-edge")  # fmt: skip
+    for weights in (ckpt, converted):
+        drv = make_driver("smga", weights=weights, heads=4, steps=1)
+        assert drv.mask_reference_legs and drv.ambient is None
+        assert drv.settings.eta == 1.0  # still sampled the official way
+        conds = []
+        sample = drv._sample
+        drv._sample = lambda audio, cond, *rest, s=sample, seen=conds: (
+            seen.append(cond) or s(audio, cond, *rest)
+        )
+        drv.generate(features, reference)
+        cond = conds[0][0].numpy().reshape(134, 3)
+        want = layout.normalize(reference).reshape(134, 3)
+        assert (cond[layout.LEGS] == 0).all()
+        others = np.setdiff1d(np.arange(134), layout.LEGS)
+        np.testing.assert_array_equal(cond[others], want[others])

@@ -87,6 +87,7 @@ def make_driver(
             audio_std=pkg.audio_std,
             pose_std=pkg.pose_std,
             ambient=AmbientMotion(seed=seed) if with_ambient else None,
+            mask_reference_legs=official,
         )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 

@@ -11,6 +11,9 @@ checkpoints), seeded blinks, head sway and breathing (:mod:`mmgt.drivers.ambient
 over the model's output: a few-step sampler averages them away. They are taken off the committed
 frames before those become the next window's context, so the model only sees its own motion.
 
+For official checkpoints the reference pose the model is conditioned on has its knees and ankles
+zeroed in the normalised space, as the official audio2vid does (``mask_leg``).
+
 The official model predicts the score channel too, but its normalised range is only 0.002 wide
 (mmgt_official §8 item 23), so by default the output keeps the reference pose's scores.
 """
@@ -59,8 +62,12 @@ class SMGADriver:
         keep_reference_scores: bool = True,
         step: Runner | None = None,
         ambient: AmbientMotion | None = None,
+        mask_reference_legs: bool = False,
     ) -> None:
+        """``mask_reference_legs``: zero the knees and ankles of the normalised reference pose
+        the model is conditioned on, as the official audio2vid does (``mask_leg``)."""
         self.model = model.eval()
+        self.mask_reference_legs = mask_reference_legs
         self.ambient = ambient
         self.step = step  # the denoiser on another backend (same names as export.specs)
         self.feature_kind = feature_kind
@@ -114,7 +121,10 @@ class SMGADriver:
             out[:done] = layout.normalize(points, frame_size)
         audio = (features.values - self.audio_mean) / self.audio_std
         ref_norm = layout.normalize(ref, frame_size)  # (402,)
-        cond = torch.from_numpy(ref_norm)[None]  # (1, 402)
+        cond_norm = (
+            layout.mask_legs(ref_norm, normalized=True) if self.mask_reference_legs else ref_norm
+        )
+        cond = torch.from_numpy(cond_norm)[None]  # (1, 402)
         if self.pose_std is not None:
             out = pose_space.to_residual(out, ref_norm, self.pose_std)
         while done < len(features):

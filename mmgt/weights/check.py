@@ -3,8 +3,10 @@
 Each component of the folder (layout in :mod:`mmgt.weights.stage2` and docs/weights.md) is
 compared, without building the full-size networks (shapes come from the meta device and from
 file headers), against what this engine loads strictly. ``--convert`` writes the stage-2 net
-file once as ``stage_2/net.safetensors`` (same tensors, no pickle), which loads faster and
-safely afterwards. Exit code 0 when everything present matches, 1 otherwise.
+file once as ``stage_2/net.safetensors`` and the SMGA checkpoint as
+``stage_1/audio2pose_best_model.safetensors`` (same tensors, no pickle), which load faster and
+safely afterwards (and are preferred when present). Exit code 0 when everything present
+matches, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from safetensors import safe_open
 
 from mmgt.errors import InputError
-from mmgt.weights.smga import read_state_dict
+from mmgt.weights.smga import convert_official_smga, read_state_dict
 from mmgt.weights.stage2 import (
     IMAGE_ENCODER_DIR,
     PREFIXES,
@@ -179,7 +181,11 @@ def convert_stage2(root: Path, state: Stage2State) -> Path:
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-weights", help="key and shape diff of an official weights folder")
     p.add_argument("weights_dir", type=Path, help="folder laid out as in docs/weights.md")
-    p.add_argument("--convert", action="store_true", help="also write stage_2/net.safetensors")
+    p.add_argument(
+        "--convert",
+        action="store_true",
+        help="also write stage_2/net.safetensors and stage_1/audio2pose_best_model.safetensors",
+    )
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
 
 
@@ -207,4 +213,7 @@ def run_cli(args: argparse.Namespace) -> int:
     bad = any(r.status == "problems" for r in reports)
     if args.convert and not bad and stage2 is not None:
         print(f"converted: {convert_stage2(args.weights_dir, stage2)}")
+    if args.convert and not bad and reports[0].status == "ok":
+        src = args.weights_dir / SMGA_FILE
+        print(f"converted: {convert_official_smga(src, src.with_suffix('.safetensors'))}")
     return 1 if bad else 0

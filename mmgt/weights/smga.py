@@ -108,6 +108,10 @@ def load_smga(path: str | os.PathLike[str], config: SMGAConfig, *, key: str | No
 DRIVER_PREFIX = "driver."  # extra tensors of our own packages (feature normalisation)
 
 
+# What marks an official checkpoint, in its loaded package and in its converted safetensors.
+OFFICIAL_METADATA = {"feature_kind": "official-wavlm-edge", "source": "official"}
+
+
 def save_smga_safetensors(
     model: SMGA,
     path: str | os.PathLike[str],
@@ -204,5 +208,15 @@ def load_any_smga(path: str | os.PathLike[str], *, heads: int = 8) -> SMGAPackag
     if config.latent_dim % heads:
         raise WeightsError(f"latent width {config.latent_dim} is not divisible by {heads} heads")
     model = load_smga(path, config)
-    kind = "official-wavlm-edge"
-    return SMGAPackage(model, {"feature_kind": kind, "source": "official"}, None, None)
+    return SMGAPackage(model, dict(OFFICIAL_METADATA), None, None)
+
+
+def convert_official_smga(src: str | os.PathLike[str], out: str | os.PathLike[str], *,
+                          heads: int = 8) -> Path:  # fmt: skip
+    """An official checkpoint → our safetensors (same tensors, no pickle), marked official so
+    that it samples and conditions as the checkpoint does (50 steps, η 1, legs masked, …)."""
+    pkg = load_any_smga(src, heads=heads)
+    if pkg.metadata.get("source") != "official":
+        raise WeightsError(f"{src} is not an official SMGA checkpoint")
+    save_smga_safetensors(pkg.model, out, extra=dict(OFFICIAL_METADATA))
+    return Path(out)
