@@ -140,6 +140,8 @@ def render_video(
             tqdm(total=len(poses), unit="frame", disable=not progress, desc="render")
         )
         if whole_clip is not None:
+            if hasattr(rnd, "clip_speech"):  # e.g. the official vocal separation
+                speech = rnd.clip_speech(native, native_rate, speech)
             frames = iter(whole_clip(state, poses, speech))
         else:
             p0 = poses.start_frame
@@ -265,6 +267,8 @@ def render_pose_video(
     state = rnd.prepare(avatar)
     timings["prepare"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    if speech is not None:
+        speech = rnd.clip_speech(native, native_rate, speech)
     frames = rnd.render_pose_clip(state, pose[:n], masks, speech)
     with Mp4Writer(out, size, fps=round(rate), audio=mux_audio) as writer:
         for frame in tqdm(frames, unit="frame", disable=not progress, desc="encode"):

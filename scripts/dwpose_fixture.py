@@ -3,7 +3,7 @@
 Manual, not part of the test suite. It runs the official MMGT repository's
 ``src/dwpose.DWposeDetector`` (detector, crop, SimCC decoding, neck and OpenPose order, the
 ``resize_image`` to 512 before detection) on the seeded stand-in ONNX files of
-``tests/dwpose_models.py`` and records the keypoints it returns for a few images. The official
+``tests/standin_models.py`` and records the keypoints it returns for a few images. The official
 code and controlnet_aux are read from folders the caller names; nothing of them is copied::
 
     python scripts/dwpose_fixture.py --official /path/to/MMGT --controlnet-aux /path/to/pkg
@@ -47,7 +47,7 @@ def main() -> None:
     sys.path.insert(0, str(args.official.resolve()))
     sys.path.insert(0, str(ROOT))
 
-    from tests.dwpose_models import fixture_images, write_models
+    from tests.standin_models import fixture_images, write_models
 
     imgs = fixture_images()
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from mmgt.cli import main
 from mmgt.models.smga import SMGA, preset
 from mmgt.weights.wavlm import load_wavlm
-from tests.dwpose_models import write_models
+from tests.standin_models import write_models
 
 FIX = Path(__file__).parent / "fixtures" / "official"
 

@@ -161,16 +161,27 @@ def test_cli_render_with_the_tiny_preset(tmp_path, speech):
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_render_from_an_official_weights_folder(tmp_path):
+def test_render_from_an_official_weights_folder(tmp_path, monkeypatch, capsys):
     """``render --renderer diffusion --weights-dir W``: the official folder layout (here holding
-    the random tiny models) goes through the whole stage-2 path into an mp4."""
+    the random tiny models, and stand-ins of DWPose and the vocal separator) goes through the
+    whole stage-2 path into an mp4: the reference pose from DWPose, the audio tokens from the
+    separated vocals."""
     import av
     import soundfile as sf
 
+    from mmgt.audio.separation import SEPARATOR_FILE, VocalSeparator
     from tests.helpers import write_tiny_official_folder
+    from tests.standin_models import separator_model, write_models
 
     root = tmp_path / "weights"
     write_tiny_official_folder(root)
+    write_models(root)
+    (root / SEPARATOR_FILE).parent.mkdir()
+    (root / SEPARATOR_FILE).write_bytes(separator_model().SerializeToString())
+    separated = []
+    vocals = VocalSeparator.vocals
+    monkeypatch.setattr(VocalSeparator, "vocals",
+                        lambda self, *a: separated.append(a[1]) or vocals(self, *a))  # fmt: skip
     wav = tmp_path / "speech.wav"
     speech = load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"))[:9600]
     sf.write(wav, speech, 16000)
@@ -179,8 +190,11 @@ def test_render_from_an_official_weights_folder(tmp_path):
             "--size", "128", "--render-steps", "1", "--render-guidance", "1", "--driver",
             "procedural", "--out", str(out), "-q"]  # fmt: skip
     assert main(args) == 0
+    assert "reference pose: DWPose" in capsys.readouterr().err
+    assert separated == [16000]  # the original audio, at its own rate
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 15
+    assert main([*args, "--no-vocal-separation"]) == 0 and len(separated) == 1
     (root / "stage_2" / "net-7.pth").unlink()  # no stage-2 network: a clear error, no file
     assert main([*args[:-3], "--out", str(tmp_path / "x.mp4"), "-q"]) == 2
     assert not (tmp_path / "x.mp4").exists()

@@ -1,7 +1,7 @@
 """DWPose reference poses: parity with the official code, the maths, and the wiring.
 
 The released DWPose files cannot be downloaded here, so the official code was run once on
-seeded stand-in models with the same signatures (``tests/dwpose_models.py``,
+seeded stand-in models with the same signatures (``tests/standin_models.py``,
 ``scripts/dwpose_fixture.py``); its keypoints are in ``tests/fixtures/official/dwpose.npz``.
 """
 
@@ -17,7 +17,7 @@ from mmgt.avatar import load_avatar
 from mmgt.errors import InputError
 from mmgt.keypoints import dwpose, layout
 from mmgt.keypoints.extractor import ReferencePoseExtractor
-from tests.dwpose_models import fixture_images, write_models
+from tests.standin_models import fixture_images, write_models
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official" / "dwpose.npz"
 
@@ -126,7 +126,7 @@ def test_signature_check(weights, tmp_path: Path) -> None:
     # A pose model of another input size is named with its dims.
     import onnx
 
-    from tests.dwpose_models import pose_model
+    from tests.standin_models import pose_model
 
     m = pose_model()
     m.graph.input[0].type.tensor_type.shape.dim[3].dim_value = 192

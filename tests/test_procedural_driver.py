@@ -181,3 +181,11 @@ def test_bad_inputs(reference_pose, speech_features):
     wrong = KeypointSeq(np.zeros((3, 134, 3), np.float32), start_frame=5)
     with pytest.raises(ValueError, match="committed"):
         drv.generate(speech_features.frames(0, 10), reference_pose, wrong)
+
+
+def test_an_inner_lip_point_beyond_the_mouth_corner_gives_no_nan(reference_pose, speech_features):
+    """Another detector's face (DWPose) may put an inner-lip point beyond a mouth corner."""
+    ref = reference_pose.copy()
+    ref[layout.FACE_START + 62, 0] = ref[layout.FACE_START + 54, 0] + 10  # beyond the corner
+    poses = ProceduralDriver().generate(speech_features, ref)
+    assert np.isfinite(poses.points).all()

@@ -95,7 +95,8 @@ def pose_sequence(reference: np.ndarray, curves: RigCurves) -> np.ndarray:
     left_x = ref[_F(48), 0]
 
     def across(idx: np.ndarray) -> np.ndarray:
-        return np.sin(np.pi * np.clip((ref[idx, 0] - left_x) / mouth_w, 0, 1)) ** 0.6
+        # sin(π) is −9e-8 in float32: clamp, or a point beyond the corner would give NaN.
+        return np.maximum(np.sin(np.pi * np.clip((ref[idx, 0] - left_x) / mouth_w, 0, 1)), 0) ** 0.6
 
     reach = 0.25 * across(_F(np.array([61, 62, 63]))).mean()
     reach += 0.75 * across(_F(np.array([65, 66, 67]))).mean()

@@ -15,7 +15,9 @@ def make_renderer(name: str, **options: object) -> Renderer:
     ``diffusion`` options: ``weights_dir`` (official stage-2 files) or ``preset="tiny"`` (random
     tiny models: a pipeline check whose video is noise), ``device``, ``dtype``, ``steps``,
     ``guidance``, ``mask_mode``, ``seed``, ``live`` (few-step live defaults), ``backend``
-    (:class:`mmgt.runtime.Backend`: torch, ONNX Runtime or TensorRT for its networks).
+    (:class:`mmgt.runtime.Backend`: torch, ONNX Runtime or TensorRT for its networks),
+    ``vocal_separator`` (a Kim_Vocal_2 ONNX path, ``"auto"``: the weights folder's, or None:
+    none; offline clips only, :mod:`mmgt.audio.separation`).
     """
     if name == "warp":
         if options:
@@ -39,6 +41,13 @@ def add_diffusion_arguments(group, *, live: bool) -> None:  # noqa: ANN001 - arg
     group.add_argument("--render-guidance", type=float, help=f"diffusion CFG ({default_cfg})")
     group.add_argument("--mask-mode", choices=("official", "paper"), default="official",
                        help="MM-HAA mask wiring (docs/models.md)")  # fmt: skip
+    if not live:  # separation needs whole seconds of audio at once: offline only
+        group.add_argument(
+            "--no-vocal-separation",
+            action="store_true",
+            help="skip the official vocal separation before wav2vec2 "
+            "(done when WEIGHTS/audio_separator/Kim_Vocal_2.onnx is there)",
+        )
     group.add_argument("--device", default="cpu", help="diffusion renderer device: cpu or cuda:N")
     group.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32", help="precision")
 
@@ -55,6 +64,7 @@ def diffusion_options(args: object, *, live: bool) -> dict:
         "mask_mode": args.mask_mode,
         "seed": getattr(args, "seed", 42),
         "live": live,
+        "vocal_separator": None if live or args.no_vocal_separation else "auto",
     }
 
 
@@ -69,9 +79,11 @@ def _diffusion(
     seed=42,
     live=False,
     backend=None,
+    vocal_separator=None,
 ) -> Renderer:  # noqa: ANN001
     from dataclasses import replace
 
+    from mmgt.audio.separation import VocalSeparator, find_separator
     from mmgt.models.mmhaa import MASK_MODES
     from mmgt.renderers.diffusion import DiffusionRenderer, DiffusionSettings
     from mmgt.weights.stage2_models import Stage2Models
@@ -97,7 +109,10 @@ def _diffusion(
         settings = replace(settings, guidance=guidance)
     if not 1 <= settings.steps <= 1000:
         raise InputError(f"diffusion steps must be in 1..1000, got {settings.steps}")
-    return DiffusionRenderer(models, settings, backend)
+    if vocal_separator == "auto":  # the official file, when the weights folder has it
+        vocal_separator = find_separator(weights_dir) if weights_dir is not None else None
+    separator = VocalSeparator(vocal_separator, device=device) if vocal_separator else None
+    return DiffusionRenderer(models, settings, backend, separator=separator)
 
 
 __all__ = [

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from mmgt.audio import wav2vec as w2v
+from mmgt.audio.separation import VocalSeparator
 from mmgt.keypoints.render import render_pose
 from mmgt.masks import MotionMaskStream
 from mmgt.models.mmhaa import OFFICIAL_REGION_WEIGHTS, BranchMasks, branch_masks
@@ -94,9 +95,11 @@ class DiffusionRenderer:
 
     def __init__(
         self, models: Stage2Models, settings: DiffusionSettings | None = None,
-        backend: Backend | None = None,
+        backend: Backend | None = None, separator: VocalSeparator | None = None,
     ) -> None:  # fmt: skip
+        """``separator``: the official vocal separation before wav2vec2 (offline clips)."""
         self.models = models
+        self.separator = separator
         self.settings = settings or DiffusionSettings()
         self.schedule = VideoScheduleConfig()
         self.backend = backend or Backend()
@@ -113,6 +116,15 @@ class DiffusionRenderer:
     def _out(self, t: torch.Tensor) -> torch.Tensor:
         """A runner's float output on the models' device and dtype."""
         return t.to(self.models.device, self.models.dtype)
+
+    def clip_speech(self, samples: np.ndarray, rate: int, speech16k: np.ndarray) -> np.ndarray:
+        """The 16 kHz speech a whole clip's audio tokens come from: the vocals separated from
+        the original ``samples`` at ``rate`` (official), or ``speech16k`` without a separator."""
+        if self.separator is None:
+            return speech16k
+        vocals = self.separator.vocals(samples, rate)
+        # Resamplers differ by a few samples in length; the clip keeps the speech's length.
+        return np.pad(vocals, (0, max(0, speech16k.size - vocals.size)))[: speech16k.size]
 
     # -- per avatar ---------------------------------------------------------------------------
     @torch.no_grad()

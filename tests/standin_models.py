@@ -1,4 +1,4 @@
-"""Stand-ins for the two DWPose ONNX files, built in code with seeded random weights.
+"""Stand-ins for released ONNX files (DWPose, Kim_Vocal_2), built in code with seeded weights.
 
 They have the released files' input and output signatures (YOLOX-L: ``images`` (1, 3, 640, 640)
 → (1, 8400, 85); RTMPose-L 384: ``input`` (1, 3, 384, 288) → ``simcc_x`` (1, 133, 576) and
@@ -122,3 +122,51 @@ def fixture_images() -> dict[str, np.ndarray]:
     small = np.asarray(Image.fromarray(astronaut).resize((256, 256), Image.BILINEAR))
     dark = np.full((320, 320, 3), 20, np.uint8)  # nobody found: the whole image is the box
     return {"astronaut": astronaut, "tall": tall, "small": small, "dark": dark}
+
+
+def separator_model(seed: int = 2) -> onnx.ModelProto:
+    """Kim_Vocal_2-shaped (MDX-Net): ``input`` (1, 4, 3072, 256) → the same shape; a random 1×1
+    mix of the four spectrogram channels, squashed to a soft mask that multiplies the input."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0.0, 0.5, (4, 4, 1, 1)).astype(np.float32)
+    b = rng.normal(0.0, 0.5, 4).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["mix"]),
+        helper.make_node("Sigmoid", ["mix"], ["mask"]),
+        helper.make_node("Mul", ["input", "mask"], ["output"]),
+    ]
+    shape = [1, 4, 3072, 256]
+    graph = helper.make_graph(
+        nodes,
+        "mdx_standin",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+        [_init("w", w), _init("b", b)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def separation_mix(seconds: float = 8.0) -> np.ndarray:
+    """(2, N) float32 at 44.1 kHz: the bundled speech sample over a chord, peak 0.95."""
+    import soundfile as sf
+    import soxr
+
+    speech, rate = sf.read(ROOT / "mmgt" / "assets" / "speech_sample.wav", dtype="float32")
+    speech = soxr.resample(speech[: int(seconds * rate)], rate, 44100, quality="HQ")
+    t = np.arange(speech.size) / 44100
+    chord = sum(0.15 * np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))
+    left, right = speech + chord, 0.8 * speech + 0.5 * chord
+    mix = np.stack([left, right]).astype(np.float32)
+    return mix * np.float32(0.95 / np.abs(mix).max())
+
+
+def identity_separator() -> onnx.ModelProto:
+    """A Kim_Vocal_2-shaped model that passes the spectrogram through unchanged."""
+    shape = [1, 4, 3072, 256]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["output"])],
+        "mdx_identity",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
