@@ -366,3 +366,48 @@ def test_stage1_command_keeps_its_defaults(tmp_path, monkeypatch, capsys):
     tc = seen["tc"]
     assert (tc.steps, tc.batch, tc.lr, tc.eval_every) == (20000, 64, 2e-4, 500)
     assert capsys.readouterr().out.strip().endswith("best.safetensors")
+
+
+def test_training_from_the_pretrained_base_models(clips, tmp_path, capsys):
+    """``--from-base``: process 1 starts both UNets from an SD image-variations UNet folder and
+    the pose guider from a ControlNet-openpose file (not its conv_out); process 2 starts from
+    the process-1 files at the SD1.5 layout."""
+    from diffusers import UNet2DConditionModel
+
+    from mmgt.train.stage2_base import CONTROLNET_DIR, PROCESS1_UNET, base_models
+    from mmgt.weights.stage2_models import randomize
+
+    root = tmp_path / "weights"
+    models = write_tiny_official_folder(root)
+    base = UNet2DConditionModel(**models.config.unet.reference_config())
+    randomize(base, seed=11)
+    base.save_pretrained(root / PROCESS1_UNET)
+    guider = {f"controlnet_cond_embedding.{k}": torch.randn_like(v)
+              for k, v in models.net.pose_guider.state_dict().items()}  # fmt: skip
+    guider["controlnet_down_blocks.0.weight"] = torch.zeros(1)  # the rest of a ControlNet
+    (root / CONTROLNET_DIR).mkdir()
+    torch.save(guider, root / CONTROLNET_DIR / "diffusion_pytorch_model.bin")
+
+    loaded, notes = base_models(root, 1)
+    net, want = loaded.net, base.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in net.reference_unet.state_dict().items())
+    unet = net.denoising_unet.state_dict()
+    assert all(torch.equal(unet[k], v) for k, v in want.items())  # every base tensor, head too
+    for k, v in net.pose_guider.state_dict().items():
+        expected = guider[f"controlnet_cond_embedding.{k}"]
+        assert torch.equal(v, expected) != k.startswith("conv_out."), k
+    assert any("pose guider from" in n for n in notes)
+
+    out1, out2 = tmp_path / "p1", tmp_path / "p2"
+    argv = ["train", "--stage", "2", "--weights-dir", str(root), "--from-base", "--clips",
+            str(clips), "--steps", "1", "--batch", "1", "--eval-every", "1", "--eval-samples",
+            "1"]  # fmt: skip
+    assert main([*argv, "--process", "1", "--out", str(out1)]) == 0
+    assert "base models: both UNets from" in capsys.readouterr().err
+    assert main([*argv, "--process", "2", "--frames", "4", "--init", str(out1),
+                 "--out", str(out2)]) == 0  # fmt: skip
+    trained = load_stage2_net(out2 / "net-1.pth").state_dict()
+    p1 = torch.load(out1 / "reference_unet-1.pth", weights_only=True)
+    assert all(torch.equal(v, trained[f"reference_unet.{k}"]) for k, v in p1.items())
+    assert main([*argv, "--process", "2", "--out", str(out2)]) == 2  # process 2 needs --init
+    assert "--from-base needs" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 mmgt train --corpus DIR --out DIR [--preset small] [--steps N] [--minutes M] [--resume]
 mmgt train --stage 2 --process 1|2 --clips DIR --out DIR (--stage2-preset tiny | --weights-dir W)
-           [--generate N] [--add-video FILE] [--init DIR] [--frames 12] [--steps N] …
+           [--from-base] [--generate N] [--add-video FILE] [--init DIR] [--frames 12] [--steps N] …
 mmgt eval --corpus DIR [--split test] [--weights FILE] [--out results.json]
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,12 @@ def _add_stage2(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--clips", type=Path, help="clip folder (<id>.npz; CLIPS/val/ = validation)")
     g.add_argument("--stage2-preset", choices=("tiny",), help="random tiny networks (CPU tests)")
     g.add_argument("--weights-dir", type=Path, help="official weights folder (docs/weights.md)")
+    g.add_argument(
+        "--from-base",
+        action="store_true",
+        help="start from the pretrained base models in --weights-dir as the official processes "
+        "do (process 1: SD image-variations UNet + ControlNet-openpose; process 2: --init)",
+    )
     g.add_argument(
         "--init",
         type=Path,
@@ -169,6 +176,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.stage == 2:
         return run_train_stage2(args)
     given = [f"--{k.replace('_', '-')}" for k in STAGE2_ONLY if getattr(args, k) is not None]
+    if args.from_base:
+        given.append("--from-base")
     if given or args.add_video:
         raise InputError(f"{', '.join(given or ['--add-video'])} need --stage 2")
     if args.corpus is None:
@@ -221,6 +230,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_train_stage2(args: argparse.Namespace) -> int:
     """``mmgt train --stage 2``: one process of stage-2 training (docs/training_stage2.md)."""
+    from mmgt.train.stage2_base import base_models
     from mmgt.train.stage2_data import generate_clips, video_to_clips
     from mmgt.train.stage2_parts import Recipe, load_init, load_motion_modules
     from mmgt.train.stage2_train import Stage2TrainConfig, open_clips, train_stage2
@@ -236,8 +246,15 @@ def run_train_stage2(args: argparse.Namespace) -> int:
         raise InputError("--motion-module initialises process 2")
     if args.frames < 1 or (args.generate is not None and args.generate < 1):
         raise InputError("--frames and --generate must be at least 1")
+    if args.from_base and (args.weights_dir is None or (args.process == 2 and not args.init)):
+        raise InputError("--from-base needs --weights-dir (and, for process 2, --init with "
+                         "the process-1 files)")  # fmt: skip
     if args.stage2_preset:
         models = Stage2Models.random(args.stage2_preset, seed=args.seed)
+    elif args.from_base:
+        models, notes = base_models(args.weights_dir, args.process)
+        for note in notes:
+            print(f"base models: {note}", file=sys.stderr)
     else:
         models = Stage2Models.from_folder(args.weights_dir)
     if args.init is not None:

@@ -261,7 +261,7 @@ def load_init(net: Stage2Net, source: str | os.PathLike[str]) -> str:
     net_file = src if src.is_file() else (find_net_file(src) if src.is_dir() else None)
     if net_file is not None:
         state = read_state_dict(net_file)
-        _load_strict(net, state, net_file)
+        load_strict(net, state, net_file)
         return str(net_file)
     parts = find_process1(src) if src.is_dir() else {}
     if not parts:
@@ -273,7 +273,7 @@ def load_init(net: Stage2Net, source: str | os.PathLike[str]) -> str:
         state = read_state_dict(path)
         module = getattr(net, prefix)
         optional = prefix == "denoising_unet" and not any(video_only(k) for k in state)
-        _load_strict(module, state, path, skip=video_only if optional else None)
+        load_strict(module, state, path, skip=video_only if optional else None)
     return ", ".join(str(p) for p in parts.values())
 
 
@@ -282,10 +282,12 @@ def load_motion_modules(net: Stage2Net, path: str | os.PathLike[str]) -> None:
     (``mm_sd_v15_v2.ckpt``: ``down_blocks.0.motion_modules.0.temporal_transformer…``)."""
     state = {k: v for k, v in read_state_dict(path).items() if "motion_modules" in k}
     unet = net.denoising_unet
-    _load_strict(unet, state, Path(path), skip=lambda k: "motion_modules" not in k)
+    load_strict(unet, state, Path(path), skip=lambda k: "motion_modules" not in k)
 
 
-def _load_strict(module: nn.Module, state: dict[str, Tensor], path: Path, skip=None) -> None:  # noqa: ANN001
+def load_strict(module: nn.Module, state: dict[str, Tensor], path: Path, skip=None) -> None:  # noqa: ANN001
+    """Load ``state`` into ``module``; every key must match except those ``skip`` accepts
+    missing (they keep their values). Problems are reported by name, from ``path``."""
     expected = {k: v.shape for k, v in module.state_dict().items() if not (skip and skip(k))}
     problems = diff_state(expected, state)
     if problems:

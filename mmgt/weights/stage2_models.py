@@ -42,13 +42,20 @@ class Stage2Models:
         cls, weights_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "fp32"
     ) -> Stage2Models:
         """Load the official stage-2 files of ``weights_dir`` (strict; never downloads)."""
+        return cls.with_net(weights_dir, load_stage2_net(Path(weights_dir)), device, dtype)
+
+    @classmethod
+    def with_net(
+        cls, weights_dir: str | os.PathLike[str], net: Stage2Net, device: str = "cpu",
+        dtype: str = "fp32",
+    ) -> Stage2Models:  # fmt: skip
+        """``net`` with the VAE, CLIP image encoder and wav2vec2 of ``weights_dir``."""
         from diffusers import AutoencoderKL
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         from mmgt.weights.wav2vec import load_wav2vec2
 
         root = Path(weights_dir)
-        net = load_stage2_net(root)
         vae = _from_folder(AutoencoderKL, AutoencoderKL.load_config, root / VAE_DIR)
         enc_dir = root / IMAGE_ENCODER_DIR
         _require(enc_dir)
