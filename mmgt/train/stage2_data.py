@@ -38,6 +38,7 @@ from mmgt.errors import InputError
 from mmgt.keypoints.render import render_pose_sequence
 from mmgt.masks import motion_masks_clip
 from mmgt.models.mmhaa import MASK_MODES, BranchMasks, branch_masks
+from mmgt.train.stage2_augment import apply_crop, crop_box, reference_and_target
 from mmgt.types import FPS, KeypointSeq
 from mmgt.weights.stage2_models import Stage2Models
 
@@ -255,12 +256,14 @@ class Stage2Clips:
     ``audio=True`` (process 2) adds wav2vec2 windows and MM-HAA masks. ``reference`` picks the
     reference frame: ``random`` (official data loader: any frame of the clip) or ``first``
     (the paper: the window's first frame). ``resolution``: the training frame side (default:
-    the model's; the official process 1 trained at 256²)."""
+    the model's; the official process 1 trained at 256²). With one frame (process 1) and a
+    random reference, the target is drawn at least 25 frames from it, and ``augment`` adds the
+    official random resized crop (:mod:`mmgt.train.stage2_augment`)."""
 
     def __init__(
         self, paths: list[Path], models: Stage2Models, *, frames: int, audio: bool,
         mask_mode: str = "official", reference: str = "random", cache_clips: int = 64,
-        resolution: int | None = None,
+        resolution: int | None = None, augment: bool = False,
     ) -> None:  # fmt: skip
         if mask_mode not in TRAIN_MASK_MODES:
             raise InputError(f"unknown mask mode {mask_mode!r}; choose "
@@ -274,6 +277,7 @@ class Stage2Clips:
             raise InputError(f"the training size must be a multiple of 64, got {self.resolution}")
         self.models, self.frames, self.audio = models, frames, audio
         self.mask_mode, self.reference, self.cache_clips = mask_mode, reference, cache_clips
+        self.augment = augment and frames == 1  # the official image-level crop (process 1)
         lengths = [_length(p) for p in paths]
         self.paths = [p for p, n in zip(paths, lengths, strict=True) if n >= frames]
         self.lengths = [n for n in lengths if n >= frames]
@@ -315,8 +319,11 @@ class Stage2Clips:
         items = []
         for i in picks.tolist():
             c, n = self.conditions(i), self.lengths[i]
-            start = int(torch.randint(0, n - f + 1, (), generator=generator))
-            ref = int(torch.randint(0, n, (), generator=generator))
+            if f == 1 and self.reference == "random":  # the official image-level loader
+                ref, start = reference_and_target(n, generator)
+            else:
+                start = int(torch.randint(0, n - f + 1, (), generator=generator))
+                ref = int(torch.randint(0, n, (), generator=generator))
             items.append((c, start, start if self.reference == "first" else ref))
         radius = self.models.net.audioproj.config.window // 2
         windows = masks = None
@@ -325,15 +332,27 @@ class Stage2Clips:
             win = [c.hidden[w2v.window_index(len(c.hidden), radius)[s : s + f]]
                    for c, s, _ in items]  # fmt: skip
             windows = torch.from_numpy(np.stack(win))  # (B, F, 5, layers, C)
-        pose = [torch.from_numpy(c.pose[s : s + f]).permute(3, 0, 1, 2) for c, s, _ in items]
+        targets = [(c.frames[s : s + f], c.pose[s : s + f], c.frames[r]) for c, s, r in items]
+        if self.augment:  # one crop for target, pose and reference (not the CLIP input)
+            for k, parts in enumerate(targets):
+                box = crop_box(self.resolution, generator)
+                targets[k] = tuple(_cropped(a, box) for a in parts)
+        pose = [torch.from_numpy(p).permute(3, 0, 1, 2) for _, p, _ in targets]
         return Stage2Batch(
-            frames=torch.stack([_pixels(c.frames[s : s + f]) for c, s, _ in items]),
-            reference=_pixels(np.stack([c.frames[r] for c, _, r in items])),
+            frames=torch.stack([_pixels(fr) for fr, _, _ in targets]),
+            reference=_pixels(np.stack([ref for _, _, ref in targets])),
             reference_images=[c.frames[r] for c, _, r in items],
             pose=torch.stack(pose).float() / 255,  # (B, 3, F, R, R)
             masks=masks,
             windows=windows,
         )
+
+
+def _cropped(images: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """One image (R, R, 3) or a stack (F, R, R, 3), cropped by ``box`` and resized back."""
+    if images.ndim == 3:
+        return apply_crop(images, box)
+    return np.stack([apply_crop(x, box) for x in images])
 
 
 def _concat_masks(parts: list[BranchMasks]) -> BranchMasks:

@@ -103,7 +103,8 @@ def open_clips(
         paths = [paths[i] for i in sorted(order[n_val:])]
     kw = dict(frames=cfg.window, audio=cfg.process == 2, mask_mode=cfg.mask_mode,
               reference=cfg.reference, resolution=cfg.size)  # fmt: skip
-    return Stage2Clips(paths, models, **kw), Stage2Clips(val_paths, models, **kw)
+    train = Stage2Clips(paths, models, augment=cfg.process == 1, **kw)  # the official crop
+    return train, Stage2Clips(val_paths, models, **kw)
 
 
 def train_stage2(
