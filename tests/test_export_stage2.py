@@ -182,9 +182,14 @@ def test_render_cli_on_onnxruntime_equals_torch(onnx_dir, tmp_path, capsys):
     base = ["render", "--audio", str(audio), "--size", str(SIZE), "-q", "--driver",
             "procedural", "--renderer", "diffusion", "--stage2-preset", "tiny",
             "--render-steps", "1", "--render-guidance", "1"]  # fmt: skip
-    assert cli_main([*base, "--out", str(tmp_path / "torch.mp4")]) == 0
-    ort = ["--backend", "onnxruntime", "--onnx-dir", str(onnx_dir)]
-    assert cli_main([*base, "--out", str(tmp_path / "ort.mp4"), *ort]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same summation order whatever ran before in this process
+    try:
+        assert cli_main([*base, "--out", str(tmp_path / "torch.mp4")]) == 0
+        ort = ["--backend", "onnxruntime", "--onnx-dir", str(onnx_dir)]
+        assert cli_main([*base, "--out", str(tmp_path / "ort.mp4"), *ort]) == 0
+    finally:
+        torch.set_num_threads(threads)
     a, b = _video(tmp_path / "torch.mp4"), _video(tmp_path / "ort.mp4")
     assert a.shape == b.shape == (15, SIZE, SIZE, 3)
     assert np.abs(a.astype(int) - b).mean() < 1.5
