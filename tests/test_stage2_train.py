@@ -337,6 +337,20 @@ def test_video_to_clips(tmp_path):
     assert audio.size == 6 * 640 and len(read_clip(paths[1])[0]) == 4
     nose = points[:, 0]  # inside the 128 frame, and following the photo to the right
     assert (nose[:, 2] > 0.3).all() and (0 < nose[:, :2]).all() and (nose[:, :2] < 128).all()
+    # With the official vocal separation (here a transparent stand-in), the clips keep its
+    # output: the tone × the model's compensation, same length.
+    from mmgt.audio.separation import COMPENSATE, VocalSeparator
+    from tests.standin_models import identity_separator
+
+    model = tmp_path / "Kim_Vocal_2.onnx"
+    model.write_bytes(identity_separator().SerializeToString())
+    separated = video_to_clips(video, tmp_path / "vocals", size=128, clip_frames=6,
+                               separator=VocalSeparator(model))  # fmt: skip
+    vocals = read_clip(separated[0])[2]
+    assert vocals.size == audio.size
+    middle = slice(640, 3200)  # away from the ends, where the resamplers' edges differ
+    gain = float(vocals[middle] @ audio[middle] / (audio[middle] @ audio[middle]))
+    assert gain == pytest.approx(COMPENSATE, abs=0.02)
     with pytest.raises(InputError, match="not found"):
         video_to_clips(tmp_path / "none.mp4", tmp_path / "clips")
 

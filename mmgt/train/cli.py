@@ -230,6 +230,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_train_stage2(args: argparse.Namespace) -> int:
     """``mmgt train --stage 2``: one process of stage-2 training (docs/training_stage2.md)."""
+    from mmgt.audio.separation import VocalSeparator, find_separator
     from mmgt.train.stage2_base import base_models
     from mmgt.train.stage2_data import generate_clips, video_to_clips
     from mmgt.train.stage2_parts import Recipe, load_init, load_motion_modules
@@ -265,10 +266,12 @@ def run_train_stage2(args: argparse.Namespace) -> int:
         size, frames = args.train_size or models.resolution, max(32, args.frames + 8)
         generate_clips(args.clips, args.generate, size=size, frames=frames, seed=args.seed)
     if args.add_video:
+        found = find_separator(args.weights_dir) if args.weights_dir is not None else None
+        separator = VocalSeparator(found, device=args.device) if found else None
         with extractor_from_args(args, official_models=args.weights_dir is not None) as ex:
             for video in args.add_video:
                 size = args.train_size or models.resolution
-                video_to_clips(video, args.clips, size=size, extractor=ex)
+                video_to_clips(video, args.clips, size=size, extractor=ex, separator=separator)
     given = {k: getattr(args, k) for k in ("steps", "batch", "lr") if getattr(args, k) is not None}
     if args.process == 2:
         given["frames"] = args.frames

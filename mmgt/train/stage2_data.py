@@ -99,14 +99,16 @@ def generate_clips(
 def video_to_clips(
     video_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, size: int = 512,
     clip_frames: int = 100, extractor=None,  # noqa: ANN001 - ReferencePoseExtractor
+    separator=None,  # noqa: ANN001 - mmgt.audio.separation.VocalSeparator
 ) -> list[Path]:  # fmt: skip
     """Cut a talking-person video into clips ``<stem>-<k>.npz`` of ``clip_frames`` frames.
 
     As the corpus reader (:func:`mmgt.train.corpus.video.extract_keypoints`): 25 fps, one square
     crop around the first frame's face for the whole video, MediaPipe keypoints per frame (a
     frame without a person repeats the previous pose), 16 kHz mono audio; frames are resized to
-    ``size``² and the keypoints scaled with them."""
-    from mmgt.audio import load_audio
+    ``size``² and the keypoints scaled with them. With a ``separator`` the clips keep the
+    separated vocals, as the official data preparation does before wav2vec2."""
+    from mmgt.audio import load_audio, load_audio_native
     from mmgt.keypoints.extractor import ReferencePoseExtractor
     from mmgt.train.corpus.video import FRAME, VideoFramer, extract_keypoints
     from mmgt.video import video_frames
@@ -117,6 +119,9 @@ def video_to_clips(
     if size < 64 or size % 64 or clip_frames < 1:
         raise InputError(f"clip size must be a multiple of 64 and clips ≥ 1 frame ({path})")
     audio = load_audio(path)
+    if separator is not None:
+        vocals = separator.vocals(*load_audio_native(path))
+        audio = np.pad(vocals, (0, max(0, audio.size - vocals.size)))[: audio.size]
     total = -(-audio.size // HOP)
     audio = np.pad(audio, (0, total * HOP - audio.size))
     out = Path(out_dir)
