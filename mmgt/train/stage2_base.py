@@ -29,7 +29,7 @@ from mmgt.models.stage2 import Stage2Config, Stage2Net
 from mmgt.train.stage2_parts import load_strict, video_only
 from mmgt.weights.smga import read_state_dict
 from mmgt.weights.stage2 import SD_UNET_CONFIG, WAV2VEC_DIR, infer_config
-from mmgt.weights.stage2_models import Stage2Models, _weights_file
+from mmgt.weights.stage2_models import Stage2Models, weights_file
 
 PROCESS1_UNET = "sd-image-variations-diffusers/unet"
 CONTROLNET_DIR = "control_v11p_sd15_openpose"
@@ -54,7 +54,7 @@ def base_config(unet_config: dict, wav2vec_config: dict) -> Stage2Config:
 
 def load_base_unet(net: Stage2Net, unet_dir: Path) -> None:
     """SD-style UNet weights (a diffusers folder) into both UNets, as process 1 starts."""
-    path = _weights_file(unet_dir)
+    path = weights_file(unet_dir)
     state = read_state_dict(path)
     load_strict(net.reference_unet, {k: v for k, v in state.items()
                                       if not k.startswith(UNET_HEAD)}, path)  # fmt: skip
@@ -64,7 +64,7 @@ def load_base_unet(net: Stage2Net, unet_dir: Path) -> None:
 def controlnet_file(weights_dir: Path) -> Path | None:
     """The ControlNet-openpose weights of a weights folder, if there."""
     try:
-        return _weights_file(weights_dir / CONTROLNET_DIR)
+        return weights_file(weights_dir / CONTROLNET_DIR)
     except WeightsError:
         return None
 

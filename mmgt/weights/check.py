@@ -87,12 +87,12 @@ def check_stage2(root: Path, state: Stage2State | None = None) -> Report:
 
 
 def _check_pretrained(name: str, folder: Path, build) -> Report:  # noqa: ANN001
-    from mmgt.weights.stage2_models import _weights_file
+    from mmgt.weights.stage2_models import weights_file
 
     if not (folder / "config.json").is_file():
         return Report(name, str(folder), "absent")
     try:
-        weights = _weights_file(folder)
+        weights = weights_file(folder)
     except InputError as exc:
         return Report(name, str(folder), "problems", [str(exc)])
     with torch.device("meta"):

@@ -155,7 +155,8 @@ def _require(folder: Path) -> None:
         raise WeightsError(f"missing {folder}/config.json (see docs/weights.md for the layout)")
 
 
-def _weights_file(folder: Path) -> Path:
+def weights_file(folder: Path) -> Path:
+    """The weights file of a pretrained-model folder (safetensors preferred)."""
     for name in (
         "model.safetensors",
         "diffusion_pytorch_model.safetensors",
@@ -168,7 +169,7 @@ def _weights_file(folder: Path) -> Path:
 
 
 def _load_strict(model: nn.Module, folder: Path, ignore: tuple[str, ...] = ()) -> None:
-    state = {k: v for k, v in read_state_dict(_weights_file(folder)).items() if k not in ignore}
+    state = {k: v for k, v in read_state_dict(weights_file(folder)).items() if k not in ignore}
     problems = diff_state({k: v.shape for k, v in model.state_dict().items()}, state)
     if problems:
         raise WeightsError(f"{folder} does not match its config:\n  " + "\n  ".join(problems[:40]))
