@@ -43,3 +43,11 @@ def test_process_one_batches_share_one_crop_and_keep_the_clip_input_whole(tmp_pa
     assert not torch.equal(a.frames, b.frames) and not torch.equal(a.reference, b.reference)
     # Reference and target come from frames ≥ 25 apart: they differ.
     assert all(not torch.equal(f[0], r) for f, r in zip(a.frames, a.reference, strict=True))
+
+
+def test_video_windows_leave_two_frames_of_audio_after_them() -> None:
+    g = torch.Generator().manual_seed(2)
+    draws = [aug.video_window(16, 8, g) for _ in range(300)]
+    assert {s for s, _ in draws} == set(range(6)) == {r for _, r in draws}  # 16 − 8 − 2 − 1 = 5
+    short = [aug.video_window(9, 8, g) for _ in range(100)]  # no room for the margin
+    assert {s for s, _ in short} == {0, 1}

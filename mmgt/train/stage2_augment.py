@@ -1,4 +1,8 @@
-"""Process-1 sampling as the official image-level data loader does it (``HumanDanceDataset``).
+"""Training samples drawn as the official data loaders draw them.
+
+Video level (process 2, ``TalkingVideoDataset_move_mask``): the window and the reference frame
+are drawn from the starts that leave 2 frames of audio after the window; frames are only
+resized (no crop). Image level (process 1, ``HumanDanceDataset``):
 
 * The target frame is at least ``SAMPLE_MARGIN`` frames from the reference frame when the clip
   allows it (the official ``sample_margin``, 25 in its process-1 config), so the network
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 SAMPLE_MARGIN = 25
+AUDIO_MARGIN = 2  # the video loader's audio_margin
 CROP_SCALE = (0.9, 1.0)
 CROP_RATIO = (0.9, 1.0)
 
@@ -37,6 +42,16 @@ def reference_and_target(n: int, generator: torch.Generator) -> tuple[int, int]:
     if ref - margin > 0:
         return ref, _randint(0, ref - margin, generator)
     return ref, _randint(0, n - 1, generator)
+
+
+def video_window(n: int, frames: int, generator: torch.Generator) -> tuple[int, int]:
+    """(window start, reference) for the video level, as the official talking-video loader: both
+    drawn so that ``AUDIO_MARGIN`` frames of audio follow the window (its ±2-frame wav2vec2
+    windows then read real audio), or anywhere the window fits in a clip too short for that."""
+    high = n - frames - AUDIO_MARGIN - 1
+    if high < 0:
+        high = n - frames
+    return _randint(0, high, generator), _randint(0, high, generator)
 
 
 def crop_box(size: int, generator: torch.Generator) -> tuple[int, int, int, int]:

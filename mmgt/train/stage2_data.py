@@ -38,7 +38,7 @@ from mmgt.errors import InputError
 from mmgt.keypoints.render import render_pose_sequence
 from mmgt.masks import motion_masks_clip
 from mmgt.models.mmhaa import MASK_MODES, BranchMasks, branch_masks
-from mmgt.train.stage2_augment import apply_crop, crop_box, reference_and_target
+from mmgt.train.stage2_augment import apply_crop, crop_box, reference_and_target, video_window
 from mmgt.types import FPS, KeypointSeq
 from mmgt.weights.stage2_models import Stage2Models
 
@@ -326,6 +326,8 @@ class Stage2Clips:
             c, n = self.conditions(i), self.lengths[i]
             if f == 1 and self.reference == "random":  # the official image-level loader
                 ref, start = reference_and_target(n, generator)
+            elif self.audio:  # the official video-level loader
+                start, ref = video_window(n, f, generator)
             else:
                 start = int(torch.randint(0, n - f + 1, (), generator=generator))
                 ref = int(torch.randint(0, n, (), generator=generator))
