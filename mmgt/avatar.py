@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -137,8 +138,8 @@ def prepare_avatar(
         box = tuple(v / scale for v in _face_box(first.keypoints))
         framed = frame_square(image, box)  # type: ignore[arg-type]
         if framed is image and h == frame_size and scale == 1.0:
-            square = image  # already framed at the output size
-            result = first if ex.dwpose is None else ex(square)
+            square = image  # already framed at the output size: MediaPipe has seen it
+            result = first if ex.dwpose is None else replace(first, keypoints=ex.dwpose(square))
         else:
             square = _resize(framed, frame_size)
             result = ex(square)
