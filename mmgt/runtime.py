@@ -83,6 +83,27 @@ def ort_providers(device: str = "cpu") -> list[str]:
     return [p for p in wanted if p in available]
 
 
+def foreign_session(
+    path: str | os.PathLike[str], *, device: str = "cpu", threads: int | None = None
+):  # noqa: ANN201 - onnxruntime.InferenceSession
+    """An ONNX Runtime session for a released ONNX file that is not one of our exports (DWPose,
+    the vocal separator): CPU or CUDA, ``threads`` intra-op threads (default: all cores), and a
+    file ORT cannot read reported as a :class:`~mmgt.errors.WeightsError`."""
+    import onnxruntime as ort
+
+    from mmgt.errors import WeightsError
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        opts.intra_op_num_threads = max(int(threads), 1)
+    opts.log_severity_level = 3
+    providers = [p for p in ort_providers(device) if p != "TensorrtExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own types
+        raise WeightsError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+
+
 class OrtRunner:
     """An ONNX file in ONNX Runtime. Inputs and outputs are torch tensors (CPU)."""
 

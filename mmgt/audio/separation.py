@@ -140,19 +140,9 @@ class VocalSeparator:
     def __init__(
         self, path: str | os.PathLike[str], *, device: str = "cpu", threads: int | None = None
     ) -> None:
-        import onnxruntime as ort
+        from mmgt.runtime import foreign_session
 
-        from mmgt.runtime import ort_providers
-
-        opts = ort.SessionOptions()
-        if threads is not None:
-            opts.intra_op_num_threads = max(int(threads), 1)
-        opts.log_severity_level = 3
-        providers = [p for p in ort_providers(device) if p != "TensorrtExecutionProvider"]
-        try:
-            self._session = ort.InferenceSession(str(path), opts, providers=providers)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own types
-            raise WeightsError(f"{path}: ONNX Runtime cannot load it ({exc})") from exc
+        self._session = foreign_session(path, device=device, threads=threads)
         shape = list(self._session.get_inputs()[0].shape)
         if shape[1:] != [4, DIM_F, DIM_T]:
             raise WeightsError(f"{path}: input {shape}, expected (1, 4, {DIM_F}, {DIM_T})")

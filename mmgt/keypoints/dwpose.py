@@ -267,27 +267,15 @@ class DWPose:
     ) -> None:
         """``threads``: ONNX Runtime intra-op threads (default: all cores; it runs once per
         photo, not per frame)."""
-        import onnxruntime as ort
-
-        from mmgt.runtime import ort_providers
+        from mmgt.runtime import foreign_session
 
         folder = Path(folder)
         missing = [f for f in (DETECTOR_FILE, POSE_FILE) if not (folder / f).is_file()]
         if missing:
             raise InputError(f"{folder}: missing DWPose file(s) {', '.join(missing)}")
-        opts = ort.SessionOptions()
-        if threads is not None:
-            opts.intra_op_num_threads = max(int(threads), 1)
-        opts.log_severity_level = 3
-        providers = [p for p in ort_providers(device) if p != "TensorrtExecutionProvider"]
         self.folder = folder
-        sessions = []
-        for name in (DETECTOR_FILE, POSE_FILE):
-            try:
-                sessions.append(ort.InferenceSession(str(folder / name), opts, providers=providers))
-            except Exception as exc:  # noqa: BLE001 - ORT raises its own types
-                raise WeightsError(f"{folder / name}: ONNX Runtime cannot load it ({exc})") from exc
-        self._det, self._pose = sessions
+        self._det, self._pose = (foreign_session(folder / name, device=device, threads=threads)
+                                 for name in (DETECTOR_FILE, POSE_FILE))  # fmt: skip
         h, w = self._pose.get_inputs()[0].shape[2:]
         if not (isinstance(h, int) and isinstance(w, int)):
             raise WeightsError(f"{folder / POSE_FILE}: the input size must be fixed, got {h}×{w}")
