@@ -5,7 +5,9 @@ Preparation (documented in the README, "Photos"):
 1. **Load** with Pillow, honouring EXIF orientation; transparent pixels are composited on white.
    Files over :data:`MAX_FILE_BYTES`, images with more than :data:`MAX_PIXELS` pixels or a side
    over :data:`MAX_SIDE` are refused before decoding (decompression bombs included); images with
-   a short side under :data:`MIN_SIDE` are refused as too small.
+   a short side under :data:`MIN_SIDE` are refused as too small. Greyscale images of more than
+   8 bits (16-bit PNG and TIFF, 32-bit integer or float TIFF) are scaled to 8 bits by their
+   full range (see :func:`_to_8bit`), not clipped at 255.
 2. **Frame** a square around the person: the face is found first, and the square is centred on
    it horizontally, with the top of the face :data:`FACE_TOP_FRACTION` of the way down. The
    square is the photo's short side, unless the face is small (the short side is more than
@@ -66,7 +68,7 @@ def load_image(source: str | os.PathLike[str] | bytes) -> np.ndarray:
                     f"megapixels and {MAX_SIDE} px per side"
                 )
             im.load()
-            im = ImageOps.exif_transpose(im)
+            im = _to_8bit(ImageOps.exif_transpose(im))
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
                 im = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
@@ -85,6 +87,31 @@ def load_image(source: str | os.PathLike[str] | bytes) -> np.ndarray:
             f"least {MIN_SIDE} px"
         )
     return np.ascontiguousarray(rgb)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """8-bit greyscale from Pillow's high-bit-depth modes ("I;16*", "I", "F"); others unchanged.
+
+    Pillow's own conversion to RGB clips these at 255, so a 16-bit photo turns almost white.
+    Integer images are scaled by 65535 when their values fit in 16 bits (16-bit files that
+    Pillow opens as "I"), else by their maximum; float images are read as 0–1 when they lie in
+    it, else stretched from their minimum to their maximum.
+    """
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    values = np.asarray(im, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ImageError("the image holds NaN or infinite pixel values")
+    low, high = float(values.min()), float(values.max())
+    if im.mode == "F":
+        if not (low >= 0.0 and high <= 1.0):
+            values = (values - low) / max(high - low, 1e-12)
+        scale = 255.0
+    else:
+        values = values - min(low, 0.0)
+        top = float(values.max())
+        scale = 255.0 / (65535.0 if top <= 65535 else top)
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:

@@ -190,7 +190,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     print(
         f"{result.frames} frames ({result.duration_s:.1f} s of audio) of "
         f"{args.image or BUNDLED_AVATAR.name}, driven by {result.driver}, "
-        f"made {rt:.1f}× faster than real time (after set-up)",
+        f"made at {rt:.1f}× real time (after set-up)",
         file=sys.stderr,
     )
     for p in result.debug_paths:

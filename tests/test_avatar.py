@@ -51,6 +51,31 @@ def test_transparency_is_composited_on_white():
     assert tuple(out[80, 80]) == (255, 0, 0)
 
 
+@pytest.mark.parametrize(
+    ("mode", "fmt", "scale", "offset"),
+    [
+        ("I;16", "PNG", 257, 0),
+        ("I", "TIFF", 257, 0),
+        ("F", "TIFF", 1 / 255, 0),
+        ("F", "TIFF", 4, -300),
+    ],
+)
+def test_high_bit_depth_greyscale_is_scaled_not_clipped(mode, fmt, scale, offset):
+    grey = np.random.default_rng(1).integers(0, 256, (150, 170)).astype(np.float64)
+    pixels = grey * scale + offset  # 16-bit, 32-bit integer, 0–1 float, arbitrary float range
+    im = Image.fromarray(pixels.astype({"F": np.float32, "I": np.int32}.get(mode, np.uint16)))
+    if im.mode != mode:
+        im = im.convert(mode)
+    out = load_image(_encode(im, fmt))
+    assert out.shape == (150, 170, 3)
+    assert (out[..., 0] == out[..., 2]).all()
+    if offset:  # stretched from its minimum to its maximum
+        expected = (grey - grey.min()) / (grey.max() - grey.min()) * 255
+    else:
+        expected = grey
+    assert np.abs(out[..., 0].astype(float) - expected).max() <= 1.0
+
+
 def test_exif_orientation_is_applied():
     img = Image.new("RGB", (200, 150), "blue")
     exif = Image.Exif()
