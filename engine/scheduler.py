@@ -185,6 +185,7 @@ class StreamScheduler:
         self._stream = LightFeatureStream()
         self._stream_offset = frame  # feature frame 0 of the stream = timeline frame `frame`
         self.samples = frame * HOP  # 16 kHz samples on the timeline
+        self._padded_to = -1  # the timeline's length right after the last segment end
         self._audio = np.zeros(0, np.float32)  # output-rate samples from frame `_audio_frame` on
         self._audio_frame = frame
         self.posed = frame  # frames with poses
@@ -304,9 +305,13 @@ class StreamScheduler:
     def end_segment(self) -> None:
         """Close the current segment: pad it to a whole frame and finalise its features."""
         self._tail_flush()
-        end_frame = -(-self.samples // HOP)
+        # Audio of the segment: the timeline, less the look-ahead padding of the segment end
+        # before it when nothing has come since (a repeated end adds no silent frame).
+        content = self.samples - (LOOKAHEAD_SAMPLES if self.samples == self._padded_to else 0)
+        end_frame = -(-content // HOP)
         # Pad to the frame boundary plus the features' look-ahead, so every frame is final.
         self.fill_silence(end_frame * HOP + LOOKAHEAD_SAMPLES)
+        self._padded_to = self.samples
         self._segment += 1
         index = max(end_frame - 1, self.emitted - 1)
         self._events.append((index + 0.5, SegmentEnd(index, self._segment)))  # after frame index
@@ -321,12 +326,23 @@ class StreamScheduler:
         self._events.append((index, mark))
         return mark
 
+    @property
+    def has_work(self) -> bool:
+        """Whether :meth:`step` would pose or draw frames now. A window renderer may hold
+        what a step gave it and return nothing, so an empty step does not mean it is done."""
+        if self._pending is not None:
+            return True
+        ready, hop = self.features_ready, self._hop()
+        if ready - self.posed >= hop + self.settings.lookahead_frames:
+            return True
+        return self._force_until > self.posed and ready > self.posed
+
     def drain(self) -> list[OutputFrame]:
-        """After the last :meth:`step` of a finished input: the render stream's held frames and
-        every event still queued."""
+        """After the input has ended: every frame still to pose and draw, the render stream's
+        held frames and every event still queued."""
         out: list[OutputFrame] = []
-        while self._pending is not None:
-            out.extend(self._render_next())
+        while self.has_work:
+            out.extend(self.step(None))
         for image in self.render.flush():
             out.extend(self._pair(image))
         out.extend(self._due_events(math.inf))
@@ -374,12 +390,10 @@ class StreamScheduler:
         """
         if self._pending is not None:
             return self._render_next()
-        s = self.settings
-        ready = self.features_ready
-        hop = s.hop_frames * (2 if self.level >= 2 else 1)
-        force = self._force_until > self.posed
-        if ready - self.posed < hop + s.lookahead_frames and not (force and ready > self.posed):
+        if not self.has_work:
             return self._due_events(self.emitted)
+        s = self.settings
+        ready, hop = self.features_ready, self._hop()
         if now is not None and s.realtime:
             self._adapt(ready - self.posed, hop, now, starving)
         n_new = min(hop, ready - self.posed)
@@ -394,6 +408,10 @@ class StreamScheduler:
             out.extend(self._render(poses))
         self._trim()
         return out
+
+    def _hop(self) -> int:
+        """New frames per stage-1 call at the current quality level (level 2 doubles it)."""
+        return self.settings.hop_frames * (2 if self.level >= 2 else 1)
 
     def _run_driver(self, n_new: int, ready: int) -> KeypointSeq:
         ctx = min(self.driver.context_frames, self.posed - self._poses_start)

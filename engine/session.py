@@ -262,7 +262,7 @@ class Session:
                     self._inbox.clear()
                     self._inbox_samples = 0.0
                     starving, self._starved = self._starved, False
-                    frames, last = await self._run(
+                    frames, last, busy = await self._run(
                         self._work, commands, self._clock.now(), starving
                     )
                 for item in frames:
@@ -277,7 +277,7 @@ class Session:
                     self._done = True
                     self._avail.set()
                     break
-                if not frames:
+                if not frames and not busy:
                     await self._wait_for_work()
         except asyncio.CancelledError:
             raise
@@ -288,10 +288,12 @@ class Session:
 
     def _work(
         self, commands: list[tuple], now: float, starving: bool
-    ) -> tuple[list[OutputFrame], bool]:
+    ) -> tuple[list[OutputFrame], bool, bool]:
         """One step in a worker thread: apply commands, fill silence, run one window.
 
-        Returns the frames and whether the input has ended and everything is out."""
+        Returns the frames, whether the input has ended and everything is out, and whether
+        the scheduler has more to do right away (a window renderer may hold a whole hop and
+        return nothing, which is not the same as having nothing to do)."""
         sched = self.scheduler
         out: list[OutputFrame] = []
         due = int((now - self._t0 - self._slack) * SPEECH_RATE)
@@ -316,9 +318,10 @@ class Session:
         else:
             sched.clock_samples = None  # the input has ended or is not paced by a clock
         out.extend(sched.step(now, starving and not self._input_ended))
-        if self._input_ended and not out:
-            return sched.drain(), True
-        return out, False
+        busy = sched.has_work
+        if self._input_ended and not out and not busy:
+            return sched.drain(), True, False
+        return out, False, busy
 
     async def _wait_for_work(self) -> None:
         if self._wake.is_set():

@@ -171,6 +171,19 @@ def test_segment_end_pads_to_a_whole_frame():
     assert audio[1].samples[1000 - 640 :].max() == 0.0  # padded with silence
 
 
+def test_a_repeated_segment_end_adds_no_silent_frame():
+    sched, _ = make_scheduler()
+    sched.push_audio(np.full(1000, 0.1, np.float32), 16000, 1, None)
+    sched.end_segment()
+    sched.end_segment()  # e.g. a client that sends "end" twice
+    out = []
+    while sched.has_work:
+        out.extend(sched.step(None))
+    video, _, events = split(out + sched.drain())
+    assert [v.index for v in video] == [0, 1]
+    assert events == [SegmentEnd(1, 1), SegmentEnd(1, 2)]
+
+
 @pytest.mark.parametrize("rate,out_rate", [(16000, 16000), (44100, 48000), (48000, 24000)])
 def test_a_finished_segment_renders_every_frame_at_any_rate(rate, out_rate):
     # 4 s of input is exactly 100 frames; the resamplers' held-back tail must not cost the

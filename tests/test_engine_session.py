@@ -227,6 +227,20 @@ async def test_finish_ends_the_iteration_after_the_last_frame(speech):
     await session.aclose()
 
 
+async def test_finish_renders_every_frame_through_a_window_renderer(speech):
+    # A window renderer holds a hop it was given and returns nothing: the session must keep
+    # posing the frames after it instead of taking the empty step for the end (it did, and
+    # the last 24 frames were lost).
+    session = new_session(window=True, hop_frames=4)
+    session.push_audio(speech[: 40 * 640], 16000, 1)
+    session.finish()
+    items = [item async for item in session]
+    assert [f.index for f in items if isinstance(f, VideoFrame)] == list(range(40))
+    assert [f.index for f in items if isinstance(f, AudioFrame)] == list(range(40))
+    assert isinstance(items[-1], SegmentEnd)
+    await session.aclose()
+
+
 async def test_bad_chunks_are_refused_and_the_session_goes_on():
     session = new_session(max_buffered_s=1.0)
     with pytest.raises(AudioError, match="whole number"):

@@ -1,0 +1,86 @@
+"""Random operation sequences on the scheduler: whatever the order of pushes (any chunking,
+rate and channel count), steps, marks, segment ends, idle silence and interrupts, the output
+keeps its invariants (frames in order, each with its own audio, nothing lost or repeated)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.frames import AudioFrame, Interrupted, Mark, SegmentEnd, VideoFrame
+from mmgt.audio.features import HOP, LOOKAHEAD_SAMPLES
+from tests.engine_fakes import image_index, make_scheduler
+
+FORMATS = [(16000, 1), (48000, 1), (44100, 2), (8000, 1), (22050, 2)]
+
+
+def _random_session(seed: int, window: bool) -> tuple[list, list[Interrupted], int]:
+    """Drive one scheduler through a random sequence; return its output (with each interrupt's
+    result in place), the interrupts and the 16 kHz timeline length at the end."""
+    rng = np.random.default_rng(seed)
+    rate, channels = FORMATS[0]
+    sched, _ = make_scheduler(window=window, output_rate=48000, hop_frames=int(rng.integers(1, 6)))
+    out: list = []
+    interrupts: list[Interrupted] = []
+    for _ in range(int(rng.integers(40, 120))):
+        op = rng.choice(["push", "push", "push", "step", "step", "mark", "end", "idle", "int",
+                         "format"])  # fmt: skip
+        if op == "format":
+            rate, channels = FORMATS[int(rng.integers(len(FORMATS)))]
+        elif op == "push":
+            n = int(rng.integers(1, 6000))
+            chunk = (0.2 * rng.standard_normal((n, channels) if channels > 1 else n)).astype(
+                np.float32
+            )
+            sched.push_audio(chunk, rate, channels, None)
+        elif op == "step":
+            for _ in range(int(rng.integers(1, 8))):
+                out.extend(sched.step(None))
+        elif op == "mark":
+            sched.mark(f"m{len(out)}")
+        elif op == "end":
+            sched.end_segment()
+        elif op == "idle":
+            sched.fill_silence(sched.samples + int(rng.integers(1, 4000)))
+        elif op == "int":
+            shown = [f.index for f in out if isinstance(f, VideoFrame)]
+            played = int(rng.integers(shown[-1] - 10, shown[-1] + 2)) if shown else 0
+            result = sched.interrupt(max(played, 0))
+            interrupts.append(result)
+            out.append(result)
+    sched.end_segment()
+    while got := sched.step(None):
+        out.extend(got)
+    out.extend(sched.drain())
+    return out, interrupts, sched.samples
+
+
+@pytest.mark.parametrize("window", [False, True])
+@pytest.mark.parametrize("seed", range(12))
+def test_random_operations_keep_the_output_invariants(seed, window):
+    out, interrupts, samples = _random_session(seed, window)
+    expected_next = 0
+    last_video: VideoFrame | None = None
+    for k, item in enumerate(out):
+        if isinstance(item, Interrupted):
+            # Playback resumes at the frame the interrupt reports as played.
+            assert item.played_frames <= expected_next
+            expected_next = item.played_frames
+            last_video = None
+        elif isinstance(item, VideoFrame):
+            assert item.index == expected_next, f"frame {item.index}, expected {expected_next}"
+            assert image_index(item.image) == item.index  # the renderer drew this frame's pose
+            follow = out[k + 1]
+            assert isinstance(follow, AudioFrame) and follow.index == item.index
+            assert follow.pts == item.pts and follow.samples.shape == (48000 // 25,)
+            assert np.isfinite(follow.samples).all()
+            expected_next += 1
+            last_video = item
+        elif isinstance(item, AudioFrame):
+            assert last_video is not None and item.index == last_video.index
+        elif isinstance(item, SegmentEnd | Mark):
+            assert item.index <= expected_next + 1
+    # Every frame of the timeline came out; the last segment end padded the timeline to a
+    # whole frame plus the features' look-ahead.
+    assert expected_next == (samples - LOOKAHEAD_SAMPLES) // HOP
+    assert (samples - LOOKAHEAD_SAMPLES) % HOP == 0
