@@ -21,7 +21,8 @@ of waiting for the rest of the hop (and the frame's encoding overlaps the next o
 
 Degradation (``realtime`` only). When audio waits unrendered for more than
 ``degrade_lag_frames`` beyond a window, quality steps down one level per window: 1 = one DDIM
-step, 2 = double hop (half the stage-1 rate), 3 = hold (repeat the last image; audio plays on).
+step, 2 = double hop (half the stage-1 rate), 3 = hold (repeat the last image; audio plays on;
+a window renderer first lets out the frames it holds, so images stay with their own audio).
 After ``recover_after_s`` without lag it steps back up. Audio is never dropped, so A/V never
 drifts.
 """
@@ -399,9 +400,14 @@ class StreamScheduler:
         n_new = min(hop, ready - self.posed)
         out: list[OutputFrame] = []
         if self.level >= 3 and self._last_image is not None:
+            if self.posed > self.emitted:
+                # A window renderer holds posed frames: they come out before the held ones,
+                # or every later image would show a pose that many frames before its audio.
+                for image in self.render.flush():
+                    out.extend(self._pair(image))
             self.counters["held_frames"] += n_new
             self._extend_poses(np.repeat(self._poses[-1:], n_new, axis=0))
-            for _ in range(n_new):
+            while self.emitted < self.posed:
                 out.extend(self._pair(self._last_image))
         else:
             poses = self._run_driver(n_new, ready)
@@ -559,6 +565,7 @@ class StreamScheduler:
             self._pcm_start = played * HOP
         self.render.close()
         self.render = self._open_stream()
+        self._last_image = None  # a dropped frame's: a hold must not show it
         self._reset_timeline(played, self.input_rate, self.channels)
         self.counters["interrupts"] += 1
         return Interrupted(played, played / self.settings.fps, dropped_frames, dropped_audio)

@@ -3,6 +3,8 @@ the scheduler, the per-avatar cache, offline clips and ``mmgt render``."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +93,61 @@ def test_live_windows_keep_committed_latents_and_contiguous_pts(
     assert [f.index for f in video] == list(range(len(video)))
     assert [f.index for f in audio] == [f.index for f in video]
     assert len(video) >= 50 and all(f.image.shape == (SIZE, SIZE, 3) for f in video)
+
+
+class _Tagged:
+    """A render stream wrapper that remembers which pose each returned image was drawn for."""
+
+    def __init__(self, stream) -> None:  # noqa: ANN001
+        self.stream, self.queue, self.pose_of = stream, [], {}
+        self.window, self.latency_frames = stream.window, stream.latency_frames
+
+    def _tag(self, images: list) -> list:
+        for image in images:
+            self.pose_of[id(image)] = self.queue.pop(0)
+        return images
+
+    def push(self, poses, masks=None, audio=None):  # noqa: ANN001, ANN201
+        self.queue += list(range(poses.start_frame, poses.stop_frame))
+        return self._tag(self.stream.push(poses, masks, audio))
+
+    def flush(self):  # noqa: ANN201
+        return self._tag(self.stream.flush())
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def test_a_hold_lets_the_held_window_out_first_and_windows_go_on(renderer, avatar, speech):
+    """Under the deepest degradation (hold) the frames the stream holds come out before the
+    held ones, so every later image still shows its own frame's pose (they came out 8 frames
+    late for the rest of the session)."""
+    state = renderer.prepare(avatar)
+    streams: list[_Tagged] = []
+    sched = StreamScheduler(
+        ProceduralDriver(),
+        lambda: streams.append(_Tagged(renderer.open_stream(state))) or streams[-1],
+        avatar.reference_pose,
+        SIZE,
+        settings=StreamSettings(vad=False, realtime=False),
+        needs_audio=True,
+        audio_kind="pcm16k",
+    )
+    sched.push_audio(speech, 16000, 1, None)
+    out = []
+    for level in (0, 0, 0, 3, 3, 0, 0, 0, 0):
+        sched.level = level
+        out.extend(sched.step(None))
+    sched.end_segment()
+    out.extend(sched.drain())
+    video = [f for f in out if isinstance(f, VideoFrame)]
+    assert [f.index for f in video] == list(range(len(video)))
+    pose_of = streams[0].pose_of
+    drawn = [pose_of.get(id(f.image)) for f in video]
+    held = {f.index for f, prev in itertools.pairwise(video[::-1]) if f.image is prev.image}
+    assert held
+    assert all(d == f.index for f, d in zip(video, drawn, strict=True) if f.index not in held)
+    assert drawn[-1] == video[-1].index  # rendering went on after the hold
 
 
 async def test_the_avatar_cache_is_built_once_for_two_sessions(avatar):
