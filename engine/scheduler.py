@@ -315,6 +315,10 @@ class StreamScheduler:
         self._padded_to = self.samples
         self._segment += 1
         index = max(end_frame - 1, self.emitted - 1)
+        # A mark at the very end of the segment's audio (due before a frame that follows it)
+        # comes out with the segment end, just before it, not after it.
+        self._events = [(min(key, index + 0.5) if isinstance(e, Mark) else key, e)
+                        for key, e in self._events]  # fmt: skip
         self._events.append((index + 0.5, SegmentEnd(index, self._segment)))  # after frame index
         self._force_until = max(self._force_until, end_frame)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.clock import Clock, MonotonicClock
-from engine.frames import Interrupted, Mark, OutputFrame, StateEvent, VideoFrame
+from engine.frames import AudioFrame, Interrupted, Mark, OutputFrame, StateEvent, VideoFrame
 from engine.scheduler import SPEECH_RATE, BufferFull, StreamScheduler
 from mmgt.errors import AudioError
 
@@ -178,7 +178,12 @@ class Session:
             self._inbox_samples = 0.0
             self._marks_pending = 0  # queued, rendered or not: all dropped with their audio
             dropped = self._out_video
+            # The audio of the frame the consumer already took stays (its video was played).
+            head = self._out[0] if self._out else None
+            played_audio = isinstance(head, AudioFrame) and head.index == self._played - 1
             self._out.clear()
+            if played_audio:
+                self._out.append(head)
             self._out_video = 0
             self._space.set()
             result = await self._run(self.scheduler.interrupt, self._played)
@@ -268,7 +273,13 @@ class Session:
                 for item in frames:
                     if generation != self._generation:
                         break  # interrupted meanwhile: these frames are past the played point
-                    while self._out_video >= self._queue_frames and generation == self._generation:
+                    # Room is waited for before a video frame only: its audio follows it at
+                    # once, so an interrupt cannot come between them.
+                    while (
+                        isinstance(item, VideoFrame)
+                        and self._out_video >= self._queue_frames
+                        and generation == self._generation
+                    ):
                         self._space.clear()
                         await self._space.wait()
                     if generation == self._generation:

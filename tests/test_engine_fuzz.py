@@ -5,10 +5,14 @@ with and without load-driven degradation (which may hold the last image, never t
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
+from engine.clock import VirtualClock
 from engine.frames import AudioFrame, Interrupted, Mark, SegmentEnd, VideoFrame
+from engine.session import Session
 from mmgt.audio.features import HOP, LOOKAHEAD_SAMPLES
 from tests.engine_fakes import image_index, make_scheduler
 
@@ -93,3 +97,65 @@ def test_random_operations_keep_the_output_invariants(seed, window, realtime):
     # whole frame plus the features' look-ahead.
     assert expected_next == (samples - LOOKAHEAD_SAMPLES) // HOP
     assert (samples - LOOKAHEAD_SAMPLES) % HOP == 0
+
+
+async def _random_live_session(seed: int, window: bool) -> list:
+    """A Session on a virtual clock through random pushes, pauses, marks, segment ends and
+    interrupts, with a consumer that reads at its own pace; returns everything it read."""
+    rng = np.random.default_rng(seed)
+    clock = VirtualClock()
+    sched, _ = make_scheduler(window=window, output_rate=24000, hop_frames=int(rng.integers(1, 5)))
+    session = Session(sched, clock=clock, name=f"fuzz{seed}")
+    got: list = []
+
+    async def consume() -> None:
+        async for item in session:
+            got.append(item)
+            if rng.random() < 0.05:
+                await asyncio.sleep(0.002)  # a consumer that sometimes lags
+
+    consumer = asyncio.create_task(consume())
+    rate = 16000
+    for _ in range(int(rng.integers(30, 80))):
+        op = rng.choice(["push", "push", "push", "wait", "wait", "mark", "end", "int", "rate"])
+        if op == "rate":
+            rate = int(rng.choice([8000, 16000, 44100, 48000]))
+        elif op == "push":
+            n = int(rng.integers(1, rate // 2))
+            session.push_audio((0.2 * rng.standard_normal(n)).astype(np.float32), rate, 1)
+        elif op == "wait":
+            await clock.advance(float(rng.uniform(0.0, 0.3)))
+            await asyncio.sleep(0.002)
+        elif op == "mark":
+            session.mark(f"m{len(got)}")
+        elif op == "end":
+            session.end_segment()
+        elif op == "int":
+            await session.interrupt()
+    session.finish()
+    await asyncio.wait_for(consumer, 60)
+    await session.aclose()
+    return got
+
+
+@pytest.mark.parametrize("window", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+async def test_random_live_sessions_keep_the_output_invariants(seed, window):
+    got = await _random_live_session(seed, window)
+    expected_next, pending_audio, last = 0, None, None
+    for item in got:
+        if isinstance(item, Interrupted):
+            assert pending_audio is None  # a frame's audio is never separated from it
+            assert item.played_frames <= expected_next
+            expected_next, last = item.played_frames, None
+        elif isinstance(item, VideoFrame):
+            assert pending_audio is None and item.index == expected_next
+            shown = image_index(item.image)  # its own pose, or a hold of the last image
+            assert shown == item.index or (last is not None and shown == image_index(last.image))
+            pending_audio, last, expected_next = item, item, expected_next + 1
+        elif isinstance(item, AudioFrame):
+            assert pending_audio is not None and item.index == pending_audio.index
+            assert item.pts == pending_audio.pts and item.samples.shape == (24000 // 25,)
+            pending_audio = None
+    assert pending_audio is None and expected_next > 0
+    assert isinstance(got[-1], SegmentEnd)  # finish ends the segment, then the iteration
