@@ -87,3 +87,28 @@ def test_smga_driver_windows_join_and_continue(reference_pose):
     assert np.abs(layout.denormalize(norm) - committed.points[-4:]).max() < 1e-3
     with pytest.raises(ValueError, match="light-v1"):
         SMGADriver(model, feature_kind="official-wavlm-edge").generate(feats, reference_pose)
+
+
+def test_non_finite_model_outputs_hold_the_previous_pose(reference_pose, monkeypatch, caplog):
+    """An fp16 overflow (NaN or inf from the model) must not reach the renderer."""
+    torch.manual_seed(0)
+    drv = SMGADriver(SMGA(preset("tiny")), feature_kind="light-v1",
+                     settings=SamplerSettings(steps=1, eta=0.0, context=4, seed=1))  # fmt: skip
+    feats = extract_light_features(load_audio(SPEECH)[: 16000 * 2])
+    sample = drv._sample
+    calls = []
+
+    def overflowing(audio, cond, known, first):  # noqa: ANN001, ANN202
+        window = sample(audio, cond, known, first)
+        calls.append(first)
+        if len(calls) == 2:  # the second window overflows from its 6th frame on
+            window[5:, :10] = np.nan
+            window[7, 20] = np.inf
+        return window
+
+    monkeypatch.setattr(drv, "_sample", overflowing)
+    poses = drv.generate(feats, reference_pose)
+    assert np.isfinite(poses.points).all() and drv.nonfinite_values > 0
+    assert "non-finite" in caplog.text
+    bad = calls[1] + 5  # first bad frame: its first 10 values hold the frame before
+    np.testing.assert_allclose(poses.points[bad, :3, :2], poses.points[bad - 1, :3, :2], atol=1e-4)

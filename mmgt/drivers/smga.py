@@ -20,6 +20,7 @@ The official model predicts the score channel too, but its normalised range is o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,8 @@ from mmgt.models.smga import SMGA, guided
 from mmgt.runtime import Runner
 from mmgt.schedulers.pose import CosineSchedule, ddim_sample
 from mmgt.types import AudioFeatures, KeypointSeq
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class SMGADriver:
         self.audio_std = np.ones(dim, np.float32) if audio_std is None else audio_std
         self.keep_reference_scores = keep_reference_scores
         self.pose_std = pose_std  # None: official space; else the residual space (pose_space)
+        self.nonfinite_values = 0  # model outputs replaced because they were NaN or infinite
 
     @property
     def window(self) -> int:
@@ -133,7 +137,7 @@ class SMGADriver:
             stop = min(start + self.window, len(features))
             known = torch.from_numpy(out[start:done])[None] if c else None
             window = self._sample(audio[start:stop], cond, known, features.start_frame + start)
-            out[done:stop] = window[c:]
+            out[done:stop] = self._finite(window[c:], out[done - 1] if done else None, ref_norm)
             done = stop
         if self.pose_std is not None:
             out = pose_space.from_residual(out, ref_norm, self.pose_std)
@@ -144,6 +148,26 @@ class SMGADriver:
         if self.keep_reference_scores:
             poses[..., 2] = ref[:, 2]
         return KeypointSeq(poses.copy(), frame_size, features.fps, features.start_frame + skip)
+
+    def _finite(self, new: np.ndarray, last: np.ndarray | None, ref_norm: np.ndarray) -> np.ndarray:
+        """``new`` (T, 402) with non-finite values (e.g. an fp16 overflow in the model) replaced
+        by the frame before (or the reference pose), so one bad window neither crashes a live
+        session nor draws garbage; counted in :attr:`nonfinite_values` and logged."""
+        bad = ~np.isfinite(new)
+        if not bad.any():
+            return new
+        if last is None:
+            last = np.zeros_like(ref_norm) if self.pose_std is not None else ref_norm
+        self.nonfinite_values += int(bad.sum())
+        log.warning(
+            "SMGA produced %d non-finite keypoint values; they hold the previous pose",
+            int(bad.sum()),
+        )
+        fixed = new.copy()
+        for t in range(len(fixed)):  # forward fill: each bad value takes the frame before's
+            fixed[t, bad[t]] = last[bad[t]]
+            last = fixed[t]
+        return fixed
 
     @torch.no_grad()
     def _sample(
