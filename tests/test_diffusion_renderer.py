@@ -13,13 +13,13 @@ import mmgt.renderers.diffusion as diffusion
 from engine.engine import Engine, EngineConfig
 from engine.frames import AudioFrame, VideoFrame
 from engine.scheduler import StreamScheduler, StreamSettings
-from mmgt.audio import load_audio
+from mmgt.audio import extract_light_features, load_audio
 from mmgt.avatar import BUNDLED_AVATAR
 from mmgt.cli import main
 from mmgt.drivers.procedural import ProceduralDriver
 from mmgt.renderers import make_renderer
 from mmgt.renderers.diffusion_windows import context_windows
-from mmgt.types import Avatar
+from mmgt.types import AudioFeatures, Avatar
 from tests.helpers import synthetic_reference_pose
 
 SIZE = 128
@@ -93,6 +93,36 @@ def test_live_windows_keep_committed_latents_and_contiguous_pts(
     assert [f.index for f in video] == list(range(len(video)))
     assert [f.index for f in audio] == [f.index for f in video]
     assert len(video) >= 50 and all(f.image.shape == (SIZE, SIZE, 3) for f in video)
+
+
+def test_a_non_finite_window_holds_frames_and_later_windows_recover(
+    renderer, avatar, speech, monkeypatch
+):
+    """An fp16 overflow in one window must not carry NaN into every later window through the
+    committed latents (the rest of the session would be black)."""
+    original, calls = diffusion.sample_continuation, []
+
+    def overflow_once(denoise, noise, sampler, steps, committed=None):  # noqa: ANN001, ANN202
+        out = original(denoise, noise, sampler, steps, committed)
+        calls.append(committed)
+        if len(calls) == 2:
+            out[:, :, -3:] = float("nan")
+        return out
+
+    monkeypatch.setattr(diffusion, "sample_continuation", overflow_once)
+    stream = renderer.open_stream(renderer.prepare(avatar))
+    poses = ProceduralDriver().generate(
+        extract_light_features(speech), avatar.reference_pose, frame_size=SIZE
+    )
+    n = len(poses)
+    rows = np.pad(speech, (0, n * 640 - speech.size)).reshape(n, 640)
+    frames = stream.push(poses, None, AudioFeatures(rows, 25, 0, "pcm16k")) + stream.flush()
+    assert len(frames) == n and len(calls) >= 4
+    assert stream.nonfinite_frames == 3
+    assert all(torch.isfinite(c).all() for c in calls[2:])  # later windows continue clean
+    held = 2 * stream.new_frames - 3  # the first NaN frame shows the frame before it
+    np.testing.assert_array_equal(frames[held], frames[held - 1])
+    assert all(f.std() > 0 for f in frames)
 
 
 class _Tagged:

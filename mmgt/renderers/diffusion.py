@@ -25,6 +25,7 @@ their inputs and the renderer casts their outputs back.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ from mmgt.runtime import Backend, Runner
 from mmgt.schedulers.video import DDIMSampler, VideoScheduleConfig
 from mmgt.types import PCM_AUDIO_KIND, AudioFeatures, Avatar, KeypointSeq, MaskSet
 from mmgt.weights.stage2_models import Stage2Models
+
+log = logging.getLogger(__name__)
 
 SAMPLES_PER_FRAME = 640  # 16 kHz / 25 fps
 DECODE_BATCH = 8  # frames per VAE decoder call
@@ -205,7 +208,7 @@ class DiffusionRenderer:
             chunk = latents[0, :, k : k + DECODE_BATCH].transpose(0, 1)  # (n, 4, h, w)
             images = self.run["vae_decoder"](latent=chunk)["image"]  # (n, 3, H, W) in [0, 1]
             for x in images.permute(0, 2, 3, 1).float().cpu().numpy():
-                img = (x * 255).astype(np.uint8)  # truncation, as the official save
+                img = (np.nan_to_num(x) * 255).astype(np.uint8)  # truncation, as officially
                 if img.shape[0] != size:
                     img = np.asarray(Image.fromarray(img).resize((size, size), Image.LANCZOS))
                 frames.append(img)
@@ -288,6 +291,7 @@ class DiffusionStream:
         self._sampler = DDIMSampler(renderer.schedule)
         self.windows_rendered = 0
         self.frames_emitted = 0
+        self.nonfinite_frames = 0  # latent frames replaced because they were NaN or infinite
 
     def push(
         self,
@@ -324,6 +328,24 @@ class DiffusionStream:
         self._tokens.clear()
         self._committed = None
 
+    def _finite(self, latents: torch.Tensor) -> torch.Tensor:
+        """(1, 4, F, h, w) latents whose frames with NaN or infinite values (e.g. an fp16
+        overflow) hold the frame before (the reference for the first), so one bad window does
+        not turn the rest of the session black through the committed latents."""
+        bad = ~torch.isfinite(latents).flatten(3).all(dim=3).all(dim=1)[0]  # (F,)
+        if not bool(bad.any()):
+            return latents
+        self.nonfinite_frames += int(bad.sum())
+        log.warning("the denoiser produced %d non-finite latent frames; they hold the frame "
+                    "before", int(bad.sum()))  # fmt: skip
+        fixed = latents.clone()
+        last = self.state.reference_latent.to(latents.dtype)[:, :, None]  # (1, 4, 1, h, w)
+        for f in range(fixed.shape[2]):
+            if bad[f]:
+                fixed[:, :, f : f + 1] = last
+            last = fixed[:, :, f : f + 1]
+        return fixed
+
     @torch.no_grad()
     def _render(self, n: int) -> list[np.ndarray]:
         r, s = self.renderer, self.renderer.settings
@@ -340,6 +362,7 @@ class DiffusionStream:
         latents = sample_continuation(
             r._denoiser(self.state, cond), noise, self._sampler, s.steps, self._committed
         )
+        latents = self._finite(latents)
         keep = min(self.context, c + n)
         self._committed = latents[:, :, -keep:].clone()
         self._ctx_points, self._ctx_masks = points[-keep:], list(masks[-keep:])
