@@ -173,7 +173,17 @@ async def _receive(
             if event.get("type") == "done":
                 return
         else:
-            return
+            break
+    # The connection ended without "done": the server stopped or the network dropped it.
+    reason = f"code {ws.close_code}" if ws.close_code is not None else "no close code"
+    if ws.close_code == aiohttp.WSCloseCode.GOING_AWAY:
+        reason += ": the server is stopping"
+    elif isinstance(ws.exception(), Exception):
+        reason += f", {ws.exception()}"
+    frames = len(received.video) or received.fmp4_frames
+    raise ServerError(
+        f"the server closed the connection before the end ({reason}) after {frames} frames"
+    )
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
