@@ -97,6 +97,7 @@ class Session:
         self._starved = False  # the consumer found the queue empty since the last step
         self._marks_pending = 0  # marks asked for and not yet handed to the consumer
         self._finishing = False
+        self._interrupting = 0  # interrupts in flight
         self._input_ended = False  # set in the worker once "finish" has been applied
         self._done = False  # no more frames will be produced
         self._closed = False
@@ -172,6 +173,14 @@ class Session:
     async def interrupt(self) -> Interrupted:
         """Drop queued audio and frames now; returns (and emits) what was actually played."""
         self._check_open()
+        self._interrupting += 1  # the iteration waits for this result, even if all is out
+        try:
+            return await self._interrupt()
+        finally:
+            self._interrupting -= 1
+            self._avail.set()
+
+    async def _interrupt(self) -> Interrupted:
         async with self._lock:  # wait for the step in flight
             self._generation += 1
             self._inbox = collections.deque(c for c in self._inbox if c[0] == "finish")
@@ -211,7 +220,7 @@ class Session:
             self._starved = True  # the consumer waits for frames: the engine is behind
             if self._error is not None:
                 raise self._error
-            if self._done or self._closed:
+            if self._closed or (self._done and not self._interrupting):
                 raise StopAsyncIteration
             self._avail.clear()
             await self._avail.wait()

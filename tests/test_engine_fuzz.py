@@ -133,13 +133,17 @@ async def _random_live_session(seed: int, window: bool) -> list:
         elif op == "int":
             await session.interrupt()
     session.finish()
+    if rng.random() < 0.5:  # barge-in while the last frames are still coming
+        await asyncio.sleep(0.003)
+        if not consumer.done():
+            await session.interrupt()
     await asyncio.wait_for(consumer, 60)
     await session.aclose()
     return got
 
 
 @pytest.mark.parametrize("window", [False, True])
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(10))
 async def test_random_live_sessions_keep_the_output_invariants(seed, window):
     got = await _random_live_session(seed, window)
     expected_next, pending_audio, last = 0, None, None
@@ -157,5 +161,6 @@ async def test_random_live_sessions_keep_the_output_invariants(seed, window):
             assert pending_audio is not None and item.index == pending_audio.index
             assert item.pts == pending_audio.pts and item.samples.shape == (24000 // 25,)
             pending_audio = None
-    assert pending_audio is None and expected_next > 0
-    assert isinstance(got[-1], SegmentEnd)  # finish ends the segment, then the iteration
+    assert pending_audio is None
+    # finish ends the segment, then the iteration; an interrupt after finish drops the rest
+    assert isinstance(got[-1], SegmentEnd | Interrupted)
