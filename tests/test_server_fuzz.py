@@ -1,6 +1,7 @@
 """Seeded fuzzing of the websocket API and of POST /offer: random, malformed and abusive
 message sequences from several clients at once. The server must answer with error events or
-4xx codes, never fail internally, and release every session afterwards.
+4xx codes, never fail internally, and release every session afterwards. Valid messages in
+random orders must keep every frame with its own audio.
 
 (Fuzzing like this found a session whose close was lost and that held its admission slot
 forever, and JSON booleans accepted as numbers.)
@@ -14,11 +15,13 @@ import logging
 import random
 
 import aiohttp
+import numpy as np
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import CTX, make_app
+from server.protocol import HEADER, KIND_VIDEO_JPEG
 from server.settings import ServerSettings
 from tests.test_webrtc import browserlike_offer
 
@@ -144,4 +147,65 @@ async def test_offer_fuzz(client):
                 for close in list(ctx.connections):
                     await close()
     assert statuses.get(400, 0) > 5, statuses
+    assert await released(client)
+
+
+async def random_valid_session(client: TestClient, rng: random.Random, pace: str) -> list:
+    """Valid messages in a random order (audio of random length, marks, segment ends,
+    interrupts, pauses), then ``finish``; returns what came back, in order: ("v", index),
+    ("a", index) and ("e", event)."""
+    got: list = []
+    rate = rng.choice([8000, 16000, 44100, 48000])
+    async with client.ws_connect("/ws", max_msg_size=0) as ws:
+        await ws.send_str(json.dumps({"type": "start", "sample_rate": rate, "pace": pace}))
+        assert json.loads((await ws.receive(timeout=30)).data)["type"] == "ready"
+
+        async def read() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    kind, _, index = HEADER.unpack_from(msg.data)
+                    got.append(("v" if kind == KIND_VIDEO_JPEG else "a", index))
+                else:
+                    got.append(("e", json.loads(msg.data)))
+                    if got[-1][1]["type"] == "done":
+                        return
+
+        reader = asyncio.create_task(read())
+        for _ in range(rng.randint(5, 25)):
+            op = rng.choice(["audio"] * 4 + ["mark", "end_segment", "interrupt", "pause"])
+            if op == "audio":
+                samples = np.random.default_rng(rng.randrange(1 << 30)).standard_normal(
+                    rng.randint(1, rate // 2)
+                )
+                await ws.send_bytes((samples * 3000).astype("<i2").tobytes())
+            elif op == "pause":
+                await asyncio.sleep(rng.random() * 0.3)
+            else:
+                await ws.send_str(json.dumps({"type": op, "name": f"m{len(got)}"}))
+        await ws.send_str(json.dumps({"type": "finish"}))
+        await asyncio.wait_for(reader, 120)
+    return got
+
+
+@pytest.mark.parametrize("pace", ["asap", "realtime"])
+async def test_random_valid_sessions_keep_frames_and_audio_together(client, pace):
+    """Over the wire, whatever the order of valid messages: frames in order (resuming where an
+    interrupt says playback stopped), each followed by its own audio, no error, then done."""
+    rng = random.Random(pace)
+    for _ in range(3):
+        expected, open_frame = 0, None
+        got = await random_valid_session(client, rng, pace)
+        for kind, x in got:
+            if kind == "v":
+                assert open_frame is None and x == expected
+                open_frame, expected = x, x + 1
+            elif kind == "a":
+                assert x == open_frame
+                open_frame = None
+            elif x["type"] == "interrupted":
+                assert open_frame is None and x["played_frames"] <= expected
+                expected = x["played_frames"]
+            else:
+                assert x["type"] != "error", x
+        assert open_frame is None and got[-1][1]["type"] == "done"
     assert await released(client)
