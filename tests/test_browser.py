@@ -36,8 +36,8 @@ from tests.browser_analysis import (
     playout_levels,
     speech_silence_motion,
 )
+from tests.devtools import CHROMIUM
 
-CHROMIUM = Path("/usr/bin/chromium")
 SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
 SECONDS = 24
 # 256² keeps the warp renderer real time on a loaded 2-core machine (512² renders ~50 ms/frame

@@ -104,11 +104,15 @@ function onEvent(event) {
     view.latency = event.latency_ms;
   } else if (event.type === "state") {
     view.state = event.state === "running" ? "" : `${event.state} ${event.detail || ""}`.trim();
+    if (event.state === "error" && conn) conn.failure = event.detail || "error";
   } else if (event.type === "vad") {
     view.speech = event.speech;
   }
   render();
 }
+
+// Thrown inside start() when Stop (or a newer Start) replaced the connection being set up.
+const ABANDONED = new Error("abandoned");
 
 async function start() {
   showError("");
@@ -120,25 +124,35 @@ async function start() {
     : true;
   const c = { startedAt: performance.now(), firstFrameMs: null, remote: new MediaStream() };
   conn = c;
+  const current = () => { if (conn !== c) throw ABANDONED; };  // checked after every await
   try {
     c.mic = await navigator.mediaDevices.getUserMedia({ audio });
+    current();
     const rtc = await (await fetch("/rtc-config")).json();  // the server's --ice-server list
+    current();
     c.pc = new RTCPeerConnection({ iceServers: rtc.iceServers || [] });
     c.pc.ontrack = (e) => {
       c.remote.addTrack(e.track);
-      ui.video.srcObject = c.remote;
+      if (conn === c) ui.video.srcObject = c.remote;
     };
     c.pc.onconnectionstatechange = () => {
+      if (conn !== c) return;
       view.connection = c.pc.connectionState;
       render();
-      if (["failed", "closed"].includes(c.pc.connectionState) && conn === c) stop();
+      if (["failed", "closed"].includes(c.pc.connectionState)) stop();
     };
     for (const track of c.mic.getAudioTracks()) c.pc.addTrack(track, c.mic);
     c.pc.addTransceiver("video", { direction: "recvonly" });
     c.channel = c.pc.createDataChannel("events");
-    c.channel.onmessage = (e) => onEvent(JSON.parse(e.data));
+    c.channel.onmessage = (e) => { if (conn === c) onEvent(JSON.parse(e.data)); };
+    c.channel.onclose = () => {  // the server closed the session (we close it only in stop)
+      if (conn !== c) return;
+      stop();
+      showError(`The server ended the session${c.failure ? `: ${c.failure}` : ""}.`);
+    };
     await c.pc.setLocalDescription(await c.pc.createOffer());
     await iceGathered(c.pc);
+    current();
     const resp = await fetch("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
@@ -147,24 +161,33 @@ async function start() {
       }),
     });
     if (!resp.ok) throw new Error(await errorText(resp));
-    await c.pc.setRemoteDescription(await resp.json());
+    const answer = await resp.json();
+    current();
+    await c.pc.setRemoteDescription(answer);
     ui.video.requestVideoFrameCallback(() => {
       c.firstFrameMs = performance.now() - c.startedAt;
     });
   } catch (err) {
+    if (conn !== c) {  // abandoned: release what was opened after stop() ran
+      release(c);
+      return;
+    }
     showError(err.name === "NotAllowedError" ? "microphone permission denied" : err.message);
     stop();
   }
 }
 
+// Closes everything a connection opened; safe to call again as more of it opens.
+function release(c) {
+  if (c.channel && c.channel.readyState === "open") c.channel.send('{"type":"bye"}');
+  if (c.pc) c.pc.close();
+  if (c.mic) c.mic.getTracks().forEach((t) => t.stop());
+}
+
 function stop() {
   const c = conn;
   conn = null;
-  if (c) {
-    if (c.channel && c.channel.readyState === "open") c.channel.send('{"type":"bye"}');
-    if (c.pc) c.pc.close();
-    if (c.mic) c.mic.getTracks().forEach((t) => t.stop());
-  }
+  if (c) release(c);
   ui.video.srcObject = null;
   Object.assign(view, { connection: "idle", state: "", fps: null, latency: null, speech: false });
   setRunning(false);

@@ -1,0 +1,95 @@
+"""The page's Start and Stop in headless Chromium (fake microphone), driven over the DevTools
+protocol: Stop while Start still waits for the microphone leaves nothing open on either side,
+Start works again after Stop, and a session the server ends returns the page to idle with a
+message instead of a frozen picture."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from server.app import CTX, ServerContext, make_app
+from server.settings import ServerSettings
+from tests.devtools import CHROMIUM, READY, DevTools, browser_page
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (setup.sh --dev)"),
+]
+
+FAKE_MEDIA = (
+    "--use-fake-ui-for-media-stream",  # allow the microphone without asking
+    "--use-fake-device-for-media-stream",  # a generated tone as the microphone
+    "--autoplay-policy=no-user-gesture-required",
+    "--allow-loopback-in-peer-connection",
+    "--disable-quic",
+)
+STATUS = "document.getElementById('status').textContent"
+ERROR = "document.getElementById('error')"
+# Video from the server is on screen and moving.
+PLAYING = (
+    "(v => v.srcObject && v.videoWidth > 0 && v.currentTime > 0.5)"
+    "(document.getElementById('video'))"
+)
+IDLE = (
+    f"{STATUS} === 'idle' && !document.getElementById('start').disabled"
+    " && document.getElementById('stop').disabled && !document.getElementById('video').srcObject"
+)
+
+
+def click(button: str) -> str:
+    return f"document.getElementById('{button}').click()"
+
+
+def open_on_server(ctx: ServerContext) -> int:
+    """Peer connections admitted plus engine sessions open."""
+    return ctx.admission.active + len(ctx.engine.sessions)
+
+
+async def wait_server(ctx: ServerContext, count: int, seconds: float = 30) -> None:
+    for _ in range(int(seconds * 10)):
+        if open_on_server(ctx) == count:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"the server has {open_on_server(ctx)} open, expected {count}")
+
+
+async def start_and_play(page: DevTools, ctx: ServerContext) -> None:
+    await page.eval(click("start"))
+    await page.wait_for(PLAYING)
+    assert ctx.admission.active == 1 and len(ctx.engine.sessions) == 1
+    assert await page.eval(f"document.getElementById('start').disabled && {ERROR}.hidden")
+
+
+async def test_start_stop_restart_and_a_session_the_server_ends(tmp_path: Path) -> None:
+    app = make_app(ServerSettings(port=0, driver="procedural", frame_size=128))
+    ctx = app[CTX]
+    async with browser_page(app, tmp_path / "profile", FAKE_MEDIA) as b:
+        page = b.page
+        await page.wait_for(READY)
+        # Stop pressed while Start still waits for the microphone: the start is abandoned, so
+        # no peer connection reaches the server and the page stays idle.
+        await page.eval(f"{click('start')}; {click('stop')}; 1")
+        await asyncio.sleep(5)
+        assert open_on_server(ctx) == 0
+        assert await page.eval(IDLE)
+        # Start, Stop, Start again: each start gets its own session, each stop releases it.
+        for _ in range(2):
+            await start_and_play(page, ctx)
+            await page.eval(click("stop"))
+            await wait_server(ctx, 0)
+            assert await page.eval(IDLE)
+        # The server ends the session (here: closes it as on shutdown): the page says so and is
+        # ready to start again rather than showing the last frame as if it were live.
+        await start_and_play(page, ctx)
+        for close in list(ctx.connections):
+            await close()
+        await page.wait_for(f"!{ERROR}.hidden", 20)
+        assert "server ended the session" in await page.eval(f"{ERROR}.textContent")
+        assert await page.wait_for(IDLE, 5)
+        # A new start clears the message.
+        await start_and_play(page, ctx)
+        await page.eval(click("stop"))
+        await wait_server(ctx, 0)
