@@ -1,7 +1,8 @@
 """The page's Start and Stop in headless Chromium (fake microphone), driven over the DevTools
 protocol: Stop while Start still waits for the microphone leaves nothing open on either side,
-Start works again after Stop, and a session the server ends returns the page to idle with a
-message instead of a frozen picture."""
+Start works again after Stop, a photo uploaded during a session leaves the session and its
+status alone, and a session the server ends returns the page to idle with a message instead of
+a frozen picture."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 
 from server.app import CTX, ServerContext, make_app
 from server.settings import ServerSettings
-from tests.devtools import CHROMIUM, READY, DevTools, browser_page
+from tests.devtools import CHROMIUM, OPTIONS, READY, DevTools, browser_page
 
+PHOTO = Path(__file__).parent / "data" / "grace_hopper.jpg"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (setup.sh --dev)"),
@@ -81,6 +83,17 @@ async def test_start_stop_restart_and_a_session_the_server_ends(tmp_path: Path) 
             await page.eval(click("stop"))
             await wait_server(ctx, 0)
             assert await page.eval(IDLE)
+        # A photo uploaded during a session: offered for the next start; the session streams on
+        # and the status is the connection's again once the photo is ready.
+        await start_and_play(page, ctx)
+        root = (await page.call("DOM.getDocument"))["root"]["nodeId"]
+        node = await page.call("DOM.querySelector", nodeId=root, selector="#photo")
+        await page.call("DOM.setFileInputFiles", files=[str(PHOTO)], nodeId=node["nodeId"])
+        await page.wait_for(f"{OPTIONS}.length === 2 && !{STATUS}.includes('preparing')")
+        assert (await page.eval(STATUS)).startswith("connected")
+        assert open_on_server(ctx) == 2 and await page.eval(f"{ERROR}.hidden")
+        await page.eval(click("stop"))
+        await wait_server(ctx, 0)
         # The server ends the session (here: closes it as on shutdown): the page says so and is
         # ready to start again rather than showing the last frame as if it were live.
         await start_and_play(page, ctx)

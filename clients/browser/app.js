@@ -12,7 +12,9 @@ const params = new URLSearchParams(location.search);
 const TEST = params.get("test") === "1";
 
 let conn = null; // the live connection: {pc, mic, channel, remote, startedAt, firstFrameMs}
-const view = { connection: "idle", state: "", fps: null, latency: null, speech: false };
+const view = {
+  connection: "idle", state: "", fps: null, latency: null, speech: false, task: "",
+};
 
 function render() {
   const parts = [view.connection];
@@ -20,6 +22,7 @@ function render() {
   if (view.fps !== null) parts.push(`${view.fps.toFixed(1)} fps`);
   if (view.latency !== null) parts.push(`latency ${view.latency} ms`);
   if (conn) parts.push(view.speech ? "speech" : "silence");
+  if (view.task) parts.push(view.task);
   ui.status.textContent = parts.join(" · ");
 }
 
@@ -70,7 +73,7 @@ async function loadAvatars(extra = []) {
 
 async function uploadPhoto(file) {
   showError("");
-  view.connection = "preparing photo…";
+  view.task = "preparing photo…";
   render();
   const form = new FormData();
   form.append("image", file);
@@ -83,7 +86,7 @@ async function uploadPhoto(file) {
   } catch (err) {
     showError(err.message);
   } finally {
-    view.connection = conn ? view.connection : "idle";
+    view.task = "";
     render();
   }
 }
