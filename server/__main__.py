@@ -89,7 +89,7 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     options = {}
     if args.smga_weights:
         options["weights"] = args.smga_weights
-    if args.steps:
+    if args.steps is not None:
         options["steps"] = args.steps
     from mmgt.drivers import default_driver_name
 
@@ -127,19 +127,42 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+class ListenError(Exception):
+    """The server cannot listen on its address (in use, not this machine's, no permission)."""
+
+
+def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The https context of ``--cert``/``--key`` (None for http); unreadable or mismatched
+    files are an :class:`InputError` naming them."""
+    if not settings.cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(settings.cert, settings.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(
+            f"cannot use --cert {settings.cert} --key {settings.key}: "
+            f"{exc.strerror or exc.reason or exc} (PEM files of a certificate and its key)"
+        ) from exc
+    return ctx
+
+
 async def serve(settings: ServerSettings, *, smoke: bool) -> int:
     """Run the server until interrupted (or, with ``smoke``, for one scripted session)."""
     from server.app import make_app
 
+    ssl_ctx = tls_context(settings)  # before the models load: a bad file fails at once
     app = make_app(settings)
     runner = web.AppRunner(app, handle_signals=False)  # SIGINT/SIGTERM: see _until_signalled
     await runner.setup()
-    ssl_ctx = None
-    if settings.cert:
-        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_ctx.load_cert_chain(settings.cert, settings.key)
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_ctx)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException as exc:
+        await runner.cleanup()
+        if isinstance(exc, OSError):
+            raise ListenError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+        raise
     port = runner.addresses[0][1]
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"{settings.scheme}://{host}:{port}/"
@@ -179,7 +202,9 @@ async def smoke_session(settings: ServerSettings, url: str) -> int:
     samples = samples[: rate * 6]
     ws_url = url.replace("http", "ws", 1) + "ws"
     t0 = time.monotonic()
-    got = await run_client(ws_url, wav_chunks(samples, rate, realtime=True), sample_rate=rate)
+    got = await run_client(  # its own server: a self-signed --cert is fine
+        ws_url, wav_chunks(samples, rate, realtime=True), sample_rate=rate, ssl=not settings.cert
+    )
     wall = time.monotonic() - t0
     done = next(e for e in got.events if e.get("type") == "done")
     frames = len(got.video)
@@ -210,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve(settings, smoke=args.smoke))
     except KeyboardInterrupt:
         return 0
-    except OSError as exc:
-        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+    except InputError as exc:  # e.g. weights that cannot be loaded, sampler settings out of range
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
 
 

@@ -86,3 +86,23 @@ def test_a_converted_checkpoint_is_preferred(tmp_path):
     assert _find_smga(tmp_path).name == "audio2pose_best_model.pt"
     (tmp_path / "audio2pose_best_model.safetensors").touch()
     assert _find_smga(tmp_path).name == "audio2pose_best_model.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--driver", "smga", "--steps", "0"], "SMGA steps must be an integer in 1..1000, got 0"),
+        (["--driver", "smga", "--guidance", "nan"], "SMGA guidance must be a finite number"),
+        (["--driver", "smga", "--eta", "1.5"], "SMGA DDIM eta must be in [0, 1]"),
+        (["--driver", "smga", "--context", "40"], "SMGA context must be in 0..31 frames"),
+        (["--driver", "smga", "--smga-heads", "0"], "heads must be a positive integer"),
+        (["--renderer", "diffusion", "--stage2-preset", "tiny", "--render-guidance", "-1"],
+         "diffusion guidance must be a finite number ≥ 0"),
+    ],
+)  # fmt: skip
+def test_sampler_settings_out_of_range_are_refused(tmp_path, capsys, flags, said):
+    """Settings that would fail deep inside sampling (η > 1 makes DDIM's noise term NaN) or
+    silently do something else (a NaN guidance weight turns guidance off) are refused."""
+    assert main(["render", "--out", str(tmp_path / "x.mp4"), "-q", "--size", "128", *flags]) == 2
+    assert said in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

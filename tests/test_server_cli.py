@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from server.__main__ import main as server_main
 from server.__main__ import parse_args, settings_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +86,15 @@ def test_sigterm_closes_live_sessions_and_exits_0():
     assert code == aiohttp.WSCloseCode.GOING_AWAY and frames == 3
     assert proc.returncode == 0, out
     assert "SIGTERM: closing sessions and stopping" in out
+
+
+def test_unusable_tls_files_and_settings_are_one_line_errors(tmp_path, capsys):
+    """Refused before any model loads or port opens: exit 2 and a line naming the problem."""
+    missing = str(tmp_path / "cert.pem")
+    assert server_main(["--cert", missing, "--key", missing]) == 2
+    assert f"cannot use --cert {missing}" in capsys.readouterr().err
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    assert server_main(["--cert", missing, "--key", missing]) == 2
+    assert "PEM" in capsys.readouterr().err
+    assert server_main(["--driver", "smga", "--steps", "0", "--port", "0"]) == 2
+    assert "SMGA steps must be an integer in 1..1000" in capsys.readouterr().err

@@ -1,19 +1,37 @@
-"""The Python websocket client when the server goes away mid-stream: a clear error, exit code
-1 and no output file, instead of a silently truncated video."""
+"""The Python websocket client when the server goes away mid-stream (a clear error, exit code
+1 and no output file, instead of a silently truncated video), and against an https server with
+a self-signed certificate."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp import WSCloseCode, web
 from aiohttp.test_utils import TestServer
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from clients.ws.__main__ import main_async, parse_args
+from clients.ws.__main__ import (
+    CertificateError,
+    client_tls,
+    connection_error,
+    main_async,
+    parse_args,
+)
 from clients.ws.client import ServerError, run_client, wav_chunks
 from mmgt.audio import write_wav
+from server.__main__ import tls_context
+from server.app import make_app
 from server.protocol import HEADER, KIND_VIDEO_JPEG
+from server.settings import ServerSettings
 
 
 def _vanishing_server(close_code: int) -> web.Application:
@@ -56,3 +74,61 @@ async def test_the_cli_writes_nothing_when_the_stream_is_cut(tmp_path):
         with pytest.raises(ServerError):
             await main_async(args, None)
     assert list(tmp_path.iterdir()) == [wav]
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A one-day certificate for 127.0.0.1 and its key, as `openssl req -x509` makes them."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return cert_path, key_path
+
+
+async def test_a_wss_server_with_a_self_signed_certificate(tmp_path):
+    """The README's https set-up (`--cert/--key` with a self-signed certificate): the client
+    refuses the unknown certificate with a message saying what to pass, and speaks through
+    the server with `--cafile` (the server's certificate) or `--insecure`."""
+    cert, key = self_signed(tmp_path)
+    tls = tls_context(ServerSettings(cert=str(cert), key=str(key)))
+    runner = web.AppRunner(make_app(ServerSettings(port=0, driver="procedural", frame_size=128)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+    await site.start()
+    url = f"wss://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/ws"
+
+    def speak(**tls_option: object):  # noqa: ANN202
+        chunks = wav_chunks(np.zeros(8000, np.float32), 16000, realtime=False)
+        return run_client(url, chunks, sample_rate=16000, pace="asap", **tls_option)
+
+    try:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError) as refused:
+            await speak()
+        assert "--cafile" in connection_error(url, refused.value)
+        for flags in (["--cafile", str(cert)], ["--insecure"]):
+            args = parse_args(["--wav", "x.wav", "--url", url, *flags])
+            got = await speak(ssl=client_tls(args))
+            assert len(got.video) >= 12 and got.events[-1]["type"] == "done"
+    finally:
+        await runner.cleanup()
+    with pytest.raises(CertificateError, match="cannot use --cafile"):
+        client_tls(parse_args(["--wav", "x.wav", "--cafile", str(tmp_path / "missing.pem")]))

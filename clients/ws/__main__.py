@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 
-from clients.ws.client import ServerError, run_client, wav_chunks, write_mp4
+from clients.ws.client import ServerError, run_client, trusting, wav_chunks, write_mp4
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="--mic: input device, by index or name part (default: the "
                    "system default)")  # fmt: skip
     p.add_argument("--url", default="ws://127.0.0.1:8080/ws", help="server websocket URL")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--cafile", type=Path, help="wss: also trust this certificate (PEM), e.g. "
+                     "the server's self-signed --cert")  # fmt: skip
+    tls.add_argument("--insecure", action="store_true",
+                     help="wss: do not verify the server's certificate")  # fmt: skip
     p.add_argument("--out", type=Path, help="write the received video + audio to this mp4")
     p.add_argument("--avatar", help="photo to upload, or an avatar id (default: bundled)")
     p.add_argument("--fast", action="store_true", help="send and receive as fast as possible")
@@ -45,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 class MicError(Exception):
     """The microphone cannot be opened (no PortAudio, no such device, no input)."""
+
+
+class CertificateError(Exception):
+    """``--cafile`` is not a readable PEM certificate."""
 
 
 def open_mic(device: str | None) -> tuple[object, int]:
@@ -130,11 +141,35 @@ def preview_callback():  # noqa: ANN201
     return show
 
 
+def client_tls(args: argparse.Namespace) -> ssl.SSLContext | bool:
+    """What ``run_client`` verifies a wss server's certificate with (``--cafile``,
+    ``--insecure``, else the system's CAs)."""
+    if args.insecure:
+        return False
+    if args.cafile is None:
+        return True
+    try:
+        return trusting(args.cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateError(f"cannot use --cafile {args.cafile}: {exc}") from exc
+
+
+def connection_error(url: str, exc: OSError) -> str:
+    """One line for a server that cannot be reached, with the fix for an untrusted certificate."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return (
+            f"the certificate of {url} is not trusted ({exc.certificate_error}); for a "
+            "self-signed certificate pass --cafile CERT.pem (the server's --cert), or --insecure"
+        )
+    return f"cannot reach {url}: {exc}"
+
+
 async def main_async(
     args: argparse.Namespace,
     avatar: Path | str | None,
     on_frame: Callable[[int, bytes], None] | None = None,
 ) -> int:
+    tls = client_tls(args)
     if args.mic:
         device, rate = open_mic(args.device)
         # The first Ctrl+C ends the recording (the reply still arrives and is written); a
@@ -162,6 +197,7 @@ async def main_async(
         audio_rate=args.audio_rate,
         on_frame=on_frame,
         video_format=args.format,
+        ssl=tls,
     )
     stats = next((e for e in reversed(received.events) if e.get("type") == "done"), {})
     for err in received.errors():
@@ -187,14 +223,14 @@ def main(argv: list[str] | None = None) -> int:
     on_frame = preview_callback() if args.preview else None
     try:
         return asyncio.run(main_async(args, avatar, on_frame))
-    except (ServerError, MicError) as exc:
+    except (ServerError, MicError, CertificateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        print(f"error: {connection_error(args.url, exc)}", file=sys.stderr)
         return 1
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext, create_default_context
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -53,6 +54,14 @@ class Received:
 
     def errors(self) -> list[dict]:
         return [e for e in self.events if e.get("type") == "error"]
+
+
+def trusting(cafile: str | Path) -> SSLContext:
+    """A client TLS context that trusts the certificates in ``cafile`` (PEM), e.g. a server's
+    self-signed one, besides the system's."""
+    ctx = create_default_context()
+    ctx.load_verify_locations(cafile=str(cafile))  # OSError, SSLError: not a readable PEM file
+    return ctx
 
 
 def http_base(ws_url: str) -> str:
@@ -97,16 +106,19 @@ async def run_client(
     on_frame: Callable[[int, bytes], None] | None = None,
     origin: str | None = None,
     video_format: str = "jpeg",
+    ssl: SSLContext | bool = True,
 ) -> Received:
     """Stream ``source`` to the server at ``url`` and collect the reply until ``done``.
 
     ``source`` yields PCM16 chunks and, between them, control messages as dicts (``mark``,
     ``end_segment``); ``finish`` is sent after the last item.
 
-    ``video_format``: ``jpeg`` (frames + PCM) or ``fmp4`` (one fragmented MP4 stream)."""
+    ``video_format``: ``jpeg`` (frames + PCM) or ``fmp4`` (one fragmented MP4 stream).
+    ``ssl`` (``wss://`` servers): True verifies the certificate against the system's CAs, an
+    ``SSLContext`` against its own (e.g. :func:`trusting`), False not at all."""
     received = Received()
     headers = {"Origin": origin} if origin else {}
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl)) as http:
         avatar_id = "default"
         if isinstance(avatar, Path):
             avatar_id = await upload_avatar(http, http_base(url), avatar)

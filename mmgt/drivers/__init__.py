@@ -65,7 +65,7 @@ def make_driver(
         official = pkg.metadata.get("source") == "official"
         meta = pkg.metadata
         settings = SamplerSettings(
-            steps=steps or int(meta.get("steps", 50 if official else 4)),
+            steps=steps if steps is not None else int(meta.get("steps", 50 if official else 4)),
             guidance=guidance if guidance is not None else float(meta.get("guidance", 2.0)),
             eta=eta if eta is not None else float(meta.get("eta", 1.0 if official else 0.0)),
             context=context if context is not None else int(meta.get("context", 8)),

@@ -28,9 +28,11 @@ import torch
 
 from mmgt.drivers import pose_space
 from mmgt.drivers.ambient import AmbientMotion
+from mmgt.errors import InputError
 from mmgt.keypoints import layout
 from mmgt.models.smga import SMGA, guided
 from mmgt.runtime import Runner
+from mmgt.schedulers import check_sampling
 from mmgt.schedulers.pose import CosineSchedule, ddim_sample
 from mmgt.types import AudioFeatures, KeypointSeq
 
@@ -46,6 +48,11 @@ class SamplerSettings:
     guidance: float = 2.0
     context: int = 8  # frames of each window fixed to frames already emitted
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_sampling("SMGA", self.steps, self.guidance, self.eta)
+        if self.context < 0:
+            raise InputError(f"SMGA context must be ≥ 0 frames, got {self.context}")
 
 
 class SMGADriver:
@@ -76,8 +83,9 @@ class SMGADriver:
         self.feature_kind = feature_kind
         self.settings = settings or SamplerSettings()
         if not 0 <= self.settings.context < model.config.frames:
-            raise ValueError(
-                f"context must be in [0, {model.config.frames}), got {self.settings.context}"
+            raise InputError(
+                f"SMGA context must be in 0..{model.config.frames - 1} frames (the model's window "
+                f"is {model.config.frames}), got {self.settings.context}"
             )
         self.context_frames = self.settings.context
         self.schedule = CosineSchedule()

@@ -107,8 +107,6 @@ def _diffusion(
         settings = replace(settings, steps=steps)
     if guidance is not None:
         settings = replace(settings, guidance=guidance)
-    if not 1 <= settings.steps <= 1000:
-        raise InputError(f"diffusion steps must be in 1..1000, got {settings.steps}")
     if vocal_separator == "auto":  # the official file, when the weights folder has it
         vocal_separator = find_separator(weights_dir) if weights_dir is not None else None
     separator = VocalSeparator(vocal_separator, device=device) if vocal_separator else None

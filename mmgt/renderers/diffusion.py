@@ -41,6 +41,7 @@ from mmgt.models.mmhaa import OFFICIAL_REGION_WEIGHTS, BranchMasks, branch_masks
 from mmgt.models.stage2_steps import PER_FRAME_CHUNK, mask_inputs, steps_of
 from mmgt.renderers.diffusion_windows import context_windows, sample_continuation, sample_offline
 from mmgt.runtime import Backend, Runner
+from mmgt.schedulers import check_sampling
 from mmgt.schedulers.video import DDIMSampler, VideoScheduleConfig
 from mmgt.types import PCM_AUDIO_KIND, AudioFeatures, Avatar, KeypointSeq, MaskSet
 from mmgt.weights.stage2_models import Stage2Models
@@ -64,6 +65,9 @@ class DiffusionSettings:
     mask_mode: str = "official"
     audio_context_s: float = 2.0  # live wav2vec2 look-behind
     seed: int = 42
+
+    def __post_init__(self) -> None:
+        check_sampling("diffusion", self.steps, self.guidance)
 
     @staticmethod
     def live(steps: int = 2, guidance: float = 1.0) -> DiffusionSettings:

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from mmgt.errors import WeightsError
+from mmgt.errors import InputError, WeightsError
 from mmgt.models.smga import SMGA, SMGAConfig
 
 CHECKPOINT_KEYS = ("ema_state_dict", "model_state_dict", "state_dict")
@@ -197,6 +197,8 @@ def infer_config(state: dict[str, torch.Tensor], heads: int = 8) -> SMGAConfig:
 
 def load_any_smga(path: str | os.PathLike[str], *, heads: int = 8) -> SMGAPackage:
     """Our ``.safetensors`` packages, or official checkpoints (config inferred from shapes)."""
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise InputError(f"attention heads must be a positive integer, got {heads!r}")
     path = Path(path)
     if path.suffix == ".safetensors":
         with safe_open(str(path), framework="pt") as f:
