@@ -251,6 +251,8 @@ def _cmd_prepare_avatar(args: argparse.Namespace) -> int:
     from mmgt.keypoints.extractor import extractor_from_args
     from mmgt.keypoints.render import render_pose
 
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file; give a folder for the avatar's files")
     with extractor_from_args(args, official_models=args.weights_dir is not None) as extractor:
         avatar = load_avatar(args.image, frame_size=args.size, extractor=extractor)
     args.out.mkdir(parents=True, exist_ok=True)

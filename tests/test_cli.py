@@ -227,6 +227,14 @@ def test_argument_errors(tmp_path, capsys):
     assert "multiple of 64" in capsys.readouterr().err
     assert main(["render", "--out", str(tmp_path / "x.avi"), "-q", "--size", "128"]) != 0
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    assert main(["prepare-avatar", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    train = ["train", "--out", str(tmp_path / "run"), "--corpus", str(tmp_path)]
+    for cmd in (["eval", "--corpus", str(tmp_path)], train):
+        assert main(cmd) == 2
+        assert "is not a corpus folder (no manifest.jsonl)" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
 def test_console_script_and_doctor():

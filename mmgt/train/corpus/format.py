@@ -18,6 +18,7 @@ import numpy as np
 
 from mmgt.audio import load_audio, write_wav
 from mmgt.drivers.rig import RigCurves
+from mmgt.errors import InputError
 from mmgt.keypoints import layout
 from mmgt.types import FPS
 
@@ -87,7 +88,10 @@ def read_corpus(root: str | os.PathLike, split: str | None = None) -> list[Clip]
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST} in {root}")
+        raise InputError(
+            f"{root} is not a corpus folder (no {MANIFEST}); make one with "
+            "`mmgt data corpus --out DIR` or `mmgt data extract`"
+        )
     clips, seen = [], set()
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

@@ -241,9 +241,9 @@ def generate_corpus(
             f"TTS engines not installed: {', '.join(missing) or 'none found'} (found: "
             f"{', '.join(available) or 'nothing'}); install espeak-ng or flite"
         )
-    if clips < 0 or workers < 1 or seed < 0:
+    if clips < 1 or workers < 1 or seed < 0:
         raise InputError(
-            f"clips and seed must be ≥ 0 and workers ≥ 1, got {clips}, {seed}, {workers}"
+            f"clips and workers must be ≥ 1 and seed ≥ 0, got {clips}, {workers}, {seed}"
         )
     root.mkdir(parents=True, exist_ok=True)
     done = fmt.manifest_ids(root)
