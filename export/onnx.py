@@ -44,6 +44,9 @@ from mmgt.signals import exit_code, interrupted, sigterm_as_interrupt
 
 TARGETS = ("onnxruntime", "tensorrt")
 DEFAULT_OPSET = 20
+# The torch.export-based exporter writes opset 18 and newer (it silently raises a lower request
+# to 18), up to the newest opset of the pinned torch (torch.onnx's ONNX_MAX_OPSET).
+MIN_OPSET, MAX_OPSET = 18, 23
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to a side file (protobuf's 2 GB limit)
 RTOL, ATOL = 1e-4, 1e-5  # parity of every exported network with torch (fp32)
 FP16_RTOL = 2.0**-10  # float16 outputs (the reference bank): one rounding step of float16
@@ -97,6 +100,8 @@ def export_network(
             optimize=optimize,
         )
     seconds = time.perf_counter() - t0
+    if (written := _opset(path)) != opset:  # the exporter did not honour the request
+        raise InputError(f"{spec.name}: asked for opset {opset}, the exporter wrote {written}")
     checks = check_parity(spec, path)
     return {
         "file": path.name,
@@ -162,14 +167,47 @@ def _describe(t: torch.Tensor, dims: dict) -> dict:
     return {"dtype": str(t.dtype).removeprefix("torch."), "shape": shape}
 
 
+def check_destination(folder: Path, opset: int) -> None:
+    """Refuse what would fail only after minutes of exporting, or silently differ from the
+    request: an output path that is a file, an opset the exporter does not write."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--onnx-dir {folder} is a file; give a folder")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET} (what the torch exporter "
+                         f"writes), got {opset}")  # fmt: skip
+
+
+def _opset(path: Path) -> int:
+    """The standard-domain opset a written file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def write_folder(
     specs: list[NetworkSpec], folder: Path, *, opset: int = DEFAULT_OPSET,
     external_data: bool | None = None, target: str = "onnxruntime", optimize: bool = False,
     log=print,  # noqa: ANN001
 ) -> dict:  # fmt: skip
-    """Export ``specs`` into ``folder`` atomically (a failure leaves the folder as it was);
-    entries of other networks already in the folder's manifest are kept."""
+    """Export ``specs`` into ``folder`` atomically (a failure leaves the folder as it was, and
+    removes it if this call created it); entries of other networks already in the folder's
+    manifest are kept."""
+    check_destination(folder, opset)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_folder(specs, folder, opset, external_data, target, optimize, log)
+    except BaseException:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
+def _write_folder(
+    specs: list[NetworkSpec], folder: Path, opset: int, external_data: bool | None,
+    target: str, optimize: bool, log,  # noqa: ANN001
+) -> dict:  # fmt: skip
     old = folder / MANIFEST
     manifest = json.loads(old.read_text()) if old.is_file() else {}
     if manifest.get("version") != MANIFEST_VERSION:
@@ -217,7 +255,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target", choices=TARGETS, default="onnxruntime",
                    help="onnxruntime: ONNX Runtime's preferred forms (fused attention, Gemm); "
                    "tensorrt: plain ONNX ops for python -m export.trt")  # fmt: skip
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (default %(default)s)")  # fmt: skip
     p.add_argument("--optimize", action="store_true", help="run the onnxscript graph optimizer "
                    "(minutes for a UNet; ~6%% faster in ONNX Runtime)")  # fmt: skip
     p.add_argument("--external-data", action="store_true", help="always write weights to a "
@@ -265,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
     try:
         with sigterm_as_interrupt():  # a stopped export leaves no temporary folder behind
+            check_destination(args.onnx_dir, args.opset)  # before any model loads
             specs = build_specs(args)
             write_folder(specs, args.onnx_dir, opset=args.opset, target=args.target,
                          optimize=args.optimize,

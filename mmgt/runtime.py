@@ -72,6 +72,26 @@ class TorchRunner:
         return dict(zip(self.output_names, out, strict=True))
 
 
+def check_device(device: str) -> torch.device:
+    """``--device`` as torch understands it, refused with one line when this machine or this
+    torch build cannot use it (a CPU-only torch, a GPU that is not there)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"--device {device!r} is not a device (cpu, cuda or cuda:N)") from exc
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise InputError(f"--device {device}: only cpu and cuda:N are supported")
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else (
+            "no CUDA GPU is visible")  # fmt: skip
+        raise InputError(f"--device {device}: {why}")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
+
+
 def ort_providers(device: str = "cpu") -> list[str]:
     """Execution providers to ask for: TensorRT → CUDA → CPU on ``cuda:N``, else the CPU."""
     import onnxruntime as ort

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 
 from mmgt import offline
@@ -234,6 +236,13 @@ def test_argument_errors(tmp_path, capsys):
     for cmd in (["eval", "--corpus", str(tmp_path)], train):
         assert main(cmd) == 2
         assert "is not a corpus folder (no manifest.jsonl)" in capsys.readouterr().err
+    diffusion = ["render", "--renderer", "diffusion", "--stage2-preset", "tiny", "-q",
+                 "--size", "128", "--out", str(tmp_path / "x.mp4")]  # fmt: skip
+    assert main([*diffusion, "--device", "gpu"]) == 2
+    assert "--device 'gpu' is not a device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*diffusion, "--device", "cuda:0"]) == 2
+        assert re.search("built without CUDA|no CUDA GPU", capsys.readouterr().err)
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 

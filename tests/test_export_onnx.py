@@ -16,7 +16,7 @@ import onnx
 import pytest
 import torch
 
-from export.onnx import ATOL, RTOL, write_folder
+from export.onnx import ATOL, DEFAULT_OPSET, RTOL, _opset, write_folder
 from export.onnx import main as export_main
 from export.specs import smga_step
 from mmgt.audio import extract_light_features
@@ -49,6 +49,7 @@ def test_manifest_records_names_axes_hash_and_two_checked_sizes(tiny_export):
     assert entry["inputs"]["x"]["shape"] == ["batch", "frames", 402]
     assert entry["outputs"] == ["x0"]
     assert entry["weights_sha256"] == state_hash(model)
+    assert entry["opset"] == DEFAULT_OPSET == _opset(folder / entry["file"])  # as written
     assert {c["sizes"] for c in entry["checks"]} == {"opt", "second"}
     sizes = [c["shapes"] for c in entry["checks"]]
     assert sizes[0] != sizes[1]  # the dynamic axes really were exercised at two sizes
@@ -193,6 +194,29 @@ def test_a_stopped_export_leaves_the_folder_as_it_was(tiny_export, tmp_path, mon
     assert "interrupted (SIGTERM)" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert signal.getsignal(signal.SIGTERM) == handler  # the previous handler is restored
+
+
+def test_unusable_destinations_are_refused_before_exporting(tmp_path, monkeypatch, capsys):
+    """A file as the folder, an opset the exporter would not write (it raises a request below
+    18 to 18 without a word), and a failed export into a new folder leave nothing behind."""
+    import export.onnx
+
+    (tmp_path / "file").write_text("x")
+    for argv, said in (
+        (["--onnx-dir", str(tmp_path / "file")], "is a file; give a folder"),
+        (["--onnx-dir", str(tmp_path / "new"), "--opset", "17"], "--opset must be in 18..23"),
+    ):
+        assert export_main(argv) == 2
+        assert said in capsys.readouterr().err
+
+    def broken(spec, tmp_dir, **_):  # noqa: ANN001, ANN202
+        (tmp_dir / f"{spec.name}.onnx").write_bytes(b"partial")
+        raise InputError("the network does not export")
+
+    monkeypatch.setattr(export.onnx, "export_network", broken)
+    assert export_main(["--onnx-dir", str(tmp_path / "new")]) == 2
+    assert "does not export" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
 def _frames(path: Path) -> np.ndarray:

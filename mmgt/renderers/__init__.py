@@ -86,6 +86,7 @@ def _diffusion(
     from mmgt.audio.separation import VocalSeparator, find_separator
     from mmgt.models.mmhaa import MASK_MODES
     from mmgt.renderers.diffusion import DiffusionRenderer, DiffusionSettings
+    from mmgt.runtime import check_device
     from mmgt.weights.stage2_models import Stage2Models
 
     if (weights_dir is None) == (preset is None):
@@ -95,6 +96,7 @@ def _diffusion(
         )
     if mask_mode not in MASK_MODES:
         raise InputError(f"--mask-mode must be one of {', '.join(MASK_MODES)}")
+    check_device(str(device))
     if dtype == "fp16" and str(device) == "cpu":
         raise InputError("--dtype fp16 needs a CUDA device (--device cuda:0)")
     if weights_dir is not None:

@@ -173,6 +173,9 @@ STAGE2_ONLY = (
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from mmgt.runtime import check_device
+
+    check_device(args.device)
     if args.stage == 2:
         return run_train_stage2(args)
     given = [f"--{k.replace('_', '-')}" for k in STAGE2_ONLY if getattr(args, k) is not None]
