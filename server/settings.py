@@ -47,6 +47,7 @@ class ServerSettings:
     stream: StreamSettings = field(default_factory=StreamSettings)
     workers: int | None = None
     send_timeout_s: float = 10.0  # a websocket client that reads nothing this long is dropped
+    start_timeout_s: float = 30.0  # a websocket that starts no session this long is closed
 
     @property
     def scheme(self) -> str:

@@ -131,9 +131,11 @@ class WsConnection:
         self._last = time.monotonic()
         self._last_error: dict[str, float] = {}
         self._closer: asyncio.Task | None = None
+        self._deadline: asyncio.Task | None = None
 
     # -- receiving --------------------------------------------------------------------------
     async def run(self) -> None:
+        self._deadline = self.ctx.spawn(self._start_deadline(), f"{self.name}-start-deadline")
         try:
             async for msg in self.ws:
                 if not self._take_token():
@@ -153,6 +155,16 @@ class WsConnection:
                 if self.ws.closed:
                     break
         finally:
+            await self.close()
+
+    async def _start_deadline(self) -> None:
+        """Close a connection that opens no session in time: each idle socket holds a file
+        descriptor and buffers, and without a deadline a client could hold any number."""
+        limit = self.ctx.settings.start_timeout_s
+        await asyncio.sleep(limit)
+        if not self.admitted and not self.ws.closed:
+            await self.error("start_timeout", f"no session started within {limit:g} s; closing",
+                             fatal=True)  # fmt: skip
             await self.close()
 
     def _take_token(self) -> bool:
@@ -343,6 +355,8 @@ class WsConnection:
         await asyncio.shield(self._closer)
 
     async def _release(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()  # (if it is what closes, it waits behind a shield)
         if self.sender is not None:
             self.sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -541,3 +541,25 @@ async def test_a_cancel_that_lands_as_a_send_completes_stops_the_sender():
         stopped = sender.cancelled()
         sender.cancel()  # a sender that survived must not outlive the test
         assert stopped, f"cancel after {steps_before_cancel} loop steps was lost"
+
+
+async def test_a_connection_that_starts_no_session_is_closed():
+    """Idle sockets cannot pile up: no ``start`` within ``start_timeout_s`` (a bad one does not
+    count) gets a fatal ``start_timeout`` error and the close; one that started stays open."""
+    settings = ServerSettings(driver="procedural", frame_size=128, start_timeout_s=1.0)
+    async with TestClient(TestServer(make_app(settings))) as c:
+        idle = await c.ws_connect("/ws")
+        tried = await c.ws_connect("/ws")
+        assert (await start(tried, sample_rate=1))["code"] == "bad_start"
+        started = await c.ws_connect("/ws")
+        assert (await start(started))["type"] == "ready"
+        for ws in (idle, tried):
+            err = await ws.receive_json(timeout=10)
+            assert (err["type"], err["code"], err["fatal"]) == ("error", "start_timeout", True)
+            assert (await ws.receive(timeout=10)).type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+        await asyncio.sleep(0.5)
+        assert not started.closed
+        await started.send_str(json.dumps({"type": "finish"}))
+        kinds = [json.loads(m.data)["type"] async for m in started if m.type == WSMsgType.TEXT]
+        assert kinds[-1] == "done" and "error" not in kinds
+        await idle_server(c)
