@@ -28,7 +28,7 @@ from aiohttp import web
 from engine.engine import Engine, EngineConfig
 from mmgt.errors import ImageError
 from mmgt.keypoints import layout
-from server.avatars import AvatarStore, UploadError
+from server.avatars import AvatarStore, UploadBusy, UploadError
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,9 @@ async def upload_avatar(request: web.Request) -> web.Response:
     try:
         data = await _read_upload(request, limit)
         avatar_id, _ = await ctx.avatars.add_upload(data)
+    except UploadBusy as exc:
+        ctx.engine.metrics.errors_total.labels("upload_busy").inc()
+        return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
     except (UploadError, ImageError) as exc:
         ctx.engine.metrics.errors_total.labels("upload").inc()
         status = (
@@ -247,6 +250,7 @@ async def _shutdown(app: web.Application) -> None:
 
 
 async def _cleanup(app: web.Application) -> None:
+    app[CTX].avatars.close()
     await app[CTX].engine.aclose()
 
 

@@ -2,7 +2,10 @@
 
 Uploads are checked before any work: size, image type (by content, not by name), and the
 decompression-bomb limits of :func:`mmgt.avatar.load_image`; photos without a person or a face
-are refused with the extractor's message. Preparation (MediaPipe) runs in a worker thread.
+are refused with the extractor's message. Preparation (MediaPipe) runs in the store's own
+worker thread, one photo at a time; at most ``max_pending`` uploads wait for it, and more are
+refused as busy, so a flood of uploads neither queues without bound nor takes the threads that
+live sessions encode their frames in.
 """
 
 from __future__ import annotations
@@ -10,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from mmgt.avatar import BUNDLED_AVATAR, load_image, prepare_avatar
-from mmgt.errors import ImageError
+from mmgt.errors import ImageError, MMGTError
 from mmgt.keypoints.dwpose import DWPose
 from mmgt.keypoints.extractor import ReferencePoseExtractor
 from mmgt.types import Avatar
@@ -26,6 +29,10 @@ class UploadError(ImageError):
     """An upload was refused before decoding (size or type)."""
 
 
+class UploadBusy(MMGTError):
+    """Too many uploads are already waiting to be prepared; the client may retry shortly."""
+
+
 class AvatarStore:
     """Prepared avatars by id; uploads keyed by content hash, least recently used dropped."""
 
@@ -35,6 +42,7 @@ class AvatarStore:
         max_uploads: int = 32,
         max_bytes: int = 10 << 20,
         *,
+        max_pending: int = 4,
         dwpose_dir: str | None = None,
         device: str = "cpu",
     ) -> None:
@@ -42,25 +50,33 @@ class AvatarStore:
         self.frame_size = frame_size
         self.max_uploads = max_uploads
         self.max_bytes = max_bytes
+        self.max_pending = max_pending
         self.dwpose_dir, self.device = dwpose_dir, device
         self._dwpose: DWPose | None = None  # loaded on first use, then kept
         self._avatars: collections.OrderedDict[str, Avatar] = collections.OrderedDict()
-        self._lock = threading.Lock()  # MediaPipe graphs are not shared across threads
+        self._pending = 0  # uploads being prepared or waiting for the worker
+        # One thread: MediaPipe graphs are not shared across threads, and photos queue here
+        # rather than in the event loop's default executor, which live sessions use.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avatar-prepare")
 
     def _prepare(self, data: bytes | None, name: str) -> Avatar:
-        with self._lock:
-            image = load_image(BUNDLED_AVATAR if data is None else data)
-            if self.dwpose_dir is not None and self._dwpose is None:
-                self._dwpose = DWPose(self.dwpose_dir, device=self.device)
-            with ReferencePoseExtractor(dwpose=self._dwpose) as extractor:
-                return prepare_avatar(
-                    image, frame_size=self.frame_size, name=name, extractor=extractor
-                )
+        image = load_image(BUNDLED_AVATAR if data is None else data)
+        if self.dwpose_dir is not None and self._dwpose is None:
+            self._dwpose = DWPose(self.dwpose_dir, device=self.device)
+        with ReferencePoseExtractor(dwpose=self._dwpose) as extractor:
+            return prepare_avatar(image, frame_size=self.frame_size, name=name, extractor=extractor)
+
+    async def _in_worker(self, data: bytes | None, name: str) -> Avatar:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self._prepare, data, name)
+
+    def close(self) -> None:
+        """Stop the worker (photos still waiting are dropped)."""
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def load_default(self) -> Avatar:
         if DEFAULT_ID not in self._avatars:
-            avatar = await asyncio.to_thread(self._prepare, None, "astronaut")
-            self._avatars[DEFAULT_ID] = avatar
+            self._avatars[DEFAULT_ID] = await self._in_worker(None, "astronaut")
         return self._avatars[DEFAULT_ID]
 
     def get(self, avatar_id: str) -> Avatar | None:
@@ -87,7 +103,15 @@ class AvatarStore:
         known = self.get(avatar_id)
         if known is not None:
             return avatar_id, known
-        avatar = await asyncio.to_thread(self._prepare, data, avatar_id)
+        if self._pending >= self.max_pending:
+            raise UploadBusy(
+                f"the server is preparing {self._pending} other photos; try again in a few seconds"
+            )
+        self._pending += 1
+        try:
+            avatar = await self._in_worker(data, avatar_id)
+        finally:
+            self._pending -= 1
         self._avatars[avatar_id] = avatar
         uploads = [k for k in self._avatars if k != DEFAULT_ID]
         for k in uploads[: max(0, len(uploads) - self.max_uploads)]:

@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import tracemalloc
+from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
@@ -563,3 +564,25 @@ async def test_a_connection_that_starts_no_session_is_closed():
         kinds = [json.loads(m.data)["type"] async for m in started if m.type == WSMsgType.TEXT]
         assert kinds[-1] == "done" and "error" not in kinds
         await idle_server(c)
+
+
+async def test_an_upload_flood_is_refused_as_busy_while_sessions_stream(client, speech):
+    """Photos are prepared one at a time in the store's own thread; beyond the few that may
+    wait, uploads get 503 with Retry-After at once. A session streaming meanwhile gets every
+    frame (preparation does not take the threads its frames are encoded in)."""
+    photo = (Path(__file__).parent / "data" / "grace_hopper.jpg").read_bytes()
+
+    async def upload(i: int) -> tuple[int, dict, str | None]:
+        # Distinct bytes (an unknown id each): the JPEG with a few bytes after its end.
+        async with client.post("/avatars", data=photo + bytes([i]) * 8) as resp:
+            return resp.status, await resp.json(), resp.headers.get("Retry-After")
+
+    audio = speech[: 16000 * 2]
+    session = run_client(
+        ws_url(client), wav_chunks(audio, 16000, realtime=False), sample_rate=16000, pace="asap"
+    )
+    got, *answers = await asyncio.gather(session, *(upload(i) for i in range(12)))
+    busy = [a for a in answers if a[0] == 503]
+    assert {a[0] for a in answers} == {200, 503} and len(busy) <= 12 - 1
+    assert all("try again" in body["error"] and retry == "5" for _, body, retry in busy)
+    assert got.events[-1]["type"] == "done" and len(got.video) == 50 and not got.errors()
