@@ -30,6 +30,7 @@ import numpy as np
 from engine.clock import Clock, MonotonicClock
 from engine.frames import AudioFrame, Interrupted, Mark, OutputFrame, StateEvent, VideoFrame
 from engine.scheduler import SPEECH_RATE, BufferFull, StreamScheduler
+from mmgt.audio.decode import check_chunk
 from mmgt.errors import AudioError
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ class Session:
                     f"PCM16 chunk of {len(raw)} bytes is not a whole number of {ch}-channel samples"
                 )
             samples = np.frombuffer(raw, "<i2").reshape(-1, ch)
-        arr = np.asarray(samples)
+        arr = check_chunk(samples, rate, ch)
         if arr.size == 0:
             return
         seconds = arr.shape[0] / rate

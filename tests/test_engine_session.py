@@ -250,6 +250,20 @@ async def test_bad_chunks_are_refused_and_the_session_goes_on():
         session.push_audio(b"\x00\x01\x02", 16000, 1)
     with pytest.raises(BufferFull):
         session.push_audio(np.zeros(32000, np.int16), 16000, 1)
+    # Malformed chunks are refused where they are handed in, not later inside the pump.
+    bad = [
+        ((np.zeros(160, np.float32), 0, 1), "0 Hz is outside"),
+        ((np.zeros(160, np.float32), 16000.5, 1), "integer number of Hz"),
+        ((np.zeros(160, np.float32), 16000, 0), "0 channels"),
+        ((np.zeros((160, 3), np.float32), 16000, 2), r"shape \(n, 2\)"),
+        ((np.zeros((10, 2, 2), np.float32), 16000, 1), "shape"),
+        ((np.full(160, np.nan, np.float32), 16000, 1), "NaN"),
+        ((np.zeros(160, np.int32), 16000, 1), "int32"),
+        ((np.array(["a"] * 160), 16000, 1), "float32/float64 or int16"),
+    ]
+    for args, said in bad:
+        with pytest.raises(AudioError, match=said):
+            session.push_audio(*args)
     session.push_audio(np.zeros(3200, np.int16).tobytes(), 16000, 1)
     session.finish()
     video = [f async for f in session if isinstance(f, VideoFrame)]

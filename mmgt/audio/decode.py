@@ -202,20 +202,41 @@ def pcm16_to_float(data: bytes, channels: int) -> np.ndarray:
     return mono * np.float32(1 / 32768)
 
 
-def _to_mono(chunk: np.ndarray, channels: int) -> np.ndarray:
-    """Validate a (n,) or (n, C) float/int16 chunk; return (n,) float32 mono."""
+def _check_channels(channels: int) -> int:
+    if isinstance(channels, bool) or not isinstance(channels, int | np.integer):
+        raise AudioError(f"channels must be an integer, got {channels!r}")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(f"{channels} channels are not supported (1…{MAX_CHANNELS})")
+    return int(channels)
+
+
+def _checked_samples(chunk: np.ndarray, channels: int) -> np.ndarray:
+    """A (n,) or (n, C) float or int16 chunk of finite samples, else an AudioError."""
     arr = np.asarray(chunk)
-    if arr.dtype == np.int16:
-        arr = arr.astype(np.float32) * np.float32(1 / 32768)
-    elif arr.dtype.kind != "f":
+    if arr.dtype != np.int16 and arr.dtype.kind != "f":
         raise AudioError(f"audio chunks must be float32/float64 or int16, got {arr.dtype}")
-    if arr.ndim == 2 and arr.shape[1] == channels:
-        arr = arr[:, 0] if channels == 1 else arr.mean(axis=1)  # (n,)
-    elif not (arr.ndim == 1 and channels == 1):
+    if not (arr.ndim == 2 and arr.shape[1] == channels or arr.ndim == 1 and channels == 1):
         expected = "(n,) or (n, 1)" if channels == 1 else f"(n, {channels})"
         raise AudioError(f"audio chunk must have shape {expected}, got {arr.shape}")
-    if not np.isfinite(arr).all():
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise AudioError("audio chunk contains NaN or infinite samples")
+    return arr
+
+
+def check_chunk(chunk: np.ndarray, sample_rate: int, channels: int) -> np.ndarray:
+    """Validate a chunk of live audio where it is handed in (rate, channel count, dtype, shape,
+    finite samples), so the caller gets the :class:`AudioError`; returns it as an array."""
+    _check_rate(sample_rate, "sample rate")
+    return _checked_samples(chunk, _check_channels(channels))
+
+
+def _to_mono(chunk: np.ndarray, channels: int) -> np.ndarray:
+    """Validate a (n,) or (n, C) float/int16 chunk; return (n,) float32 mono."""
+    arr = _checked_samples(chunk, channels)
+    if arr.dtype == np.int16:
+        arr = arr.astype(np.float32) * np.float32(1 / 32768)
+    if arr.ndim == 2:
+        arr = arr[:, 0] if channels == 1 else arr.mean(axis=1)  # (n,)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -230,11 +251,7 @@ class StreamingResampler:
     def __init__(self, in_rate: int, channels: int = 1, out_rate: int = SAMPLE_RATE) -> None:
         self.in_rate = _check_rate(in_rate, "input sample rate")
         self.out_rate = _check_rate(out_rate, "output sample rate")
-        if isinstance(channels, bool) or not isinstance(channels, int | np.integer):
-            raise AudioError(f"channels must be an integer, got {channels!r}")
-        if not 1 <= channels <= MAX_CHANNELS:
-            raise AudioError(f"{channels} channels are not supported (1…{MAX_CHANNELS})")
-        self.channels = int(channels)
+        self.channels = _check_channels(channels)
         self._stream = self._new_stream()
         self._taken = self._given = 0  # input / output samples of the current stream
 
