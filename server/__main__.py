@@ -170,11 +170,31 @@ async def serve(settings: ServerSettings, *, smoke: bool) -> int:
         if smoke:
             return await smoke_session(replace(settings, port=port), url)
         print(f"Avatar server ready: open {url} in a browser (Ctrl+C to stop)", flush=True)
+        for line in remote_hints(settings, port):
+            print(line, flush=True)
         name = await _until_signalled()
         print(f"server: {name}: closing sessions and stopping", flush=True)
         return 0
     finally:
         await runner.cleanup()
+
+
+def remote_hints(settings: ServerSettings, port: int) -> list[str]:
+    """For a server other machines can reach: the addresses to open, and the https a remote
+    browser needs before it lets a page use the microphone."""
+    if settings.host in ("127.0.0.1", "localhost", "::1"):
+        return []
+    hosts = [settings.host]
+    if settings.host in ("0.0.0.0", "::"):
+        import ifaddr  # aioice's dependency: the interfaces ICE offers too
+
+        hosts = [ip.ip for a in ifaddr.get_adapters() for ip in a.ips
+                 if isinstance(ip.ip, str) and not ip.ip.startswith("127.")]  # fmt: skip
+    lines = [f"  from other machines: {settings.scheme}://{h}:{port}/" for h in hosts]
+    if not settings.cert:
+        lines.append("  note: browsers allow the microphone only on https or localhost; "
+                     "pass --cert and --key for other machines")  # fmt: skip
+    return lines
 
 
 async def _until_signalled() -> str:

@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 
 from server.__main__ import main as server_main
-from server.__main__ import parse_args, settings_from
+from server.__main__ import parse_args, remote_hints, settings_from
+from server.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,3 +99,14 @@ def test_unusable_tls_files_and_settings_are_one_line_errors(tmp_path, capsys):
     assert "PEM" in capsys.readouterr().err
     assert server_main(["--driver", "smga", "--steps", "0", "--port", "0"]) == 2
     assert "SMGA steps must be an integer in 1..1000" in capsys.readouterr().err
+
+
+def test_remote_hints_name_the_addresses_and_the_https_a_microphone_needs():
+    assert remote_hints(ServerSettings(), 8080) == []
+    assert remote_hints(ServerSettings(host="10.1.2.3", cert="c", key="k"), 9000) == [
+        "  from other machines: https://10.1.2.3:9000/"
+    ]
+    every = remote_hints(ServerSettings(host="0.0.0.0"), 8080)
+    assert "--cert and --key" in every[-1]
+    assert all(h.startswith("  from other machines: http://") for h in every[:-1])
+    assert not any("127.0.0.1" in h for h in every)
