@@ -142,7 +142,12 @@ async function start() {
       if (conn !== c) return;
       view.connection = c.pc.connectionState;
       render();
-      if (["failed", "closed"].includes(c.pc.connectionState)) stop();
+      if (c.pc.connectionState === "failed") {
+        stop();
+        showError("The connection to the server was lost (network or firewall).");
+      } else if (c.pc.connectionState === "closed") {
+        stop();
+      }
     };
     for (const track of c.mic.getAudioTracks()) c.pc.addTrack(track, c.mic);
     c.pc.addTransceiver("video", { direction: "recvonly" });
