@@ -112,3 +112,35 @@ async def test_mic_client_speaks_through_the_server(client, pulse, tmp_path):
 def test_mic_errors_are_clear(capsys):
     assert client_main(["--mic", "--device", "no such microphone"]) == 1
     assert "error: no microphone 'no such microphone'" in capsys.readouterr().err
+
+
+async def test_a_microphone_that_stops_delivering_ends_the_recording(monkeypatch, capsys):
+    """A microphone unplugged mid-recording stops calling back: the recording ends with a
+    message and keeps what was heard (it does not wait for Ctrl+C forever)."""
+    import threading
+    import types
+
+    class VanishingStream:  # delivers 10 blocks of 20 ms, then nothing (the device is gone)
+        def __init__(self, rate, blocksize, callback, **_):  # noqa: ANN001, ANN003
+            self.rate, self.blocksize, self.callback = rate, blocksize, callback
+
+        def __enter__(self):  # noqa: ANN204
+            def deliver() -> None:
+                for _ in range(10):
+                    self.callback(bytes(2 * self.blocksize), self.blocksize, None, None)
+                    time.sleep(0.02)
+
+            threading.Thread(target=deliver, daemon=True).start()
+            return self
+
+        def __exit__(self, *exc):  # noqa: ANN002, ANN204
+            return False
+
+    monkeypatch.setitem(sys.modules, "sounddevice", types.SimpleNamespace(
+        RawInputStream=VanishingStream))  # fmt: skip
+    from clients.ws.__main__ import mic_chunks
+
+    chunks = [c async for c in mic_chunks(None, RATE, 0, asyncio.Event(), silent_s=0.5)]
+    assert len(chunks) == 10 and all(len(c) == 640 for c in chunks)
+    err = capsys.readouterr().err
+    assert "stopped delivering audio" in err and "recorded 0.2 s" in err

@@ -80,8 +80,14 @@ def open_mic(device: str | None) -> tuple[object, int]:
     raise MicError(f"{info['name']} accepts neither 16 kHz nor its default rate as mono PCM16")
 
 
-async def mic_chunks(device: object, rate: int, seconds: float, stop: asyncio.Event):  # noqa: ANN201
-    """PCM16 chunks of 20 ms from ``device`` until ``seconds`` (0: no limit) or ``stop``."""
+MIC_SILENT_S = 2.0  # no block from the device this long: it is gone (unplugged, suspended)
+
+
+async def mic_chunks(  # noqa: ANN201
+    device: object, rate: int, seconds: float, stop: asyncio.Event, silent_s: float = MIC_SILENT_S
+):
+    """PCM16 chunks of 20 ms from ``device`` until ``seconds`` (0: no limit), ``stop``, or the
+    device delivering nothing for ``silent_s`` (then the recording so far is kept)."""
     import sounddevice as sd
 
     queue: asyncio.Queue[bytes] = asyncio.Queue()
@@ -101,8 +107,13 @@ async def mic_chunks(device: object, rate: int, seconds: float, stop: asyncio.Ev
         try:
             while blocks is None or sent < blocks:
                 get = asyncio.ensure_future(queue.get())
-                await asyncio.wait({get, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {get, waiter}, timeout=silent_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not get.done():
+                    if not waiter.done():
+                        print("the microphone stopped delivering audio (unplugged?); ending "
+                              "the recording", file=sys.stderr)  # fmt: skip
                     break
                 sent += 1
                 yield get.result()
