@@ -72,6 +72,21 @@ def test_missing_wavlm_and_bad_checkpoints_fail_cleanly(tmp_path, official_weigh
     assert main([*base, "--smga-weights", str(evil)]) == 2
     err = capsys.readouterr()
     assert "refusing to load" in err.err and "code ran" not in err.out
+    # A file that is no checkpoint at all (a download cut short, an error page saved under the
+    # weights' name) is called damaged, not unsafe: the fix is to download it again.
+    data = ckpt.read_bytes()
+    damaged = {
+        "cut.pt": data[: len(data) // 2],
+        "page.pt": b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+        "noise.pth": bytes(range(256)) * 20,
+        "cut.safetensors": (FIX / "smga_tiny_state.safetensors").read_bytes()[:1000],
+    }
+    for name, content in damaged.items():
+        (tmp_path / name).write_bytes(content)
+        assert main([*base, "--smga-weights", str(tmp_path / name)]) == 2
+        said = capsys.readouterr().err
+        assert "damaged or incomplete" in said and "refusing" not in said, said
+        (tmp_path / name).unlink()
     # SMGA options without --driver smga are an error, not silently ignored.
     plain = ["render", "--audio", str(speech), "--out", str(tmp_path / "x.mp4"), "-q"]
     assert main([*plain, "--steps", "3"]) == 2

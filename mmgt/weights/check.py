@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from mmgt.errors import InputError
+from mmgt.weights.files import open_safetensors
 from mmgt.weights.smga import convert_official_smga, read_state_dict
 from mmgt.weights.stage2 import (
     IMAGE_ENCODER_DIR,
@@ -51,7 +51,7 @@ class Report:
 
 def _file_shapes(path: Path) -> dict[str, torch.Size]:
     if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
+        with open_safetensors(path) as f:
             return {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     return {k: v.shape for k, v in read_state_dict(path).items()}
 

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mmgt.errors import InputError, WeightsError
 from mmgt.models.smga import SMGA, SMGAConfig
+from mmgt.weights.files import load_safetensors_file, load_torch_file, open_safetensors
 
 CHECKPOINT_KEYS = ("ema_state_dict", "model_state_dict", "state_dict")
 
@@ -37,17 +36,8 @@ def read_state_dict(
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise WeightsError(
-            f"refusing to load {path}: it holds Python objects besides tensors, and only "
-            f"weights-only checkpoints are accepted (torch.load(weights_only=True) said: "
-            f"{str(exc).splitlines()[0]})"
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
+        return load_safetensors_file(path)
+    ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict):
         raise WeightsError(f"{path} does not hold a state dict (found {type(ckpt).__name__})")
     keys = (key,) if key else CHECKPOINT_KEYS
@@ -149,11 +139,11 @@ def load_smga_safetensors(path: str | os.PathLike[str]) -> SMGAPackage:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"SMGA weights not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         meta = f.metadata() or {}
     if "config" not in meta:
         raise WeightsError(f"{path} has no SMGA config in its metadata; use load_smga")
-    state = load_file(str(path))
+    state = load_safetensors_file(path)
     extra = {
         k[len(DRIVER_PREFIX) :]: state.pop(k) for k in list(state) if k.startswith(DRIVER_PREFIX)
     }
@@ -201,7 +191,9 @@ def load_any_smga(path: str | os.PathLike[str], *, heads: int = 8) -> SMGAPackag
         raise InputError(f"attention heads must be a positive integer, got {heads!r}")
     path = Path(path)
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
+        if not path.is_file():
+            raise WeightsError(f"checkpoint not found: {path}")
+        with open_safetensors(path) as f:
             ours = "config" in (f.metadata() or {})
         if ours:
             return load_smga_safetensors(path)

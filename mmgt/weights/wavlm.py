@@ -28,7 +28,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mmgt.errors import WeightsError
+from mmgt.weights.files import load_safetensors_file, load_torch_file
 
 if TYPE_CHECKING:
     from transformers import WavLMConfig, WavLMModel
@@ -80,16 +80,7 @@ _ACTIVATIONS = {"gelu": "gelu", "relu": "relu"}
 
 def _torch_load(path: Path) -> Any:
     """``torch.load(weights_only=True)``; a pickle that carries code is refused, not run."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise WeightsError(
-            f"refusing to load {path}: it holds Python objects besides tensors and plain data; "
-            f"only weights-only checkpoints are accepted (torch.load(weights_only=True) said: "
-            f"{str(exc).splitlines()[0]})"
-        ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({exc})") from exc
+    return load_torch_file(path)
 
 
 def _eval_layers(node: ast.AST) -> Any:
@@ -224,9 +215,7 @@ def wavlm_from_original(
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return load_safetensors_file(path)
     state = _torch_load(path)
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise WeightsError(f"{path} is not a flat state dict of tensors")
