@@ -240,3 +240,14 @@ def test_streaming_tokens(model, proj, wave) -> None:
     stream = w2v.StreamingAudioTokens(model, proj, context_s=1.0)
     tokens = stream.push(wave[:6400]) + stream.push(wave[6400:7000]) + stream.flush()
     assert len(tokens) == 11 and all(t.shape == (1, 4, 32) for t in tokens)
+
+
+def test_an_unreadable_config_is_a_weights_error(tmp_path):
+    """A model folder whose config.json is not JSON (a failed download) is named, not a
+    transformers traceback."""
+    from mmgt.weights.wavlm import load_wavlm
+
+    (tmp_path / "config.json").write_text("<html>rate limited</html>")
+    for load in (load_wav2vec2, load_wavlm):
+        with pytest.raises(WeightsError, match=r"config.json cannot be used"):
+            load(tmp_path)

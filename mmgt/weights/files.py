@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +88,12 @@ def open_safetensors(path: str | os.PathLike[str]) -> Iterator[Any]:
         raise WeightsError(f"cannot read {path}: {exc}") from exc
     with handle as f:
         yield f
+
+
+def read_config(load: Callable[..., Any], folder: str | os.PathLike[str]) -> Any:
+    """``load(folder, local_files_only=True)`` for a transformers/diffusers config, with an
+    unreadable ``config.json`` (not JSON, wrong fields) as a :class:`WeightsError`."""
+    try:
+        return load(str(folder), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise WeightsError(f"{Path(folder) / 'config.json'} cannot be used: {exc}") from exc

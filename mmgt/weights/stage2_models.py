@@ -18,6 +18,7 @@ from torch import nn
 
 from mmgt.errors import WeightsError
 from mmgt.models.stage2 import PRESETS, Stage2Config, Stage2Net
+from mmgt.weights.files import read_config
 from mmgt.weights.smga import read_state_dict
 from mmgt.weights.stage2 import (
     IMAGE_ENCODER_DIR,
@@ -60,7 +61,7 @@ class Stage2Models:
         enc_dir = root / IMAGE_ENCODER_DIR
         _require(enc_dir)
         encoder = CLIPVisionModelWithProjection(
-            CLIPVisionConfig.from_pretrained(enc_dir, local_files_only=True)
+            read_config(CLIPVisionConfig.from_pretrained, enc_dir)
         )
         _load_strict(encoder, enc_dir, ignore=("vision_model.embeddings.position_ids",))
         wav2vec = load_wav2vec2(root / WAV2VEC_DIR)
@@ -178,6 +179,6 @@ def _load_strict(model: nn.Module, folder: Path, ignore: tuple[str, ...] = ()) -
 
 def _from_folder(cls, load_config, folder: Path) -> nn.Module:  # noqa: ANN001
     _require(folder)
-    model = cls.from_config(load_config(folder, local_files_only=True))
+    model = cls.from_config(read_config(load_config, folder))
     _load_strict(model, folder)
     return model

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mmgt.errors import WeightsError
+from mmgt.weights.files import read_config
 from mmgt.weights.wavlm import (
     _POS,
     _WN_NEW,
@@ -90,7 +91,7 @@ def load_wav2vec2(folder: str | os.PathLike[str]) -> Wav2Vec2Model:
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise WeightsError(f"{folder} has no config.json (expected a transformers wav2vec2 folder)")
-    config = Wav2Vec2Config.from_pretrained(str(folder), local_files_only=True)
+    config = read_config(Wav2Vec2Config.from_pretrained, folder)
     if config.model_type != "wav2vec2":
         raise WeightsError(f"{folder}/config.json is a {config.model_type!r} config, not wav2vec2")
     do_normalize = _read_do_normalize(folder)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mmgt.errors import WeightsError
-from mmgt.weights.files import load_safetensors_file, load_torch_file
+from mmgt.weights.files import load_safetensors_file, load_torch_file, read_config
 
 if TYPE_CHECKING:
     from transformers import WavLMConfig, WavLMModel
@@ -227,14 +227,18 @@ def _load_folder(folder: Path) -> WavLMModel:
 
     if not (folder / "config.json").is_file():
         raise WeightsError(f"{folder} has no config.json (expected a transformers WavLM folder)")
-    config = WavLMConfig.from_pretrained(str(folder), local_files_only=True)
+    config = read_config(WavLMConfig.from_pretrained, folder)
     if config.model_type != "wavlm":
         raise WeightsError(f"{folder}/config.json is a {config.model_type!r} config, not wavlm")
     for name in ("model.safetensors", "pytorch_model.bin"):
         files = [folder / name]
         if not files[0].is_file() and (folder / f"{name}.index.json").is_file():
-            index = json.loads((folder / f"{name}.index.json").read_text())
-            files = [folder / f for f in sorted(set(index["weight_map"].values()))]
+            index_file = folder / f"{name}.index.json"
+            try:
+                weight_map = json.loads(index_file.read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise WeightsError(f"{index_file} is not a shard index ({exc})") from exc
+            files = [folder / f for f in sorted(set(weight_map.values()))]
         if all(f.is_file() for f in files):
             break
     else:
