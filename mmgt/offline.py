@@ -249,9 +249,17 @@ def render_pose_video(
     pose = _read_video(pose_video, res, Image.BILINEAR)
     face, lips = (_read_video(p, res, Image.NEAREST, gray=True)
                   for p in (face_mask_video, lips_mask_video))  # fmt: skip
-    n = min(len(pose), len(face), len(lips))
+    lengths = {"pose": len(pose), "face mask": len(face), "lips mask": len(lips)}
     if speech is not None:
-        n = min(n, -(-speech.size // 640))
+        lengths["audio"] = -(-speech.size // 640)
+    n = min(lengths.values())
+    summary = ", ".join(f"{k} {v}" for k, v in lengths.items())
+    if n == 0:
+        raise InputError(f"an input has no frames ({summary})")
+    if len(set(lengths.values())) > 1:  # the official pose2vid cuts to the shortest too
+        log.warning("the inputs differ in length (%s frames); the video has the shortest, %d",
+                    summary, n)  # fmt: skip
+    if speech is not None:
         speech = speech[: n * 640]
     kernels = {name: blur_kernel(name, res) for name in ("face_hands", "lips")}
     masks = [

@@ -76,7 +76,7 @@ def test_debug_mask_videos_round_trip_to_the_keypoint_conditions(debug_videos):
         assert want["lips"][0].max() > 0.9  # the lips box is there
 
 
-def test_pose_driven_render_with_and_without_audio(debug_videos, tmp_path):
+def test_pose_driven_render_with_and_without_audio(debug_videos, tmp_path, caplog):
     out, audio = debug_videos
     pose, face, lips = _videos(out)
     base = ["render", "--renderer", "diffusion", "--stage2-preset", "tiny", "--size", str(SIZE),
@@ -88,6 +88,14 @@ def test_pose_driven_render_with_and_without_audio(debug_videos, tmp_path):
     voiced = tmp_path / "voiced.mp4"
     assert main([*base, "--out", str(voiced), "--audio", str(audio)]) == 0
     assert _streams(voiced) == (25, True)
+    assert "differ in length" not in caplog.text
+    # Inputs of different lengths: the shortest decides, and the user is told.
+    short = tmp_path / "short.wav"
+    sf.write(short, load_audio(audio)[:8000], 16000)
+    clipped = tmp_path / "clipped.mp4"
+    assert main([*base, "--out", str(clipped), "--audio", str(short)]) == 0
+    assert _streams(clipped) == (13, True)
+    assert "differ in length (pose 25, face mask 25, lips mask 25, audio 13 frames)" in caplog.text
 
 
 def test_pose_driven_mode_refuses_bad_input(debug_videos, tmp_path, capsys):
