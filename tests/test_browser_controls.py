@@ -7,8 +7,10 @@ a frozen picture."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from pathlib import Path
 
+import av
 import pytest
 
 from server.app import CTX, ServerContext, make_app
@@ -106,3 +108,43 @@ async def test_start_stop_restart_and_a_session_the_server_ends(tmp_path: Path) 
         await start_and_play(page, ctx)
         await page.eval(click("stop"))
         await wait_server(ctx, 0)
+
+
+async def test_record_downloads_what_the_avatar_said_and_showed(tmp_path: Path) -> None:
+    """Record during a session, then Stop: the page offers a WebM of the received stream (the
+    avatar's video and the returned audio), which decodes to a few seconds of both."""
+    app = make_app(ServerSettings(port=0, driver="procedural", frame_size=128))
+    ctx = app[CTX]
+    async with browser_page(app, tmp_path / "profile", FAKE_MEDIA) as b:
+        page = b.page
+        await page.wait_for(READY)
+        await start_and_play(page, ctx)
+        await page.eval(click("record"))
+        assert await page.eval("document.getElementById('record').textContent") == (
+            "Stop recording"
+        )
+        await asyncio.sleep(3)
+        await page.eval(click("stop"))  # stopping the session ends the recording too
+        link = await page.wait_for(
+            "!document.getElementById('recording').hidden && document.getElementById('download')"
+            ".textContent"
+        )
+        assert link.startswith("Download the recording (")
+        data = await page.eval(
+            "(async () => { const b = await (await fetch(document.getElementById('download')"
+            ".href)).arrayBuffer(); let s = ''; for (const x of new Uint8Array(b)) "
+            "s += String.fromCharCode(x); return btoa(s); })()"
+        )
+        await wait_server(ctx, 0)
+    webm = tmp_path / "recording.webm"
+    webm.write_bytes(base64.b64decode(data))
+    with av.open(str(webm)) as c:
+        assert {s.type for s in c.streams} == {"video", "audio"}
+        frames = list(c.decode(c.streams.video[0], c.streams.audio[0]))
+    video = [f for f in frames if isinstance(f, av.VideoFrame)]
+    audio = sum(f.samples for f in frames if isinstance(f, av.AudioFrame))
+    assert (video[0].width, video[0].height) == (128, 128)
+    assert video[-1].to_ndarray(format="rgb24").mean() > 40  # the avatar, not a black frame
+    assert audio > 48000  # > 1 s of the returned audio (Opus at 48 kHz)
+    assert len(video) >= 25  # ≥ 1 s of the avatar at 25 fps (3 s were recorded)
+    assert float(video[-1].time - video[0].time) > 1.5

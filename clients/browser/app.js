@@ -6,7 +6,8 @@
 const $ = (id) => document.getElementById(id);
 const ui = {
   avatar: $("avatar"), photo: $("photo"), start: $("start"), stop: $("stop"),
-  mute: $("mute"), video: $("video"), status: $("status"), error: $("error"),
+  mute: $("mute"), record: $("record"), video: $("video"), status: $("status"), error: $("error"),
+  recording: $("recording"), download: $("download"),
 };
 const params = new URLSearchParams(location.search);
 const TEST = params.get("test") === "1";
@@ -195,6 +196,7 @@ function release(c) {
 function stop() {
   const c = conn;
   conn = null;
+  stopRecording();  // the recording so far stays downloadable
   if (c) release(c);
   ui.video.srcObject = null;
   Object.assign(view, { connection: "idle", state: "", fps: null, latency: null, speech: false });
@@ -206,7 +208,57 @@ function setRunning(running) {
   ui.start.disabled = running;
   ui.stop.disabled = !running;
   ui.mute.disabled = !running;
+  ui.record.disabled = !running || typeof MediaRecorder === "undefined";
   ui.avatar.disabled = running;
+}
+
+// -- recording: what the avatar says and shows, as the browser received it ------------------
+let recorder = null; // {media: MediaRecorder, chunks, startedAt}
+
+function recordingType() {
+  const types = ["video/webm;codecs=vp8,opus", "video/webm", "video/mp4"];
+  return types.find((t) => MediaRecorder.isTypeSupported(t)) || "";
+}
+
+function startRecording() {
+  if (!conn || recorder) return;
+  if (!conn.remote.getVideoTracks().length) {
+    showError("Nothing to record yet: wait for the avatar to appear.");
+    return;
+  }
+  const type = recordingType();
+  let media;
+  try {
+    media = new MediaRecorder(conn.remote, type ? { mimeType: type } : {});
+  } catch (err) {
+    showError(`This browser cannot record the stream: ${err.message}`);
+    return;
+  }
+  const r = { media, chunks: [], startedAt: performance.now() };
+  media.ondataavailable = (e) => { if (e.data.size) r.chunks.push(e.data); };
+  media.onstop = () => {
+    const blob = new Blob(r.chunks, { type: media.mimeType || type || "video/webm" });
+    const seconds = (performance.now() - r.startedAt) / 1000;
+    if (ui.download.href) URL.revokeObjectURL(ui.download.href);
+    ui.download.href = URL.createObjectURL(blob);
+    const ext = blob.type.includes("mp4") ? "mp4" : "webm";
+    ui.download.download = `avatar-${new Date().toISOString().replace(/[:.]/g, "-")}.${ext}`;
+    ui.download.textContent = `Download the recording (${seconds.toFixed(1)} s, ` +
+      `${(blob.size / 1e6).toFixed(1)} MB)`;
+    ui.recording.hidden = false;
+  };
+  media.start(1000); // a chunk a second: a long recording is not held in one piece
+  recorder = r;
+  ui.record.textContent = "Stop recording";
+  ui.record.setAttribute("aria-pressed", "true");
+}
+
+function stopRecording() {
+  if (!recorder) return;
+  if (recorder.media.state !== "inactive") recorder.media.stop();
+  recorder = null;
+  ui.record.textContent = "Record";
+  ui.record.setAttribute("aria-pressed", "false");
 }
 
 function toggleMute() {
@@ -322,6 +374,7 @@ async function testRun() {
 ui.start.addEventListener("click", start);
 ui.stop.addEventListener("click", stop);
 ui.mute.addEventListener("click", toggleMute);
+ui.record.addEventListener("click", () => (recorder ? stopRecording() : startRecording()));
 ui.photo.addEventListener("change", () => ui.photo.files[0] && uploadPhoto(ui.photo.files[0]));
 loadAvatars().catch(() => {}).finally(() => {
   document.body.dataset.ready = "1"; // the avatar list is loaded (for automation)
