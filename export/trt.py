@@ -268,7 +268,7 @@ def detect_gpu(device: str) -> GpuInfo:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--onnx-dir", type=Path, required=True, help="python -m export.onnx output")
     p.add_argument("--engine-dir", type=Path, help="where engines go (default: ONNX_DIR/trt)")
     p.add_argument("--networks", help="comma-separated networks (default: all in the manifest)")

@@ -44,7 +44,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from mmgt.renderers import RENDERERS, add_diffusion_arguments
     from mmgt.runtime import add_backend_arguments
 
-    parser = argparse.ArgumentParser(prog="mmgt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mmgt",
+        description="a photo and speech to a talking, gesturing video (MMGT); see the README.",
+    )
     parser.add_argument("--version", action="version", version=f"mmgt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     sub = parser.add_subparsers(dest="command", required=True)
