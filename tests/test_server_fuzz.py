@@ -10,18 +10,20 @@ forever, and JSON booleans accepted as numbers.)
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import random
 
 import aiohttp
+import av
 import numpy as np
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import CTX, make_app
-from server.protocol import HEADER, KIND_VIDEO_JPEG
+from server.protocol import HEADER, KIND_FMP4, KIND_VIDEO_JPEG
 from server.settings import ServerSettings
 from tests.test_webrtc import browserlike_offer
 
@@ -150,21 +152,29 @@ async def test_offer_fuzz(client):
     assert await released(client)
 
 
-async def random_valid_session(client: TestClient, rng: random.Random, pace: str) -> list:
+async def random_valid_session(
+    client: TestClient, rng: random.Random, pace: str, fmt: str = "jpeg"
+) -> list:
     """Valid messages in a random order (audio of random length, marks, segment ends,
     interrupts, pauses), then ``finish``; returns what came back, in order: ("v", index),
-    ("a", index) and ("e", event)."""
+    ("a", index), ("f", fMP4 bytes) and ("e", event)."""
     got: list = []
     rate = rng.choice([8000, 16000, 44100, 48000])
+    start = {"type": "start", "sample_rate": rate, "pace": pace, "format": fmt}
+    if fmt == "fmp4":
+        start["fragment_ms"] = rng.choice([40, 200, 1000])
     async with client.ws_connect("/ws", max_msg_size=0) as ws:
-        await ws.send_str(json.dumps({"type": "start", "sample_rate": rate, "pace": pace}))
+        await ws.send_str(json.dumps(start))
         assert json.loads((await ws.receive(timeout=30)).data)["type"] == "ready"
 
         async def read() -> None:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.BINARY:
                     kind, _, index = HEADER.unpack_from(msg.data)
-                    got.append(("v" if kind == KIND_VIDEO_JPEG else "a", index))
+                    if kind == KIND_FMP4:
+                        got.append(("f", msg.data[HEADER.size :]))
+                    else:
+                        got.append(("v" if kind == KIND_VIDEO_JPEG else "a", index))
                 else:
                     got.append(("e", json.loads(msg.data)))
                     if got[-1][1]["type"] == "done":
@@ -209,3 +219,27 @@ async def test_random_valid_sessions_keep_frames_and_audio_together(client, pace
                 assert x["type"] != "error", x
         assert open_frame is None and got[-1][1]["type"] == "done"
     assert await released(client)
+
+
+async def test_random_valid_sessions_make_one_playable_fmp4_stream(client):
+    """The same with ``format: fmp4``: the pieces concatenate to one MP4 whose video frames are
+    those the session reports, in order, with as much AAC audio as video."""
+    rng = random.Random("fmp4")
+    decoded = 0
+    for _ in range(3):
+        got = await random_valid_session(client, rng, "asap", fmt="fmp4")
+        events = [x for kind, x in got if kind == "e"]
+        assert not [e for e in events if e["type"] == "error"] and events[-1]["type"] == "done"
+        data = b"".join(x for kind, x in got if kind == "f")
+        if events[-1]["frames"] == 0:  # interrupted before the first frame: nothing to send
+            assert not data
+            continue
+        with av.open(io.BytesIO(data)) as c:
+            frames = list(c.decode(c.streams.video[0], c.streams.audio[0]))
+        video = [float(f.time) for f in frames if isinstance(f, av.VideoFrame)]
+        audio_s = sum(f.samples / f.sample_rate for f in frames if isinstance(f, av.AudioFrame))
+        assert len(video) == events[-1]["frames"]
+        assert all(b > a for a, b in zip(video, video[1:], strict=False))
+        assert abs(audio_s - len(video) / 25) < 0.05  # one AAC frame of slack at the end
+        decoded += 1
+    assert decoded >= 2 and await released(client)
