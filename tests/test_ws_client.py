@@ -132,3 +132,30 @@ async def test_a_wss_server_with_a_self_signed_certificate(tmp_path):
         await runner.cleanup()
     with pytest.raises(CertificateError, match="cannot use --cafile"):
         client_tls(parse_args(["--wav", "x.wav", "--cafile", str(tmp_path / "missing.pem")]))
+
+
+async def test_no_video_back_writes_nothing_and_says_so(tmp_path, capsys):
+    """A session that ends before its first frame (e.g. interrupted at once) has nothing to
+    write: exit code 1 and a message, not a traceback or an empty file."""
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive()  # start
+        await ws.send_str(json.dumps({"type": "ready", "session": "s"}))
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data)["type"] == "finish":
+                await ws.send_str(json.dumps({"type": "done", "frames": 0}))
+                await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    wav, out = tmp_path / "in.wav", tmp_path / "out.mp4"
+    write_wav(wav, np.zeros(1600, np.float32), 16000)
+    async with TestServer(app) as server:
+        url = f"ws://{server.host}:{server.port}/ws"
+        args = parse_args(["--wav", str(wav), "--url", url, "--out", str(out), "--fast"])
+        assert await main_async(args, None) == 1
+    assert "no video came back" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [wav]

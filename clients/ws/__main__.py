@@ -218,6 +218,9 @@ async def main_async(
         line += f", latency p50 {stats['latency_p50_ms']} ms / p95 {stats['latency_p95_ms']} ms"
     print(line)
     if args.out:
+        if not (received.video or received.fmp4):
+            print(f"error: no video came back; {args.out} was not written", file=sys.stderr)
+            return 1
         print(write_mp4(received, args.out))
     return 0
 
