@@ -26,7 +26,7 @@ from clients.ws.__main__ import (
     main_async,
     parse_args,
 )
-from clients.ws.client import ServerError, run_client, wav_chunks
+from clients.ws.client import ServerError, run_client, upload_avatar, wav_chunks
 from mmgt.audio import write_wav
 from server.__main__ import tls_context
 from server.app import make_app
@@ -159,3 +159,29 @@ async def test_no_video_back_writes_nothing_and_says_so(tmp_path, capsys):
         assert await main_async(args, None) == 1
     assert "no video came back" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [wav]
+
+
+async def test_upload_waits_out_a_busy_server_and_reports_plain_refusals(tmp_path):
+    """503 + Retry-After (the server is preparing other photos) is tried again; a refusal whose
+    body is not JSON (aiohttp's own 413) is reported with its text, not a JSON traceback."""
+    answers = [
+        web.json_response({"error": "busy"}, status=503, headers={"Retry-After": "0"}),
+        web.json_response({"error": "busy"}, status=503, headers={"Retry-After": "0"}),
+        web.json_response({"id": "u123"}),
+        web.Response(status=413, text="Request Entity Too Large"),
+    ]
+
+    async def avatars(request: web.Request) -> web.Response:
+        await request.read()
+        return answers.pop(0)
+
+    app = web.Application()
+    app.router.add_post("/avatars", avatars)
+    photo = tmp_path / "me.jpg"
+    photo.write_bytes(b"\xff\xd8\xff photo")
+    async with TestServer(app) as server, aiohttp.ClientSession() as http:
+        base = f"http://{server.host}:{server.port}"
+        assert await upload_avatar(http, base, photo) == "u123"
+        with pytest.raises(ServerError, match=r"upload refused \(413\): Request Entity Too Large"):
+            await upload_avatar(http, base, photo)
+    assert not answers

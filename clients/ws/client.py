@@ -71,14 +71,29 @@ def http_base(ws_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, "", "", ""))
 
 
+UPLOAD_TRIES = 4  # a busy server (503) is asked again after its Retry-After
+
+
 async def upload_avatar(http: aiohttp.ClientSession, base: str, photo: Path) -> str:
-    """POST a photo to /avatars; returns its avatar id."""
+    """POST a photo to /avatars; returns its avatar id. A server busy preparing other photos
+    (503) is asked again after the delay it names (at most 10 s), up to ``UPLOAD_TRIES`` times."""
     data = await asyncio.to_thread(photo.read_bytes)
-    async with http.post(f"{base}/avatars", data=data) as resp:
-        body = await resp.json(content_type=None)
-        if resp.status != 200:
+    attempt = 0
+    while True:
+        attempt += 1
+        async with http.post(f"{base}/avatars", data=data) as resp:
+            text = await resp.text()
+            try:
+                body = json.loads(text)
+            except ValueError:  # e.g. aiohttp's own plain-text 413
+                body = {"error": text.strip() or resp.reason}
+            if resp.status == 200:
+                return body["id"]
+            if resp.status == 503 and attempt < UPLOAD_TRIES:
+                retry = resp.headers.get("Retry-After", "")
+                await asyncio.sleep(min(float(retry) if retry.isdigit() else 2.0, 10.0))
+                continue
             raise ServerError(f"upload refused ({resp.status}): {body.get('error', body)}")
-        return body["id"]
 
 
 async def wav_chunks(
