@@ -142,7 +142,9 @@ async def upload_avatar(request: web.Request) -> web.Response:
     limit = ctx.settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + 4096:
         ctx.engine.metrics.errors_total.labels("upload").inc()
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        return web.json_response(  # JSON like every other refusal, for the page to show
+            {"error": f"the photo is larger than {limit // 2**20} MB"}, status=413
+        )
     try:
         data = await _read_upload(request, limit)
         avatar_id, _ = await ctx.avatars.add_upload(data)

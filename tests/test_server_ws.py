@@ -423,7 +423,7 @@ async def test_uploads_are_checked_and_usable(client):
     nobody = await client.post("/avatars", data=buf.getvalue())
     assert nobody.status == 422 and "person" in (await nobody.json())["error"].lower()
     huge = await client.post("/avatars", data=b"\x89PNG\r\n\x1a\n" + b"\x00" * (11 << 20))
-    assert huge.status == 413
+    assert huge.status == 413 and "larger than 10 MB" in (await huge.json())["error"]
     photo = BUNDLED_AVATAR.read_bytes()
     ok = await client.post("/avatars", data=photo)
     assert ok.status == 200
