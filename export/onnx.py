@@ -100,7 +100,8 @@ def export_network(
             optimize=optimize,
         )
     seconds = time.perf_counter() - t0
-    if (written := _opset(path)) != opset:  # the exporter did not honour the request
+    opsets = _opsets(path)
+    if (written := opsets.pop("", None)) != opset:  # the exporter did not honour the request
         raise InputError(f"{spec.name}: asked for opset {opset}, the exporter wrote {written}")
     checks = check_parity(spec, path)
     return {
@@ -108,7 +109,7 @@ def export_network(
         "external_data": external,
         "opset": opset,
         "target": target,
-        "domains": _custom_domains(path),
+        "domains": sorted(opsets),  # beyond standard ONNX, e.g. com.microsoft
         "inputs": {n: _describe(sample[n], spec.dynamic.get(n, {})) for n in spec.inputs},
         "outputs": list(spec.outputs),
         "axes": {n: vars(a) for n, a in spec.axes.items()},
@@ -154,14 +155,6 @@ def check_parity(spec: NetworkSpec, path: Path) -> list[dict]:
     return checks
 
 
-def _custom_domains(path: Path) -> list[str]:
-    """Operator domains beyond standard ONNX that a file uses (e.g. ``com.microsoft``)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return sorted({o.domain for o in model.opset_import} - {"", "ai.onnx"})
-
-
 def _describe(t: torch.Tensor, dims: dict) -> dict:
     shape = [dims[i].name if i in dims else int(s) for i, s in enumerate(t.shape)]
     return {"dtype": str(t.dtype).removeprefix("torch."), "shape": shape}
@@ -177,12 +170,12 @@ def check_destination(folder: Path, opset: int) -> None:
                          f"writes), got {opset}")  # fmt: skip
 
 
-def _opset(path: Path) -> int:
-    """The standard-domain opset a written file declares."""
+def _opsets(path: Path) -> dict[str, int]:
+    """Operator domain → opset version a written file declares (standard ONNX as ``""``)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
 
 
 def write_folder(
