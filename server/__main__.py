@@ -142,7 +142,8 @@ def tls_context(settings: ServerSettings) -> ssl.SSLContext | None:
     except (OSError, ssl.SSLError) as exc:
         raise InputError(
             f"cannot use --cert {settings.cert} --key {settings.key}: "
-            f"{exc.strerror or exc.reason or exc} (PEM files of a certificate and its key)"
+            f"{exc.strerror or getattr(exc, 'reason', None) or exc} (PEM files of a certificate "
+            "and its key)"
         ) from exc
     return ctx
 
