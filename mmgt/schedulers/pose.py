@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmgt.schedulers import TRAIN_TIMESTEPS
+
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, T, F), t (B,)) → x̂0 (B, T, F)
 NoiseFn = Callable[[tuple[int, ...]], Tensor]  # shape → standard normal noise
 
@@ -34,7 +36,7 @@ NoiseFn = Callable[[tuple[int, ...]], Tensor]  # shape → standard normal noise
 class CosineSchedule:
     """The official cosine noise schedule and its derived float32 buffers."""
 
-    def __init__(self, timesteps: int = 1000, s: float = 0.008) -> None:
+    def __init__(self, timesteps: int = TRAIN_TIMESTEPS, s: float = 0.008) -> None:
         steps = np.arange(timesteps + 1, dtype=np.float64) / timesteps + s
         alphas = np.cos(steps / (1 + s) * np.pi / 2) ** 2
         alphas = alphas / alphas[0]
@@ -62,7 +64,7 @@ class CosineSchedule:
         return (r * x - x0) / rm1
 
 
-def ddim_time_pairs(steps: int, timesteps: int = 1000) -> list[tuple[int, int]]:
+def ddim_time_pairs(steps: int, timesteps: int = TRAIN_TIMESTEPS) -> list[tuple[int, int]]:
     """Official DDIM step pairs: (t, t_next) from T − 1 down to (…, −1)."""
     if not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")

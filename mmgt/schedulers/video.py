@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmgt.schedulers import TRAIN_TIMESTEPS
+
 Spacing = Literal["trailing", "leading", "linspace"]
 Timestep = int | Tensor  # a Python int / 0-dim tensor, or per-sample steps (B,)
 
@@ -36,7 +38,7 @@ Timestep = int | Tensor  # a Python int / 0-dim tensor, or per-sample steps (B,)
 class VideoScheduleConfig:
     """DDIM configuration; the defaults are the official stage-2 inference settings."""
 
-    num_train_timesteps: int = 1000
+    num_train_timesteps: int = TRAIN_TIMESTEPS
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: Literal["linear", "scaled_linear"] = "linear"
@@ -81,7 +83,7 @@ def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
 def timesteps(
     num_steps: int,
     spacing: Spacing = "trailing",
-    num_train_timesteps: int = 1000,
+    num_train_timesteps: int = TRAIN_TIMESTEPS,
     steps_offset: int = 1,
 ) -> Tensor:
     """Descending int64 timesteps (num_steps,) as diffusers' ``set_timesteps``.
