@@ -21,6 +21,7 @@ from engine.scheduler import StreamScheduler, StreamSettings
 from engine.session import Session
 from engine.vad import VoiceActivity
 from mmgt.drivers import default_driver_name, make_driver
+from mmgt.drivers.controls import MotionControls
 from mmgt.drivers.hop import live_context
 from mmgt.renderers import make_renderer
 from mmgt.types import Avatar, Driver, Renderer
@@ -126,9 +127,12 @@ class Engine:
         idle: bool = True,
         name: str = "session",
         state: object | None = None,
+        motion: MotionControls | None = None,
     ) -> Session:
         """A new session for ``avatar`` (call from the event loop). ``state`` may be a
-        precomputed :meth:`avatar_state` (prepare it in a worker to keep the loop free)."""
+        precomputed :meth:`avatar_state` (prepare it in a worker to keep the loop free);
+        ``motion`` scales its head, gesture, mouth and blink motion
+        (:meth:`Session.set_motion` changes it later)."""
         settings = settings or self.config.stream
         if state is None:
             state = self.avatar_state(avatar)
@@ -147,6 +151,7 @@ class Engine:
             audio_kind=getattr(renderer, "audio_kind", "light-v1"),
             vad_factory=VoiceActivity,
             observe=self.metrics.observe_stage,
+            motion=motion,
         )
         session = Session(
             scheduler,

@@ -51,6 +51,7 @@ from engine.frames import (
 )
 from mmgt.audio import StreamingResampler
 from mmgt.audio.features import FEATURE_DIM, HOP, LOOKAHEAD_SAMPLES, LightFeatureStream
+from mmgt.drivers.controls import MotionControls, apply_motion_controls
 from mmgt.errors import AudioError
 from mmgt.keypoints import layout
 from mmgt.masks import MotionMaskStream
@@ -137,8 +138,12 @@ class StreamScheduler:
         audio_kind: str = "light-v1",
         vad_factory=None,  # noqa: ANN001 - () -> engine.vad.VoiceActivity
         observe=None,  # noqa: ANN001 - (stage: str, seconds: float) -> None
+        motion: MotionControls | None = None,
     ) -> None:
         self.settings = s = settings or StreamSettings()
+        # Scales the driver's motion on its way to the renderer (the stored poses, which the
+        # driver sees as context, stay as it made them). May change between steps.
+        self.motion = motion or MotionControls()
         if SPEECH_RATE // s.fps != HOP:
             raise ValueError(f"the light features run at {SPEECH_RATE // HOP} fps, not {s.fps}")
         self.driver = driver
@@ -451,6 +456,9 @@ class StreamScheduler:
         self.posed += len(new)
 
     def _render(self, poses: KeypointSeq) -> list[OutputFrame]:
+        if not self.motion.neutral:
+            points = apply_motion_controls(poses.points, self.reference_pose, self.motion)
+            poses = dataclasses.replace(poses, points=points)
         masks = None
         if self._masks is not None:
             t = time.perf_counter()

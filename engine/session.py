@@ -6,6 +6,7 @@ Modelled on LiveKit's ``VideoGenerator``: push audio in, iterate typed frames ou
     session.push_audio(pcm)            # any rate / channel count, float or int16
     session.end_segment()              # e.g. the TTS finished an utterance
     session.mark("word-3")             # a Mark comes out with the frame where this point plays
+    session.set_motion(MotionControls(head=0.5, gestures=0))  # calmer head, no hand motion
     played = await session.interrupt() # barge-in: drop queued audio and frames
     async for frame in session: ...    # VideoFrame, AudioFrame, VadEvent, SegmentEnd, Mark, …
 
@@ -31,6 +32,7 @@ from engine.clock import Clock, MonotonicClock
 from engine.frames import AudioFrame, Interrupted, Mark, OutputFrame, StateEvent, VideoFrame
 from engine.scheduler import SPEECH_RATE, BufferFull, StreamScheduler
 from mmgt.audio.decode import check_chunk
+from mmgt.drivers.controls import MotionControls
 from mmgt.errors import AudioError
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class Session:
         self._on_close = on_close
         self._on_latency = on_latency
         self._inbox: collections.deque[tuple] = collections.deque()
+        self._motion = scheduler.motion  # what set_motion last asked for (the loop's view)
         self._inbox_samples = 0.0  # seconds of audio waiting in the inbox
         self._out: collections.deque[OutputFrame] = collections.deque()
         self._out_video = 0
@@ -164,6 +167,25 @@ class Session:
         self._inbox.append(("mark", name))
         self._wake.set()
 
+    def set_motion(self, controls: MotionControls) -> None:
+        """Scale the head, gesture, mouth and blink motion of frames not yet posed
+        (:mod:`mmgt.drivers.controls`); stays in force until the next call, interrupts
+        included."""
+        self._check_open()
+        if not isinstance(controls, MotionControls):
+            raise TypeError(f"expected MotionControls, got {type(controls).__name__}")
+        self._motion = controls
+        if self._inbox and self._inbox[-1][0] == "motion":  # a dial being dragged: coalesce
+            self._inbox[-1] = ("motion", controls)
+        else:
+            self._inbox.append(("motion", controls))
+        self._wake.set()
+
+    @property
+    def motion(self) -> MotionControls:
+        """The motion controls last asked for (they apply from the next posed frame)."""
+        return self._motion
+
     def finish(self) -> None:
         """End of input: render what is queued, then the iteration stops."""
         self._check_input()
@@ -184,7 +206,8 @@ class Session:
     async def _interrupt(self) -> Interrupted:
         async with self._lock:  # wait for the step in flight
             self._generation += 1
-            self._inbox = collections.deque(c for c in self._inbox if c[0] == "finish")
+            # Input queued before the interrupt goes; "finish" and motion settings stay.
+            self._inbox = collections.deque(c for c in self._inbox if c[0] in ("finish", "motion"))
             self._inbox_samples = 0.0
             self._marks_pending = 0  # queued, rendered or not: all dropped with their audio
             dropped = self._out_video
@@ -331,6 +354,8 @@ class Session:
                 sched.end_segment()
             elif cmd[0] == "mark":
                 sched.mark(cmd[1])
+            elif cmd[0] == "motion":
+                sched.motion = cmd[1]
             elif cmd[0] == "finish":
                 sched.end_segment()
                 self._input_ended = True

@@ -40,6 +40,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     from mmgt.drivers import DRIVERS
+    from mmgt.drivers.controls import add_motion_arguments
     from mmgt.keypoints.extractor import add_pose_model_arguments
     from mmgt.renderers import RENDERERS, add_diffusion_arguments
     from mmgt.runtime import add_backend_arguments
@@ -100,6 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pose.add_argument("--pose-video", type=Path, help="pose images (official colours)")
     pose.add_argument("--face-mask-video", type=Path, help="face (+ hands) box masks")
     pose.add_argument("--lips-mask-video", type=Path, help="lips box masks")
+    add_motion_arguments(r)
     r.add_argument(
         "--debug",
         action="store_true",
@@ -137,11 +139,21 @@ def _set_threads(n: int | None) -> None:
 def _cmd_render(args: argparse.Namespace) -> int:
     from mmgt.avatar import BUNDLED_AVATAR
     from mmgt.drivers import default_driver_name
+    from mmgt.drivers.controls import controls_from_args
     from mmgt.keypoints.extractor import extractor_from_args
     from mmgt.offline import render_video
     from mmgt.runtime import backend_from_args
 
+    try:
+        motion = controls_from_args(args)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
     if args.pose_video or args.face_mask_video or args.lips_mask_video:
+        if not motion.neutral:
+            raise InputError(
+                "the motion controls (--head-motion, --gestures, --mouth, --blinks) scale a "
+                "driver's motion; not with --pose-video"
+            )
         return _cmd_render_poses(args)
 
     audio = args.audio or Path(__file__).resolve().parent / "assets" / "speech_sample.wav"
@@ -186,6 +198,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
             wavlm=wavlm,
             renderer_options=renderer_options,
             extractor=extractor,
+            motion=motion,
         )
     work = result.work_s
     rt = result.duration_s / work if work else float("inf")

@@ -11,6 +11,7 @@ motion-mask overlay and a side-by-side (photo | pose | result).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ from mmgt.audio import KIND as LIGHT_KIND
 from mmgt.audio import extract_light_features, load_audio_native
 from mmgt.avatar import load_avatar
 from mmgt.drivers import make_driver
+from mmgt.drivers.controls import MotionControls, apply_motion_controls
 from mmgt.errors import InputError
 from mmgt.keypoints.extractor import ReferencePoseExtractor
 from mmgt.keypoints.render import render_pose
@@ -81,6 +83,7 @@ def render_video(
     wavlm: str | os.PathLike[str] | None = None,
     renderer_options: dict | None = None,
     extractor: ReferencePoseExtractor | None = None,
+    motion: MotionControls | None = None,
 ) -> RenderResult:
     """Render ``audio`` spoken by the photo ``image`` (or the bundled avatar) into ``out``.
 
@@ -88,7 +91,8 @@ def render_video(
     ``wavlm`` is the WavLM model (folder or ``WavLM-Large.pt``) that official SMGA checkpoints
     need for their features; ``renderer_options`` go to :func:`mmgt.renderers.make_renderer`
     (e.g. the diffusion renderer's ``weights_dir``); ``extractor`` finds the photo's reference
-    pose (default: MediaPipe; :func:`mmgt.keypoints.extractor.make_extractor`). Raises
+    pose (default: MediaPipe; :func:`mmgt.keypoints.extractor.make_extractor`); ``motion``
+    scales the driver's head, gesture, mouth and blink motion (:mod:`mmgt.drivers.controls`). Raises
     :class:`~mmgt.errors.InputError` subclasses for bad photos, audio or weights; no output file
     (nor debug file) is left behind when anything fails.
     """
@@ -118,6 +122,9 @@ def render_video(
 
     t0 = time.perf_counter()
     poses = drv.generate(features, avatar.reference_pose, frame_size=size)
+    if motion is not None and not motion.neutral:
+        points = apply_motion_controls(poses.points, avatar.reference_pose, motion)
+        poses = dataclasses.replace(poses, points=points)
     timings["driver"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

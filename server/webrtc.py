@@ -39,6 +39,7 @@ from aiortc.mediastreams import MediaStreamError
 from engine.frames import AudioFrame, VideoFrame
 from engine.scheduler import BufferFull
 from engine.session import Session
+from mmgt.drivers.controls import MotionControls
 from mmgt.errors import AudioError
 from server.app import CTX, ServerContext, origin_allowed
 from server.avatars import DEFAULT_ID
@@ -204,8 +205,17 @@ class PeerSession:
     when ICE/DTLS connect, so no frames pile up during the handshake), the tasks and the tracks.
     """
 
-    def __init__(self, ctx: ServerContext, pc: RTCPeerConnection, avatar, state, name: str):  # noqa: ANN001
+    def __init__(
+        self,
+        ctx: ServerContext,
+        pc: RTCPeerConnection,
+        avatar,  # noqa: ANN001
+        state,  # noqa: ANN001
+        name: str,
+        motion: MotionControls | None = None,
+    ) -> None:
         self.ctx, self.pc, self.avatar, self.state, self.name = ctx, pc, avatar, state, name
+        self.motion = motion or MotionControls()  # until the session opens
         self.session: Session | None = None
         self.channel = None  # the page's data channel, once it opens
         self.pacer = Pacer()
@@ -257,8 +267,25 @@ class PeerSession:
         @channel.on("message")
         def _message(message: object) -> None:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
-                if json.loads(message).get("type") == "bye":
+                msg = json.loads(message)
+                if msg.get("type") == "bye":
                     self.close_soon()
+                elif msg.get("type") == "motion":
+                    self._set_motion({k: v for k, v in msg.items() if k != "type"})
+
+    def _set_motion(self, changes: dict) -> None:
+        """The page's motion dials: applied from the next posed frame, echoed back (or an
+        error event naming the bad value)."""
+        current = self.session.motion if self.session is not None else self.motion
+        try:
+            self.motion = current.updated(changes)
+        except ValueError as exc:
+            self.send({"type": "error", "code": "bad_motion", "message": str(exc)})
+            return
+        if self.session is not None:
+            with contextlib.suppress(RuntimeError):  # the session is closing
+                self.session.set_motion(self.motion)
+        self.send({"type": "motion", **self.motion.as_dict()})
 
     async def _on_state(self) -> None:
         state = self.pc.connectionState
@@ -284,6 +311,7 @@ class PeerSession:
             settings=stream,
             name=self.name,
             state=self.state,
+            motion=self.motion,
         )
         self.send(RUNNING)
         self.spawn(self._pump(), "pump")
@@ -388,7 +416,7 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _parse_offer(body: object) -> tuple[RTCSessionDescription, str]:
+def _parse_offer(body: object) -> tuple[RTCSessionDescription, str, MotionControls]:
     if not isinstance(body, dict):
         raise OfferError("the request body must be a JSON object")
     sdp, kind, avatar = body.get("sdp"), body.get("type"), body.get("avatar", DEFAULT_ID)
@@ -400,18 +428,23 @@ def _parse_offer(body: object) -> tuple[RTCSessionDescription, str]:
         raise OfferError(f"'type' must be \"offer\", got {kind!r}")
     if not isinstance(avatar, str):
         raise OfferError("'avatar' must be an avatar id string")
-    return RTCSessionDescription(sdp=sdp, type=kind), avatar
+    try:
+        motion = MotionControls().updated(body.get("motion", {}))
+    except ValueError as exc:
+        raise OfferError(str(exc)) from None
+    return RTCSessionDescription(sdp=sdp, type=kind), avatar, motion
 
 
 async def offer(request: web.Request) -> web.Response:
-    """POST /offer: ``{"sdp", "type": "offer", "avatar"}`` → the answer ``{"sdp", "type"}``."""
+    """POST /offer: ``{"sdp", "type": "offer", "avatar", "motion"}`` → the answer
+    ``{"sdp", "type"}``."""
     ctx = request.app[CTX]
     errors = ctx.engine.metrics.errors_total
     if not origin_allowed(request, ctx.settings):
         errors.labels("origin").inc()
         return _error(403, "origin not allowed")
     try:
-        description, avatar_id = _parse_offer(await request.json())
+        description, avatar_id, motion = _parse_offer(await request.json())
     except (ValueError, UnicodeDecodeError) as exc:  # OfferError and JSONDecodeError
         errors.labels("offer").inc()
         message = str(exc) if isinstance(exc, OfferError) else f"request body is not JSON: {exc}"
@@ -430,7 +463,7 @@ async def offer(request: web.Request) -> web.Response:
         raise
     ice = [RTCIceServer(**server) for server in ctx.settings.ice_servers]
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-    peer = PeerSession(ctx, pc, avatar, state, f"webrtc-{id(pc):x}")
+    peer = PeerSession(ctx, pc, avatar, state, f"webrtc-{id(pc):x}", motion)
     ctx.connections.add(peer.close)
     try:
         answer = await peer.answer(description)

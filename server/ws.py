@@ -1,10 +1,10 @@
 """The websocket API (protocol version 1, see docs/protocol.md).
 
 Client → server: a JSON ``start`` message, then PCM16 binary chunks, and JSON control messages
-(``end_segment``, ``mark``, ``interrupt``, ``finish``). Server → client: JSON events and binary
-frames, each with a 16-byte header (:data:`HEADER`): JPEG video frames with their index, and
-the PCM16 audio that plays with each frame (delayed with the video, so they stay in sync); or,
-with ``format: fmp4``, one fragmented MP4 stream (H.264 + AAC) in pieces.
+(``end_segment``, ``mark``, ``interrupt``, ``motion``, ``finish``). Server → client: JSON events
+and binary frames, each with a 16-byte header (:data:`HEADER`): JPEG video frames with their
+index, and the PCM16 audio that plays with each frame (delayed with the video, so they stay in
+sync); or, with ``format: fmp4``, one fragmented MP4 stream (H.264 + AAC) in pieces.
 
 Every bad input gets an ``error`` event with a code; only protocol-level abuse (floods, a
 consumer that stops reading) closes the connection. The server and other sessions go on.
@@ -27,6 +27,7 @@ from engine.frames import AudioFrame, VideoFrame
 from engine.scheduler import BufferFull
 from engine.session import MarkLimit
 from mmgt.audio.decode import MAX_CHANNELS, MAX_RATE, MIN_RATE
+from mmgt.drivers.controls import MotionControls
 from mmgt.errors import AudioError
 from mmgt.video import FragmentedMp4
 from server.app import CTX, ServerContext, json_dumps, origin_allowed
@@ -98,6 +99,10 @@ def parse_start(msg: dict, ctx: ServerContext) -> dict:
     audio_out = msg.get("audio_out", True)
     if not isinstance(audio_out, bool):
         raise ProtocolError("bad_start", f"audio_out must be true or false, got {audio_out!r}")
+    try:
+        motion = MotionControls().updated(msg.get("motion", {}))
+    except ValueError as exc:
+        raise ProtocolError("bad_start", str(exc)) from None
     avatar_id = msg.get("avatar", "default")
     avatar = ctx.avatars.get(avatar_id) if isinstance(avatar_id, str) else None
     if avatar is None:
@@ -113,6 +118,7 @@ def parse_start(msg: dict, ctx: ServerContext) -> dict:
         "avatar": avatar,
         "avatar_id": avatar_id,
         "audio_out": audio_out,
+        "motion": motion,
     }
 
 
@@ -203,6 +209,11 @@ class WsConnection:
                 await self.session.interrupt()
             elif kind == "finish":
                 self.session.finish()
+            elif kind == "motion":
+                changes = {k: v for k, v in msg.items() if k != "type"}
+                motion = self.session.motion.updated(changes)
+                self.session.set_motion(motion)
+                await self.send_json({"type": "motion", **motion.as_dict()})
             else:
                 raise ProtocolError("bad_message", f"unknown message type {kind!r}")
         except MarkLimit as exc:
@@ -246,6 +257,7 @@ class WsConnection:
             idle=opts["pace"] == "realtime",
             name=self.name,
             state=state,
+            motion=opts["motion"],
         )
         size = opts["avatar"].frame_size
         await self.send_json(
@@ -260,6 +272,7 @@ class WsConnection:
                 "audio_channels": 1,
                 "driver": engine.driver_name,
                 "avatar": opts["avatar_id"],
+                "motion": opts["motion"].as_dict(),
             }
         )
         self.sender = self.ctx.spawn(self.send_loop(), f"{self.name}-send")

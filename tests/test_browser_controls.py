@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import pytest
 
+from mmgt.drivers.controls import MotionControls
 from server.app import CTX, ServerContext, make_app
 from server.settings import ServerSettings
 from tests.devtools import CHROMIUM, OPTIONS, READY, DevTools, browser_page
@@ -110,15 +111,32 @@ async def test_start_stop_restart_and_a_session_the_server_ends(tmp_path: Path) 
         await wait_server(ctx, 0)
 
 
-async def test_record_downloads_what_the_avatar_said_and_showed(tmp_path: Path) -> None:
-    """Record during a session, then Stop: the page offers a WebM of the received stream (the
+def set_dial(name: str, value: float) -> str:
+    return (f"(el => {{ el.value = {value}; el.dispatchEvent(new Event('input')); }})"
+            f"(document.querySelector('[data-motion={name}]'))")  # fmt: skip
+
+
+async def test_motion_dials_and_record(tmp_path: Path) -> None:
+    """The Motion dials go with the offer and, moved during a session, reach it at once.
+    Record during a session, then Stop: the page offers a WebM of the received stream (the
     avatar's video and the returned audio), which decodes to a few seconds of both."""
     app = make_app(ServerSettings(port=0, driver="procedural", frame_size=128))
     ctx = app[CTX]
     async with browser_page(app, tmp_path / "profile", FAKE_MEDIA) as b:
         page = b.page
         await page.wait_for(READY)
+        await page.eval(set_dial("gestures", 0))
         await start_and_play(page, ctx)
+        (session,) = ctx.engine.sessions
+        assert session.motion == MotionControls(gestures=0.0)
+        await page.eval(set_dial("head", 0.5))
+        for _ in range(100):
+            if session.motion == MotionControls(head=0.5, gestures=0.0):
+                break
+            await asyncio.sleep(0.1)
+        assert session.motion == MotionControls(head=0.5, gestures=0.0)
+        assert await page.eval("document.querySelector('[data-motion=head]')"
+                               ".nextElementSibling.textContent") == "0.5"  # fmt: skip
         await page.eval(click("record"))
         assert await page.eval("document.getElementById('record').textContent") == (
             "Stop recording"

@@ -126,6 +126,19 @@ def test_seed_reproducible(tmp_path, short_speech):
     assert np.abs(outs[0].astype(int) - outs[2].astype(int)).max() > 10
 
 
+def test_motion_dials_hold_the_photo_still(tmp_path, short_speech):
+    """Every dial at 0: the video is the photo, still, while the speech plays; at 1 it moves."""
+    common = ["render", "--audio", str(short_speech), "--size", "128", "-q"]
+    still = ["--head-motion", "0", "--gestures", "0", "--mouth", "0", "--blinks", "0"]
+    change = {}
+    for name, dials in (("still", still), ("moving", [])):
+        out = tmp_path / f"{name}.mp4"
+        assert main([*common, "--out", str(out), *dials]) == 0
+        frames = np.stack(_streams(out)["frames"]).astype(np.float32)
+        change[name] = np.median(np.abs(frames - frames[-1]).mean(axis=(1, 2, 3)))
+    assert change["still"] < 0.5 and change["moving"] > 4 * change["still"] + 1, change
+
+
 def test_non_square_photo(tmp_path, short_speech):
     photo = np.asarray(Image.open(BUNDLED_AVATAR).convert("RGB"))
     wide = np.concatenate([np.full((512, 200, 3), 90, np.uint8), photo], axis=1)  # 712×512
@@ -243,6 +256,11 @@ def test_argument_errors(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main([*diffusion, "--device", "cuda:0"]) == 2
         assert re.search("built without CUDA|no CUDA GPU", capsys.readouterr().err)
+    assert main(["render", "--head-motion", "3", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "--head-motion must be in 0…2, got 3" in capsys.readouterr().err
+    pose = ["--pose-video", str(tmp_path / "file"), "--renderer", "diffusion"]
+    assert main(["render", *pose, "--gestures", "0", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "not with --pose-video" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
 
 

@@ -14,6 +14,7 @@ from engine.clock import VirtualClock
 from engine.frames import AudioFrame, Interrupted, Mark, SegmentEnd, VideoFrame
 from engine.session import Session
 from mmgt.audio.features import HOP, LOOKAHEAD_SAMPLES
+from mmgt.drivers.controls import MotionControls
 from tests.engine_fakes import image_index, make_scheduler
 
 FORMATS = [(16000, 1), (48000, 1), (44100, 2), (8000, 1), (22050, 2)]
@@ -34,8 +35,10 @@ def _random_session(seed: int, window: bool, realtime: bool) -> tuple[list, int]
     out: list = []
     for _ in range(int(rng.integers(40, 120))):
         op = rng.choice(["push", "push", "push", "step", "step", "mark", "end", "idle", "int",
-                         "format"])  # fmt: skip
-        if op == "format":
+                         "format", "motion"])  # fmt: skip
+        if op == "motion":
+            sched.motion = MotionControls(*rng.uniform(0.0, 1.0, 4))
+        elif op == "format":
             rate, channels = FORMATS[int(rng.integers(len(FORMATS)))]
         elif op == "push":
             n = int(rng.integers(1, 6000))
@@ -117,8 +120,11 @@ async def _random_live_session(seed: int, window: bool) -> list:
     consumer = asyncio.create_task(consume())
     rate = 16000
     for _ in range(int(rng.integers(30, 80))):
-        op = rng.choice(["push", "push", "push", "wait", "wait", "mark", "end", "int", "rate"])
-        if op == "rate":
+        op = rng.choice(["push", "push", "push", "wait", "wait", "mark", "end", "int", "rate",
+                         "motion"])  # fmt: skip
+        if op == "motion":
+            session.set_motion(MotionControls(*rng.uniform(0.0, 1.0, 4)))
+        elif op == "rate":
             rate = int(rng.choice([8000, 16000, 44100, 48000]))
         elif op == "push":
             n = int(rng.integers(1, rate // 2))

@@ -141,6 +141,9 @@ async def test_bad_messages_get_error_events_and_the_session_goes_on(client):
             {"sample_rate": True},
             {"audio_out": "yes"},
             {"format": "fmp4", "fragment_ms": 40.5},
+            {"motion": {"head": 3}},
+            {"motion": {"smile": 1}},
+            {"motion": "calm"},
         ):
             reply = await start(ws, **bad)
             assert reply["type"] == "error" and reply["code"] == "bad_start", bad
@@ -207,6 +210,40 @@ async def test_interrupt_reports_the_played_position(client, speech):
         assert event["dropped_audio_s"] > 4.0
         await ws.send_str(json.dumps({"type": "finish"}))
         await next_of(ws, "done")
+    await idle_server(client)
+
+
+async def test_motion_dials_at_start_and_mid_stream(client, speech):
+    """``motion`` in ``start`` holds the avatar still (mouth dial 0: the lips do not move); a
+    ``motion`` message turns the mouth back on for the audio after it, and is echoed."""
+    pcm = (speech[: 16000 * 4] * 32767).astype("<i2")
+    zero = {"head": 0, "gestures": 0, "mouth": 0, "blinks": 0}
+    async with client.ws_connect("/ws") as ws:
+        ready = await start(ws, pace="asap", motion=zero)
+        assert ready["motion"] == zero
+        await ws.send_str(json.dumps({"type": "motion", "head": 9}))
+        assert (await next_of(ws, "error"))["code"] == "bad_message"
+        frames: list[np.ndarray] = []
+
+        async def take(n: int) -> None:
+            while len(frames) < n:
+                msg = await ws.receive(timeout=30)
+                if msg.type == WSMsgType.BINARY and msg.data[0] == 1:
+                    frames.append(decode_jpeg(msg.data[16:]))
+
+        await ws.send_bytes(pcm[: 16000 * 2].tobytes())
+        await ws.send_str(json.dumps({"type": "end_segment"}))
+        await take(50)
+        await ws.send_str(json.dumps({"type": "motion", "mouth": 1}))
+        assert (await next_of(ws, "motion")) == {"type": "motion", **zero, "mouth": 1}
+        await ws.send_bytes(pcm[16000 * 2 :].tobytes())
+        await ws.send_str(json.dumps({"type": "finish"}))
+        await take(100)
+        await next_of(ws, "done")
+    box = (await (await client.get("/avatars/default")).json())["mouth_box"]
+    still, talking = mouth_opening(frames[:50], box), mouth_opening(frames[50:], box)
+    assert still.std() < 0.5, still  # JPEG of the same image: the same bytes
+    assert talking.std() > 1.0, talking  # (2.2 here)
     await idle_server(client)
 
 
@@ -487,14 +524,19 @@ async def test_command_line_client_writes_an_mp4(client, speech, tmp_path):
         kinds = {s.type for s in container.streams}
         frames = sum(1 for _ in container.decode(video=0))
     assert kinds == {"video", "audio"} and frames == 50
+    # fmp4, with every motion dial at 0: the photo itself, still, while the audio plays.
     fmp4 = tmp_path / "fmp4.mp4"
+    still = ["--head-motion", "0", "--gestures", "0", "--mouth", "0", "--blinks", "0"]
     argv = ["--url", ws_url(client), "--wav", str(wav), "--out", str(fmp4), "--fast",
-            "--format", "fmp4"]  # fmt: skip
+            "--format", "fmp4", *still]  # fmt: skip
     code = await asyncio.to_thread(client_main, argv)
     assert code == 0
     with av.open(str(fmp4)) as container:
         assert {s.type for s in container.streams} == {"video", "audio"}
-        assert sum(1 for _ in container.decode(video=0)) == 50
+        images = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert len(images) == 50
+    change = np.abs(images.astype(np.float32) - images[-1]).mean(axis=(1, 2, 3))
+    assert np.median(change) < 0.5, change  # (x264 settles over the first frames)
     bad = await asyncio.to_thread(
         client_main, ["--url", ws_url(client), "--wav", str(wav), "--avatar", "nobody"]
     )

@@ -24,6 +24,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 
 from engine.frames import AudioFrame, VideoFrame
+from mmgt.drivers.controls import MotionControls
 from server.app import CTX, make_app
 from server.settings import ServerSettings
 from server.webrtc import SKIP_LATE_S, AvatarAudioTrack, AvatarVideoTrack, Pacer
@@ -85,6 +86,7 @@ class Received:
         self.audio_samples = 0
         self.audio_sq = 0.0
         self.events: list[dict] = []
+        self.channel = None  # the events data channel (to send on)
 
     async def consume(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
@@ -113,7 +115,11 @@ async def start_server(**kw: object) -> tuple[web.AppRunner, str]:
 
 
 async def connect(
-    http: aiohttp.ClientSession, base: str, received: Received, mic: type[WavTrack] = WavTrack
+    http: aiohttp.ClientSession,
+    base: str,
+    received: Received,
+    mic: type[WavTrack] = WavTrack,
+    **offer: object,
 ):
     """Offer mic audio + recvonly video + an events channel; returns (pc, tasks, response)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -121,10 +127,10 @@ async def connect(
     pc.on("track", lambda t: tasks.append(asyncio.ensure_future(received.consume(t))))
     pc.addTrack(mic(SPEECH))
     pc.addTransceiver("video", direction="recvonly")
-    channel = pc.createDataChannel("events")
+    channel = received.channel = pc.createDataChannel("events")
     channel.on("message", lambda m: received.events.append(json.loads(m)))
     await pc.setLocalDescription(await pc.createOffer())
-    body = {"sdp": pc.localDescription.sdp, "type": "offer", "avatar": "default"}
+    body = {"sdp": pc.localDescription.sdp, "type": "offer", "avatar": "default", **offer}
     async with http.post(f"{base}/offer", json=body) as resp:
         answer = await resp.json()
         if resp.status == 200:
@@ -152,7 +158,7 @@ def test_stream_admission_and_cleanup() -> None:
         got, other = Received(), Received()
         try:
             async with aiohttp.ClientSession() as http:
-                pc, tasks, status, _ = await connect(http, base, got)
+                pc, tasks, status, _ = await connect(http, base, got, motion={"gestures": 0})
                 assert status == 200
                 assert ctx.admission.active == 1
                 pc2, _, status2, refused = await connect(http, base, other)
@@ -164,6 +170,25 @@ def test_stream_admission_and_cleanup() -> None:
                 assert got.audio_rms > 0.005  # the speech comes back (not just silence)
                 assert await wait_for(lambda: any(e["type"] == "stats" for e in got.events), 10)
                 assert {"state", "stats"} <= {e["type"] for e in got.events}
+                # The motion dials: the offer's, then the page's changes (echoed or refused).
+                (session,) = ctx.engine.sessions
+                assert session.motion == MotionControls(gestures=0.0)
+                got.channel.send(json.dumps({"type": "motion", "head": 0.5}))
+                got.channel.send(json.dumps({"type": "motion", "blinks": 7}))
+                assert await wait_for(
+                    lambda: {"motion", "error"} <= {e["type"] for e in got.events}, 10
+                )
+                echo = next(e for e in got.events if e["type"] == "motion")
+                assert echo == {
+                    "type": "motion",
+                    "head": 0.5,
+                    "gestures": 0,
+                    "mouth": 1,
+                    "blinks": 1,
+                }
+                error = next(e for e in got.events if e["type"] == "error")
+                assert error["code"] == "bad_motion" and "blinks" in error["message"]
+                assert session.motion == MotionControls(head=0.5, gestures=0.0)
                 await pc.close()
                 for t in tasks:
                     t.cancel()
@@ -257,6 +282,9 @@ def test_offer_errors() -> None:
                 del lines[next(i for i, x in enumerate(lines) if x.startswith("m=audio"))]
                 status, msg = await post({"sdp": "\r\n".join(lines), "type": "offer"})
                 assert status == 400 and "offer" in msg, msg
+                sdp = await browserlike_offer()
+                status, msg = await post({"sdp": sdp, "type": "offer", "motion": {"head": -1}})
+                assert status == 400 and "motion 'head'" in msg, msg
                 status, msg = await post({"sdp": "v=0\r\n", "type": "offer", "avatar": "nope"})
                 assert status == 404 and "nope" in msg
                 headers = {"Origin": "http://evil.example"}

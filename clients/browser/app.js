@@ -7,7 +7,8 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   avatar: $("avatar"), photo: $("photo"), start: $("start"), stop: $("stop"),
   mute: $("mute"), record: $("record"), video: $("video"), status: $("status"), error: $("error"),
-  recording: $("recording"), download: $("download"),
+  recording: $("recording"), download: $("download"), motionReset: $("motion-reset"),
+  motion: [...document.querySelectorAll("input[data-motion]")],
 };
 const params = new URLSearchParams(location.search);
 const TEST = params.get("test") === "1";
@@ -102,6 +103,42 @@ function iceGathered(pc, timeoutMs = 5000) {
   });
 }
 
+// -- motion dials: sent with the offer and, when moved, on the data channel ------------------
+const MOTION_KEY = "mmgt.motion";
+
+function motionValues() {
+  return Object.fromEntries(ui.motion.map((el) => [el.dataset.motion, Number(el.value)]));
+}
+
+function showMotion() {
+  for (const el of ui.motion) el.nextElementSibling.textContent = Number(el.value).toFixed(1);
+}
+
+function loadMotion() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(MOTION_KEY) || "{}");
+    for (const el of ui.motion) {
+      const v = saved[el.dataset.motion];
+      if (typeof v === "number" && v >= Number(el.min) && v <= Number(el.max)) el.value = v;
+    }
+  } catch {
+    // storage disabled or garbled: the defaults stay
+  }
+  showMotion();
+}
+
+function motionChanged(changes) {
+  showMotion();
+  try {
+    localStorage.setItem(MOTION_KEY, JSON.stringify(motionValues()));
+  } catch {
+    // storage disabled: the dials last for this page only
+  }
+  if (conn && conn.channel && conn.channel.readyState === "open") {
+    conn.channel.send(JSON.stringify({ type: "motion", ...changes }));
+  }
+}
+
 function onEvent(event) {
   if (event.type === "stats") {
     view.fps = event.fps;
@@ -111,6 +148,8 @@ function onEvent(event) {
     if (event.state === "error" && conn) conn.failure = event.detail || "error";
   } else if (event.type === "vad") {
     view.speech = event.speech;
+  } else if (event.type === "error") {
+    showError(event.message);
   }
   render();
 }
@@ -167,6 +206,7 @@ async function start() {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
         sdp: c.pc.localDescription.sdp, type: c.pc.localDescription.type, avatar: ui.avatar.value,
+        motion: motionValues(),
       }),
     });
     if (!resp.ok) throw new Error(await errorText(resp));
@@ -376,6 +416,14 @@ ui.stop.addEventListener("click", stop);
 ui.mute.addEventListener("click", toggleMute);
 ui.record.addEventListener("click", () => (recorder ? stopRecording() : startRecording()));
 ui.photo.addEventListener("change", () => ui.photo.files[0] && uploadPhoto(ui.photo.files[0]));
+for (const el of ui.motion) {
+  el.addEventListener("input", () => motionChanged({ [el.dataset.motion]: Number(el.value) }));
+}
+ui.motionReset.addEventListener("click", () => {
+  for (const el of ui.motion) el.value = 1;
+  motionChanged(motionValues());
+});
+loadMotion();
 loadAvatars().catch(() => {}).finally(() => {
   document.body.dataset.ready = "1"; // the avatar list is loaded (for automation)
   if (params.get("avatar")) ui.avatar.value = params.get("avatar");

@@ -19,6 +19,7 @@ import aiohttp
 import numpy as np
 
 from clients.ws.client import ServerError, run_client, trusting, wav_chunks, write_mp4
+from mmgt.drivers.controls import add_motion_arguments, controls_from_args
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,9 +45,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preview", action="store_true", help="show frames in a window as they come")
     p.add_argument("--format", choices=("jpeg", "fmp4"), default="jpeg",
                    help="jpeg: frames + PCM; fmp4: one fragmented MP4 (H.264 + AAC)")  # fmt: skip
+    add_motion_arguments(p)
     args = p.parse_args(argv)
     if args.preview and args.format != "jpeg":
         p.error("--preview shows JPEG frames (use --format jpeg)")
+    try:
+        args.motion = controls_from_args(args)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
 
 
@@ -209,6 +215,7 @@ async def main_async(
         on_frame=on_frame,
         video_format=args.format,
         ssl=tls,
+        motion=None if args.motion.neutral else args.motion.as_dict(),
     )
     stats = next((e for e in reversed(received.events) if e.get("type") == "done"), {})
     for err in received.errors():

@@ -122,6 +122,7 @@ async def run_client(
     origin: str | None = None,
     video_format: str = "jpeg",
     ssl: SSLContext | bool = True,
+    motion: dict[str, float] | None = None,
 ) -> Received:
     """Stream ``source`` to the server at ``url`` and collect the reply until ``done``.
 
@@ -130,7 +131,8 @@ async def run_client(
 
     ``video_format``: ``jpeg`` (frames + PCM) or ``fmp4`` (one fragmented MP4 stream).
     ``ssl`` (``wss://`` servers): True verifies the certificate against the system's CAs, an
-    ``SSLContext`` against its own (e.g. :func:`trusting`), False not at all."""
+    ``SSLContext`` against its own (e.g. :func:`trusting`), False not at all. ``motion``: the
+    session's motion dials (``{"head": 0.5, …}``, docs/protocol.md)."""
     received = Received()
     headers = {"Origin": origin} if origin else {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl)) as http:
@@ -151,6 +153,8 @@ async def run_client(
             }
             if audio_rate:
                 start["audio_rate"] = audio_rate
+            if motion:
+                start["motion"] = motion
             await ws.send_str(json.dumps(start))
             first = await ws.receive_json()
             if first.get("type") != "ready":
