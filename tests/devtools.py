@@ -81,15 +81,18 @@ async def _page_devtools(profile: Path, http: aiohttp.ClientSession) -> DevTools
 
 @contextlib.asynccontextmanager
 async def browser_page(
-    app: web.Application, profile: Path, chromium_args: Sequence[str] = ()
+    app: web.Application,
+    profile: Path,
+    chromium_args: Sequence[str] = (),
+    host: str = "127.0.0.1",
 ) -> AsyncIterator[BrowserPage]:
-    """Serve ``app`` on a free port and open its page in headless Chromium (``profile`` is the
-    browser's user-data folder); everything is torn down on exit."""
+    """Serve ``app`` on a free port of ``host`` and open its page in headless Chromium
+    (``profile`` is the browser's user-data folder); everything is torn down on exit."""
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, host, 0)
     await site.start()
-    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    base = f"http://{host}:{site._server.sockets[0].getsockname()[1]}"
     proc = await asyncio.create_subprocess_exec(
         str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -13,12 +13,14 @@ from pathlib import Path
 import av
 import pytest
 
+from mmgt.avatar import BUNDLED_AVATAR
 from mmgt.drivers.controls import MotionControls
 from server.app import CTX, ServerContext, make_app
 from server.settings import ServerSettings
 from tests.devtools import CHROMIUM, OPTIONS, READY, DevTools, browser_page
 
 PHOTO = Path(__file__).parent / "data" / "grace_hopper.jpg"
+SPEECH = BUNDLED_AVATAR.with_name("speech_sample.wav")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (setup.sh --dev)"),
@@ -89,9 +91,7 @@ async def test_start_stop_restart_and_a_session_the_server_ends(tmp_path: Path) 
         # A photo uploaded during a session: offered for the next start; the session streams on
         # and the status is the connection's again once the photo is ready.
         await start_and_play(page, ctx)
-        root = (await page.call("DOM.getDocument"))["root"]["nodeId"]
-        node = await page.call("DOM.querySelector", nodeId=root, selector="#photo")
-        await page.call("DOM.setFileInputFiles", files=[str(PHOTO)], nodeId=node["nodeId"])
+        await choose_file(page, "#photo", PHOTO)
         await page.wait_for(f"{OPTIONS}.length === 2 && !{STATUS}.includes('preparing')")
         assert (await page.eval(STATUS)).startswith("connected")
         assert open_on_server(ctx) == 2 and await page.eval(f"{ERROR}.hidden")
@@ -166,3 +166,56 @@ async def test_motion_dials_and_record(tmp_path: Path) -> None:
     assert audio > 48000  # > 1 s of the returned audio (Opus at 48 kHz)
     assert len(video) >= 25  # ≥ 1 s of the avatar at 25 fps (3 s were recorded)
     assert float(video[-1].time - video[0].time) > 1.5
+
+
+def lan_address() -> str | None:
+    """A non-loopback IPv4 address of this machine: pages served there are not a secure
+    context, as for a user on another machine without https."""
+    import ifaddr
+
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                return ip.ip
+    return None
+
+
+async def test_speak_a_file_without_a_microphone(tmp_path: Path) -> None:
+    """Speak a file: the page decodes an audio file and sends it as the session's audio (no
+    microphone is opened), the server hears speech in it, and a file that is not audio gets a
+    message while the session goes on. Served on a LAN address over plain http (where the
+    browser has no microphone API at all), Start says what to do and the file still works."""
+    host = lan_address() or "127.0.0.1"
+    app = make_app(ServerSettings(host=host, port=0, driver="procedural", frame_size=128))
+    ctx = app[CTX]
+    args = ("--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
+            "--disable-quic")  # fmt: skip
+    async with browser_page(app, tmp_path / "profile", args, host=host) as b:
+        page = b.page
+        await page.wait_for(READY)
+        if await page.eval("window.isSecureContext"):  # no LAN address: localhost is secure
+            await page.eval("navigator.mediaDevices.getUserMedia = () => Promise.reject("
+                            "new Error('the microphone was asked for')); 1")  # fmt: skip
+        else:
+            await page.eval(click("start"))
+            await page.wait_for(f"!{ERROR}.hidden && {IDLE}", 10)
+            assert "only on https or localhost" in await page.eval(f"{ERROR}.textContent")
+        await choose_file(page, "#speech-file", SPEECH)
+        await page.wait_for(PLAYING)
+        assert "speaking speech_sample.wav (" in await page.eval(STATUS)
+        await page.wait_for(f"{STATUS}.includes(' · speech')", 20)  # the server's VAD
+        (session,) = ctx.engine.sessions
+        assert session.stats.audio_in_s > 0.2  # the file, from the first frame on
+        await choose_file(page, "#speech-file", PHOTO)
+        await page.wait_for(f"!{ERROR}.hidden", 10)
+        assert "not an audio file" in await page.eval(f"{ERROR}.textContent")
+        assert await page.eval(PLAYING) and len(ctx.engine.sessions) == 1
+        await page.eval(click("stop"))
+        await wait_server(ctx, 0)
+        assert await page.eval(IDLE)
+
+
+async def choose_file(page: DevTools, selector: str, path: Path) -> None:
+    root = (await page.call("DOM.getDocument"))["root"]["nodeId"]
+    node = await page.call("DOM.querySelector", nodeId=root, selector=selector)
+    await page.call("DOM.setFileInputFiles", files=[str(path)], nodeId=node["nodeId"])

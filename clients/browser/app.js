@@ -7,15 +7,17 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   avatar: $("avatar"), photo: $("photo"), start: $("start"), stop: $("stop"),
   mute: $("mute"), record: $("record"), video: $("video"), status: $("status"), error: $("error"),
+  speechFile: $("speech-file"),
   recording: $("recording"), download: $("download"), motionReset: $("motion-reset"),
   motion: [...document.querySelectorAll("input[data-motion]")],
 };
 const params = new URLSearchParams(location.search);
 const TEST = params.get("test") === "1";
 
-let conn = null; // the live connection: {pc, mic, channel, remote, startedAt, firstFrameMs}
+// The live connection: {pc, mic, channel, remote, startedAt, firstFrameMs, sender, file}.
+let conn = null;
 const view = {
-  connection: "idle", state: "", fps: null, latency: null, speech: false, task: "",
+  connection: "idle", state: "", fps: null, latency: null, speech: false, task: "", speaking: "",
 };
 
 function render() {
@@ -24,6 +26,7 @@ function render() {
   if (view.fps !== null) parts.push(`${view.fps.toFixed(1)} fps`);
   if (view.latency !== null) parts.push(`latency ${view.latency} ms`);
   if (conn) parts.push(view.speech ? "speech" : "silence");
+  if (view.speaking) parts.push(view.speaking);
   if (view.task) parts.push(view.task);
   ui.status.textContent = parts.join(" · ");
 }
@@ -157,7 +160,8 @@ function onEvent(event) {
 // Thrown inside start() when Stop (or a newer Start) replaced the connection being set up.
 const ABANDONED = new Error("abandoned");
 
-async function start() {
+// Start a session speaking from the microphone, or from `file` (an audio File) if given.
+async function start(file = null) {
   showError("");
   setRunning(true);
   view.connection = "starting";
@@ -169,8 +173,17 @@ async function start() {
   conn = c;
   const current = () => { if (conn !== c) throw ABANDONED; };  // checked after every await
   try {
-    c.mic = await navigator.mediaDevices.getUserMedia({ audio });
-    current();
+    if (file) {
+      c.file = await decodeSpeech(file);
+      current();
+    } else {
+      if (!navigator.mediaDevices) {
+        throw new Error("The browser allows the microphone only on https or localhost: start " +
+          "the server with --cert and --key, or use Speak a file.");
+      }
+      c.mic = await navigator.mediaDevices.getUserMedia({ audio });
+      current();
+    }
     const rtc = await (await fetch("/rtc-config")).json();  // the server's --ice-server list
     current();
     c.pc = new RTCPeerConnection({ iceServers: rtc.iceServers || [] });
@@ -189,7 +202,8 @@ async function start() {
         stop();
       }
     };
-    for (const track of c.mic.getAudioTracks()) c.pc.addTrack(track, c.mic);
+    const source = c.file ? c.file.stream : c.mic;
+    c.sender = c.pc.addTrack(source.getAudioTracks()[0], source);
     c.pc.addTransceiver("video", { direction: "recvonly" });
     c.channel = c.pc.createDataChannel("events");
     c.channel.onmessage = (e) => { if (conn === c) onEvent(JSON.parse(e.data)); };
@@ -215,6 +229,8 @@ async function start() {
     await c.pc.setRemoteDescription(answer);
     ui.video.requestVideoFrameCallback(() => {
       c.firstFrameMs = performance.now() - c.startedAt;
+      // The server takes audio once the session runs, which its first frame shows.
+      if (c.file && conn === c) playSpeech(c, c.file);
     });
   } catch (err) {
     if (conn !== c) {  // abandoned: release what was opened after stop() ran
@@ -231,6 +247,78 @@ function release(c) {
   if (c.channel && c.channel.readyState === "open") c.channel.send('{"type":"bye"}');
   if (c.pc) c.pc.close();
   if (c.mic) c.mic.getTracks().forEach((t) => t.stop());
+  if (c.file) c.file.close();
+}
+
+// -- speaking a file: decoded in the page and sent as the connection's audio ---------------
+// A file as a live audio track: {stream, seconds, start(onEnded), close()}.
+async function decodeSpeech(file) {
+  const ctx = new AudioContext();
+  let buffer;
+  try {
+    buffer = await ctx.decodeAudioData(await file.arrayBuffer());
+  } catch {
+    ctx.close();
+    throw new Error(`${file.name} is not an audio file this browser can decode.`);
+  }
+  const dest = ctx.createMediaStreamDestination();
+  let node = null;
+  return {
+    stream: dest.stream,
+    seconds: buffer.duration,
+    name: file.name,
+    async start(onEnded) {
+      await ctx.resume();
+      node = ctx.createBufferSource();
+      node.buffer = buffer;
+      node.connect(dest);
+      node.onended = onEnded;
+      node.start();
+    },
+    close() {
+      if (node) node.onended = null;
+      ctx.close();
+    },
+  };
+}
+
+// Play `speech` into the connection; afterwards the microphone (if any) takes over again.
+function playSpeech(c, speech) {
+  view.speaking = `speaking ${speech.name} (${speech.seconds.toFixed(1)} s)`;
+  render();
+  speech.start(() => {
+    if (conn !== c) return;
+    if (c.file !== speech) return;  // a newer file took over
+    if (c.mic) c.sender.replaceTrack(c.mic.getAudioTracks()[0]);
+    view.speaking = "";
+    render();
+  });
+}
+
+// "Speak a file…": starts a session on the file, or, during one, speaks it in place of the
+// microphone until it ends.
+async function speakFile(file) {
+  if (!conn) {
+    await start(file);
+    return;
+  }
+  const c = conn;
+  if (!c.sender) return;  // still starting: the file waits for the next try
+  let speech;
+  try {
+    speech = await decodeSpeech(file);
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  if (conn !== c) {
+    speech.close();
+    return;
+  }
+  if (c.file) c.file.close();  // a file still playing gives way to the new one
+  c.file = speech;
+  await c.sender.replaceTrack(speech.stream.getAudioTracks()[0]);
+  playSpeech(c, speech);
 }
 
 function stop() {
@@ -239,7 +327,9 @@ function stop() {
   stopRecording();  // the recording so far stays downloadable
   if (c) release(c);
   ui.video.srcObject = null;
-  Object.assign(view, { connection: "idle", state: "", fps: null, latency: null, speech: false });
+  Object.assign(view, {
+    connection: "idle", state: "", fps: null, latency: null, speech: false, speaking: "",
+  });
   setRunning(false);
   render();
 }
@@ -411,7 +501,12 @@ async function testRun() {
   }
 }
 
-ui.start.addEventListener("click", start);
+ui.start.addEventListener("click", () => start());
+ui.speechFile.addEventListener("change", () => {
+  const file = ui.speechFile.files[0];
+  ui.speechFile.value = "";  // the same file may be chosen again
+  if (file) speakFile(file);
+});
 ui.stop.addEventListener("click", stop);
 ui.mute.addEventListener("click", toggleMute);
 ui.record.addEventListener("click", () => (recorder ? stopRecording() : startRecording()));
