@@ -13,6 +13,7 @@ from pathlib import Path
 import av
 import pytest
 
+from mmgt.audio import load_audio, write_wav
 from mmgt.avatar import BUNDLED_AVATAR
 from mmgt.drivers.controls import MotionControls
 from server.app import CTX, ServerContext, make_app
@@ -210,6 +211,14 @@ async def test_speak_a_file_without_a_microphone(tmp_path: Path) -> None:
         await page.wait_for(f"!{ERROR}.hidden", 10)
         assert "not an audio file" in await page.eval(f"{ERROR}.textContent")
         assert await page.eval(PLAYING) and len(ctx.engine.sessions) == 1
+        # A second file mid-session takes over from the first; when it ends, the page is
+        # speaking nothing (the first does not come back).
+        short = tmp_path / "short.wav"
+        write_wav(short, load_audio(SPEECH)[: 16000 * 3 // 2], 16000)
+        await choose_file(page, "#speech-file", short)
+        await page.wait_for(f"{STATUS}.includes('speaking short.wav (1.5 s)')", 10)
+        await page.wait_for(f"!{STATUS}.includes('speaking')", 10)
+        assert await page.eval(PLAYING)
         await page.eval(click("stop"))
         await wait_server(ctx, 0)
         assert await page.eval(IDLE)
