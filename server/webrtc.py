@@ -54,6 +54,7 @@ CONNECT_TIMEOUT_S = 30.0
 QUEUE_S = 2.0  # frames kept for a track whose sender is not pulling (oldest dropped)
 SKIP_LATE_S = 0.2  # a video frame this late is skipped if a newer one is already waiting
 RUNNING = {"type": "state", "state": "running", "detail": "connected"}
+MAX_CHANNEL_BUFFER = 256 * 1024  # bytes of events waiting on the data channel
 _ORIGINAL_HOST_ADDRESSES = aioice.ice.get_host_addresses
 
 
@@ -223,6 +224,7 @@ class PeerSession:
         self.audio = AvatarAudioTrack(self.pacer)
         self.tasks: set[asyncio.Task] = set()
         self.sent_frames = 0
+        self.dropped_events = 0  # events not sent to a page that left too much unread
         self._latencies: list[float] = []  # seconds, frames sent since the last stats event
         self.closed = False
         self._closing: asyncio.Task | None = None
@@ -378,9 +380,16 @@ class PeerSession:
             last_frames, last_time = self.sent_frames, now
 
     def send(self, event: dict) -> None:
-        """Send a JSON event on the page's data channel (dropped if it is not open)."""
-        if self.channel is not None and self.channel.readyState == "open":
-            self.channel.send(json.dumps(event, separators=(",", ":")))
+        """Send a JSON event on the page's data channel (dropped if it is not open, or if the
+        page has left :data:`MAX_CHANNEL_BUFFER` bytes unread: events are advisory, and a peer
+        that floods the channel without reading must not grow the server's memory)."""
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return
+        if channel.bufferedAmount > MAX_CHANNEL_BUFFER:
+            self.dropped_events += 1
+            return
+        channel.send(json.dumps(event, separators=(",", ":")))
 
     # -- closing ----------------------------------------------------------------------------
     def close_soon(self) -> None:

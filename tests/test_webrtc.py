@@ -326,3 +326,33 @@ async def test_late_video_frames_are_skipped_to_stay_live_and_audio_never_is():
         audio.put_frame(AudioFrame(i, 48000, i * 1920, np.zeros(1920, np.float32)))
     starts = [(await audio.recv()).pts for _ in range(6)]
     assert starts == [k * 960 for k in range(6)]
+
+
+async def test_events_to_a_page_that_does_not_read_are_dropped_not_queued():
+    """A page that floods the data channel (e.g. motion messages) and never reads the answers
+    cannot grow the server's memory: beyond MAX_CHANNEL_BUFFER unread bytes, events are dropped
+    and counted."""
+    from server.webrtc import MAX_CHANNEL_BUFFER, PeerSession
+
+    class Channel:
+        readyState = "open"
+        bufferedAmount = 0
+
+        def __init__(self) -> None:
+            self.sent: list[dict] = []
+
+        def send(self, text: str) -> None:
+            self.sent.append(json.loads(text))
+            self.bufferedAmount += len(text)
+
+    pc = RTCPeerConnection()
+    peer = PeerSession(None, pc, None, None, "test")
+    peer.channel = channel = Channel()
+    for i in range(20000):
+        peer._set_motion({"head": (i % 20) / 10})
+    assert channel.bufferedAmount <= MAX_CHANNEL_BUFFER + 200
+    assert channel.sent[0] == {"type": "motion", "head": 0.0, "gestures": 1.0, "mouth": 1.0,
+                               "blinks": 1.0}  # fmt: skip
+    assert peer.dropped_events == 20000 - len(channel.sent) > 0
+    assert peer.motion == MotionControls(head=1.9)  # every change applied, answered or not
+    await pc.close()
