@@ -216,7 +216,7 @@ class PeerSession:
         motion: MotionControls | None = None,
     ) -> None:
         self.ctx, self.pc, self.avatar, self.state, self.name = ctx, pc, avatar, state, name
-        self.motion = motion or MotionControls()  # until the session opens
+        self.motion = motion or MotionControls()  # the dials the page asked for last
         self.session: Session | None = None
         self.channel = None  # the page's data channel, once it opens
         self.pacer = Pacer()
@@ -278,9 +278,8 @@ class PeerSession:
     def _set_motion(self, changes: dict) -> None:
         """The page's motion dials: applied from the next posed frame, echoed back (or an
         error event naming the bad value)."""
-        current = self.session.motion if self.session is not None else self.motion
         try:
-            self.motion = current.updated(changes)
+            self.motion = self.motion.updated(changes)
         except ValueError as exc:
             self.send({"type": "error", "code": "bad_motion", "message": str(exc)})
             return
