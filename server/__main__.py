@@ -24,6 +24,7 @@ from mmgt.errors import InputError
 from mmgt.keypoints.dwpose import POSE_MODELS, choose_dwpose
 from mmgt.renderers import add_diffusion_arguments, diffusion_options
 from mmgt.runtime import add_backend_arguments, backend_from_args
+from server.avatars import check_public_name
 from server.settings import ServerSettings
 
 
@@ -49,6 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="ORIGIN",
         help="extra browser Origin allowed to use the websocket and uploads",
+    )
+    p.add_argument(
+        "--avatar",
+        action="append",
+        default=[],
+        metavar="NAME=PHOTO",
+        help="offer PHOTO as avatar NAME to every client, besides the bundled one (repeatable)",
     )
     p.add_argument("--driver", default="auto", choices=("auto", "procedural", "smga"))
     p.add_argument("--smga-weights", help="SMGA weights (our safetensors or an official .pt)")
@@ -76,8 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> ServerSettings:
+    """The settings the command line asks for (:class:`InputError` naming a bad one)."""
     if bool(args.cert) != bool(args.key):
-        raise SystemExit("error: --cert and --key go together")
+        raise InputError("--cert and --key go together")
     ice = tuple(
         {
             "urls": url,
@@ -94,21 +103,28 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     from mmgt.drivers import default_driver_name
 
     driver = default_driver_name() if args.driver == "auto" else args.driver
-    try:
-        backend = backend_from_args(args, driver=driver, renderer=args.renderer)
-    except InputError as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    backend = backend_from_args(args, driver=driver, renderer=args.renderer)
     if driver == "smga":
         options["backend"] = backend
     renderer_options = {}
     if args.renderer == "diffusion":
         renderer_options = diffusion_options(args, live=True) | {"backend": backend}
     official = args.weights_dir is not None and args.renderer == "diffusion"
-    try:
-        dwpose = choose_dwpose(args.pose_model, args.weights_dir, official_models=official)
-    except InputError as exc:
-        raise SystemExit(f"error: {exc}") from exc
+    dwpose = choose_dwpose(args.pose_model, args.weights_dir, official_models=official)
+    avatars = []
+    for item in args.avatar:
+        name, sep, photo = item.partition("=")
+        try:
+            if not sep or not photo:
+                raise ValueError(f"--avatar takes NAME=PHOTO, got {item!r}")
+            check_public_name(name)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
+        if any(name == known for known, _ in avatars):
+            raise InputError(f"--avatar {name} is given twice")
+        avatars.append((name, photo))
     return ServerSettings(
+        avatars=tuple(avatars),
         host=args.host,
         port=0 if args.smoke else args.port,
         cert=args.cert,
@@ -155,7 +171,11 @@ async def serve(settings: ServerSettings, *, smoke: bool) -> int:
     ssl_ctx = tls_context(settings)  # before the models load: a bad file fails at once
     app = make_app(settings)
     runner = web.AppRunner(app, handle_signals=False)  # SIGINT/SIGTERM: see _until_signalled
-    await runner.setup()
+    try:
+        await runner.setup()  # start-up: models, the bundled and the operator's avatars
+    except BaseException:
+        await runner.cleanup()  # the engine's and the avatar store's threads
+        raise
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_ctx)
     try:
         await site.start()
@@ -251,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    settings = settings_from(args)
     try:
+        settings = settings_from(args)
         return asyncio.run(serve(settings, smoke=args.smoke))
     except KeyboardInterrupt:
         return 0

@@ -236,6 +236,8 @@ async def _startup(app: web.Application) -> None:
     ctx = app[CTX]
     avatar = await ctx.avatars.load_default()
     await asyncio.to_thread(ctx.engine.avatar_state, avatar)  # prepare once, off the loop
+    for name, photo in ctx.settings.avatars:  # a bad photo stops the start, naming it
+        await ctx.avatars.add_public(name, photo)
 
 
 async def _shutdown(app: web.Application) -> None:

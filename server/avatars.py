@@ -1,4 +1,6 @@
-"""Avatars a server can show: the bundled one and uploaded photos, prepared once and cached.
+"""Avatars a server can show, prepared once and cached: public ones (the bundled avatar and
+the photos the operator names with ``--avatar NAME=PHOTO``, listed and never evicted) and
+uploaded photos (private, least recently used dropped).
 
 Uploads are checked before any work: size, image type (by content, not by name), and the
 decompression-bomb limits of :func:`mmgt.avatar.load_image`; photos without a person or a face
@@ -13,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from mmgt.avatar import BUNDLED_AVATAR, load_image, prepare_avatar
 from mmgt.errors import ImageError, MMGTError
@@ -22,6 +26,8 @@ from mmgt.keypoints.extractor import ReferencePoseExtractor
 from mmgt.types import Avatar
 
 DEFAULT_ID = "default"
+PUBLIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+UPLOAD_ID = re.compile(r"u[0-9a-f]{16}")  # "u" + a content hash prefix
 IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF", b"GIF8", b"BM")
 
 
@@ -33,8 +39,20 @@ class UploadBusy(MMGTError):
     """Too many uploads are already waiting to be prepared; the client may retry shortly."""
 
 
+def check_public_name(name: str) -> str:
+    """A name for ``--avatar NAME=PHOTO``: 1–40 letters, digits, ``_ . -``, not ``default``
+    and not shaped like an upload id; ``ValueError`` says why not."""
+    if not PUBLIC_NAME.fullmatch(name) or UPLOAD_ID.fullmatch(name) or name == DEFAULT_ID:
+        raise ValueError(
+            f"avatar name {name!r}: use 1–40 letters, digits, '_', '.' or '-' (starting with a "
+            f"letter or digit), other than {DEFAULT_ID!r} and the u+16-hex form of upload ids"
+        )
+    return name
+
+
 class AvatarStore:
-    """Prepared avatars by id; uploads keyed by content hash, least recently used dropped."""
+    """Prepared avatars by id: public ones, and uploads keyed by content hash, least recently
+    used dropped."""
 
     def __init__(
         self,
@@ -53,20 +71,21 @@ class AvatarStore:
         self.max_pending = max_pending
         self.dwpose_dir, self.device = dwpose_dir, device
         self._dwpose: DWPose | None = None  # loaded on first use, then kept
-        self._avatars: collections.OrderedDict[str, Avatar] = collections.OrderedDict()
+        self._public: dict[str, Avatar] = {}  # the bundled avatar and the operator's
+        self._uploads: collections.OrderedDict[str, Avatar] = collections.OrderedDict()
         self._pending = 0  # uploads being prepared or waiting for the worker
         # One thread: MediaPipe graphs are not shared across threads, and photos queue here
         # rather than in the event loop's default executor, which live sessions use.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avatar-prepare")
 
-    def _prepare(self, data: bytes | None, name: str) -> Avatar:
+    def _prepare(self, data: bytes | Path | None, name: str) -> Avatar:
         image = load_image(BUNDLED_AVATAR if data is None else data)
         if self.dwpose_dir is not None and self._dwpose is None:
             self._dwpose = DWPose(self.dwpose_dir, device=self.device)
         with ReferencePoseExtractor(dwpose=self._dwpose) as extractor:
             return prepare_avatar(image, frame_size=self.frame_size, name=name, extractor=extractor)
 
-    async def _in_worker(self, data: bytes | None, name: str) -> Avatar:
+    async def _in_worker(self, data: bytes | Path | None, name: str) -> Avatar:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, self._prepare, data, name)
 
@@ -75,21 +94,34 @@ class AvatarStore:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def load_default(self) -> Avatar:
-        if DEFAULT_ID not in self._avatars:
-            self._avatars[DEFAULT_ID] = await self._in_worker(None, "astronaut")
-        return self._avatars[DEFAULT_ID]
+        if DEFAULT_ID not in self._public:
+            self._public[DEFAULT_ID] = await self._in_worker(None, "astronaut")
+        return self._public[DEFAULT_ID]
+
+    async def add_public(self, name: str, photo: str | Path) -> Avatar:
+        """Prepare the operator's photo as public avatar ``name``; an unusable photo is an
+        :class:`~mmgt.errors.InputError` naming it."""
+        check_public_name(name)
+        try:
+            avatar = await self._in_worker(Path(photo), name)
+        except MMGTError as exc:
+            raise type(exc)(f"--avatar {name}={photo}: {exc}") from exc
+        self._public[name] = avatar
+        return avatar
 
     def get(self, avatar_id: str) -> Avatar | None:
-        avatar = self._avatars.get(avatar_id)
-        if avatar is not None and avatar_id != DEFAULT_ID:
-            self._avatars.move_to_end(avatar_id)
+        if avatar_id in self._public:
+            return self._public[avatar_id]
+        avatar = self._uploads.get(avatar_id)
+        if avatar is not None:
+            self._uploads.move_to_end(avatar_id)
         return avatar
 
     def public_ids(self) -> list[str]:
-        """The avatars anyone may list: the bundled one. Uploads are private: usable by whoever
-        holds their id (a content hash), never listed, so one user's photo is not offered to
-        the next."""
-        return [DEFAULT_ID]
+        """The avatars anyone may list: the bundled one, then the operator's. Uploads are
+        private: usable by whoever holds their id (a content hash), never listed, so one user's
+        photo is not offered to the next."""
+        return list(self._public)
 
     async def add_upload(self, data: bytes) -> tuple[str, Avatar]:
         """Check, decode and prepare an uploaded photo; returns (id, avatar)."""
@@ -112,8 +144,7 @@ class AvatarStore:
             avatar = await self._in_worker(data, avatar_id)
         finally:
             self._pending -= 1
-        self._avatars[avatar_id] = avatar
-        uploads = [k for k in self._avatars if k != DEFAULT_ID]
-        for k in uploads[: max(0, len(uploads) - self.max_uploads)]:
-            del self._avatars[k]
+        self._uploads[avatar_id] = avatar
+        while len(self._uploads) > self.max_uploads:
+            self._uploads.popitem(last=False)
         return avatar_id, avatar

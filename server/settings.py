@@ -25,6 +25,8 @@ class ServerSettings:
             (``auto``: the shipped default).
         dwpose_dir: the official DWPose models' folder, to take reference poses from (None:
             MediaPipe).
+        avatars: (name, photo path) pairs prepared at start-up as public avatars, listed
+            after the bundled ``default``.
         stream: scheduler settings for live sessions.
         workers: worker threads (default: the machine's cores).
     """
@@ -44,6 +46,7 @@ class ServerSettings:
     renderer: str = "warp"
     renderer_options: dict = field(default_factory=dict)
     dwpose_dir: str | None = None
+    avatars: tuple[tuple[str, str], ...] = ()
     stream: StreamSettings = field(default_factory=StreamSettings)
     workers: int | None = None
     send_timeout_s: float = 10.0  # a websocket client that reads nothing this long is dropped

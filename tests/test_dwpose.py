@@ -167,7 +167,7 @@ def test_server_pose_model_flag(weights) -> None:
     assert settings("--weights-dir", str(weights[0])).dwpose_dir is None  # warp: MediaPipe
     chosen = settings("--weights-dir", str(weights[0]), "--pose-model", "dwpose").dwpose_dir
     assert chosen == str(weights[0] / "DWPose")
-    with pytest.raises(SystemExit, match="needs yolox_l.onnx"):
+    with pytest.raises(InputError, match="needs yolox_l.onnx"):
         settings("--pose-model", "dwpose")
     assert isinstance(parse_args([]), argparse.Namespace)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mmgt.errors import InputError
 from server.__main__ import main as server_main
 from server.__main__ import parse_args, remote_hints, settings_from
 from server.settings import ServerSettings
@@ -32,8 +33,10 @@ def test_settings_from_the_command_line():
     assert s.allowed_origins == ("https://app.example",)
     assert (s.stream.hop_frames, s.stream.lookahead_frames) == (2, 1)
     assert s.scheme == "http" and settings_from(parse_args([])).ice_servers == ()
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="--cert and --key go together"):
         settings_from(parse_args(["--cert", "c.pem"]))
+    s = settings_from(parse_args(["--avatar", "hopper=h.jpg", "--avatar", "ada.2=/x/a=b.png"]))
+    assert s.avatars == (("hopper", "h.jpg"), ("ada.2", "/x/a=b.png"))
 
 
 @pytest.mark.slow
@@ -99,6 +102,21 @@ def test_unusable_tls_files_and_settings_are_one_line_errors(tmp_path, capsys):
     assert "PEM" in capsys.readouterr().err
     assert server_main(["--driver", "smga", "--steps", "0", "--port", "0"]) == 2
     assert "SMGA steps must be an integer in 1..1000" in capsys.readouterr().err
+    for bad, message in (
+        (["--avatar", "hopper"], "--avatar takes NAME=PHOTO, got 'hopper'"),
+        (["--avatar", "my photo=a.jpg"], "avatar name 'my photo': use 1–40 letters"),
+        (["--avatar", "default=a.jpg"], "other than 'default'"),
+        (["--avatar", "u0123456789abcdef=a.jpg"], "upload ids"),
+        (["--avatar", "a=x.jpg", "--avatar", "a=y.jpg"], "--avatar a is given twice"),
+        (["--cert", missing], "--cert and --key go together"),
+    ):
+        assert server_main(bad) == 2, bad
+        assert message in capsys.readouterr().err, bad
+    # A photo that cannot be used stops the start (after the models load), naming it.
+    photo = tmp_path / "notes.txt"
+    photo.write_text("not a photo")
+    assert server_main(["--driver", "procedural", "--port", "0", "--avatar", f"ada={photo}"]) == 2
+    assert f"--avatar ada={photo}: " in capsys.readouterr().err
 
 
 def test_remote_hints_name_the_addresses_and_the_https_a_microphone_needs():

@@ -247,6 +247,28 @@ async def test_motion_dials_at_start_and_mid_stream(client, speech):
     await idle_server(client)
 
 
+async def test_the_operators_avatars_are_listed_and_usable(speech):
+    """``--avatar NAME=PHOTO``: prepared at start-up, listed after the bundled one, usable by
+    name; uploads still never appear in the list."""
+    photo = Path(__file__).parent / "data" / "grace_hopper.jpg"
+    hopper_avatar = (("hopper", str(photo)),)
+    settings = ServerSettings(driver="procedural", frame_size=SIZE, avatars=hopper_avatar)
+    async with TestClient(TestServer(make_app(settings))) as own:
+        assert (await (await own.get("/avatars")).json()) == {"avatars": ["default", "hopper"]}
+        info = await (await own.get("/avatars/hopper")).json()
+        assert info["id"] == "hopper" and info["size"] == SIZE
+        got = await run_client(ws_url(own), wav_chunks(speech[:16000], 16000, realtime=False),
+                               sample_rate=16000, pace="asap", avatar="hopper")  # fmt: skip
+        assert got.ready["avatar"] == "hopper" and not got.errors()
+        first = decode_jpeg(sorted(got.video)[0][1]).astype(np.float32)
+        hopper = own.app[CTX].avatars.get("hopper").image.astype(np.float32)
+        default = own.app[CTX].avatars.get("default").image.astype(np.float32)
+        assert np.abs(first - hopper).mean() < 0.3 * np.abs(first - default).mean()
+        with photo.open("rb") as f:
+            assert (await own.post("/avatars", data=f.read())).status == 200  # an upload …
+        assert (await (await own.get("/avatars")).json())["avatars"] == ["default", "hopper"]
+
+
 async def test_marks_come_with_the_frame_where_their_audio_plays(client, speech):
     rate = 44100  # resampled to the 16 kHz timeline: the mark must count what is held back
     pcm = (load_audio(BUNDLED_AVATAR.with_name("speech_sample.wav"), sample_rate=rate)[: rate * 4]
