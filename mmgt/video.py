@@ -61,6 +61,16 @@ def video_rate(path: str | os.PathLike[str]) -> float:
     return float(rate)
 
 
+def encode_jpeg(rgb: np.ndarray, quality: int = 80) -> bytes:
+    """(H, W, 3) uint8 RGB → JPEG bytes."""
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
+    )
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
 def _h264_stream(container: av.container.OutputContainer, width: int, height: int, fps: int,
                  options: dict[str, str]) -> av.video.stream.VideoStream:  # fmt: skip
     """A yuv420p H.264 stream; x264 threads capped at the core count (its default of 1.5

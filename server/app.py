@@ -28,6 +28,7 @@ from aiohttp import web
 from engine.engine import Engine, EngineConfig
 from mmgt.errors import ImageError
 from mmgt.keypoints import layout
+from mmgt.video import encode_jpeg
 from server.avatars import AvatarStore, UploadBusy, UploadError
 from server.settings import ServerSettings
 
@@ -134,6 +135,16 @@ async def avatar_info(request: web.Request) -> web.Response:
     )
 
 
+async def avatar_image(request: web.Request) -> web.Response:
+    """The avatar as framed for the video (JPEG): what a page shows before a session starts."""
+    avatar = request.app[CTX].avatars.get(request.match_info["avatar_id"])
+    if avatar is None:
+        raise web.HTTPNotFound(text="unknown avatar")
+    jpeg = await asyncio.to_thread(encode_jpeg, avatar.image, 90)
+    return web.Response(body=jpeg, content_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=300"})  # fmt: skip
+
+
 async def upload_avatar(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     if not origin_allowed(request, ctx.settings):
@@ -224,6 +235,7 @@ def make_app(settings: ServerSettings, engine: Engine | None = None) -> web.Appl
     app.router.add_get("/avatars", list_avatars)
     app.router.add_post("/avatars", upload_avatar)
     app.router.add_get("/avatars/{avatar_id}", avatar_info)
+    app.router.add_get("/avatars/{avatar_id}/image", avatar_image)
     app.router.add_get("/ws", ws.handle)
     webrtc.setup_routes(app)
     app.on_startup.append(_startup)

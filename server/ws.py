@@ -19,7 +19,6 @@ import logging
 import time
 from dataclasses import replace
 
-import cv2
 import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -29,7 +28,7 @@ from engine.session import MarkLimit
 from mmgt.audio.decode import MAX_CHANNELS, MAX_RATE, MIN_RATE
 from mmgt.drivers.controls import MotionControls
 from mmgt.errors import AudioError
-from mmgt.video import FragmentedMp4
+from mmgt.video import FragmentedMp4, encode_jpeg
 from server.app import CTX, ServerContext, json_dumps, origin_allowed
 from server.protocol import (
     HEADER,
@@ -295,7 +294,7 @@ class WsConnection:
                 if isinstance(item, VideoFrame):
                     jpeg = None
                     if stream is None:
-                        jpeg = await asyncio.to_thread(_encode_jpeg, item.image, opts["quality"])
+                        jpeg = await asyncio.to_thread(encode_jpeg, item.image, opts["quality"])
                     if opts["pace"] == "realtime":
                         await session.wait_until_due(item.index, PACE_LEAD_S)
                     if stream is not None:
@@ -435,15 +434,6 @@ class _Fmp4Sender:
         for frame in self.unsent:
             self.conn.session.record_latency(frame)
         self.unsent.clear()
-
-
-def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality]
-    )
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
 
 
 def _stats(session) -> dict:  # noqa: ANN001

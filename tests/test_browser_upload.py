@@ -21,11 +21,19 @@ pytestmark = [
 ]
 
 
+# The stage's poster (the chosen avatar as the video frames it), once it has loaded.
+POSTER_SHOWN = (
+    "(v => { const img = new Image(); img.src = v.poster; return img.complete && "
+    "img.naturalWidth === 128 && new URL(v.poster).pathname; })(document.getElementById('video'))"
+)
+
+
 async def test_uploaded_photo_is_offered_to_its_browser_only(tmp_path: Path) -> None:
     app = make_app(ServerSettings(port=0, driver="procedural", frame_size=128))
     async with browser_page(app, tmp_path / "profile") as b:
         page, http, base = b.page, b.http, b.base
         assert await page.wait_for(f"{READY} && {OPTIONS}") == [["default", "Bundled avatar"]]
+        assert await page.eval(POSTER_SHOWN) == "/avatars/default/image"
         root = (await page.call("DOM.getDocument"))["root"]["nodeId"]
         node = await page.call("DOM.querySelector", nodeId=root, selector="#photo")
         await page.call("DOM.setFileInputFiles", files=[str(PHOTO)], nodeId=node["nodeId"])
@@ -34,6 +42,7 @@ async def test_uploaded_photo_is_offered_to_its_browser_only(tmp_path: Path) -> 
         assert public == "default" and label.startswith("My photo")
         assert await page.eval("document.getElementById('avatar').value") == upload
         assert await page.eval("document.getElementById('error').hidden") is True
+        assert await page.wait_for(POSTER_SHOWN) == f"/avatars/{upload}/image"  # the new photo
         # The server lists only the bundled avatar; the upload works by its id.
         async with http.get(f"{base}/avatars") as resp:
             assert (await resp.json())["avatars"] == ["default"]

@@ -178,7 +178,7 @@ async def test_a_failing_sender_reports_and_closes_and_the_server_goes_on(
     def broken(rgb, quality):  # noqa: ANN001, ANN202
         raise ValueError("encoder exploded")
 
-    monkeypatch.setattr(ws_module, "_encode_jpeg", broken)
+    monkeypatch.setattr(ws_module, "encode_jpeg", broken)
     async with client.ws_connect("/ws") as ws:
         assert (await start(ws))["type"] == "ready"
         await ws.send_bytes((speech[:16000] * 32767).astype("<i2").tobytes())
@@ -257,6 +257,11 @@ async def test_the_operators_avatars_are_listed_and_usable(speech):
         assert (await (await own.get("/avatars")).json()) == {"avatars": ["default", "hopper"]}
         info = await (await own.get("/avatars/hopper")).json()
         assert info["id"] == "hopper" and info["size"] == SIZE
+        resp = await own.get("/avatars/hopper/image")  # the page's poster: the framed photo
+        assert resp.status == 200 and resp.content_type == "image/jpeg"
+        poster = decode_jpeg(await resp.read()).astype(np.float32)
+        assert np.abs(poster - own.app[CTX].avatars.get("hopper").image).mean() < 6  # JPEG
+        assert (await own.get("/avatars/nobody/image")).status == 404
         got = await run_client(ws_url(own), wav_chunks(speech[:16000], 16000, realtime=False),
                                sample_rate=16000, pace="asap", avatar="hopper")  # fmt: skip
         assert got.ready["avatar"] == "hopper" and not got.errors()

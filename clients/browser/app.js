@@ -76,6 +76,11 @@ async function loadAvatars(extra = []) {
   ...uploads.map((id) => new Option(`My photo ${id.slice(1, 7)}`, id)));
 }
 
+// Before a session (and after it) the stage shows the chosen avatar as the video will frame it.
+function showPoster() {
+  ui.video.poster = ui.avatar.value ? `/avatars/${encodeURIComponent(ui.avatar.value)}/image` : "";
+}
+
 async function uploadPhoto(file) {
   showError("");
   view.task = "preparing photo…";
@@ -88,6 +93,7 @@ async function uploadPhoto(file) {
     const { id } = await resp.json();
     await loadAvatars([id]);
     ui.avatar.value = id;
+    showPoster();
   } catch (err) {
     showError(err.message);
   } finally {
@@ -510,6 +516,7 @@ ui.speechFile.addEventListener("change", () => {
 ui.stop.addEventListener("click", stop);
 ui.mute.addEventListener("click", toggleMute);
 ui.record.addEventListener("click", () => (recorder ? stopRecording() : startRecording()));
+ui.avatar.addEventListener("change", showPoster);
 ui.photo.addEventListener("change", () => ui.photo.files[0] && uploadPhoto(ui.photo.files[0]));
 for (const el of ui.motion) {
   el.addEventListener("input", () => motionChanged({ [el.dataset.motion]: Number(el.value) }));
@@ -520,8 +527,9 @@ ui.motionReset.addEventListener("click", () => {
 });
 loadMotion();
 loadAvatars().catch(() => {}).finally(() => {
-  document.body.dataset.ready = "1"; // the avatar list is loaded (for automation)
   if (params.get("avatar")) ui.avatar.value = params.get("avatar");
+  showPoster();
+  document.body.dataset.ready = "1"; // the avatar list is loaded (for automation)
   if (TEST) testRun();
 });
 render();
