@@ -160,6 +160,10 @@ def test_bad_controls_are_named(changes, message):
 
 
 def test_updates_are_partial_and_flags_parse():
+    assert MotionControls(head=np.float32(0.5)).as_dict()["head"] == 0.5  # numpy numbers too
+    assert type(MotionControls(head=np.float32(0.5)).head) is float
+    with pytest.raises(ValueError, match="motion 'head'"):
+        MotionControls(head=np.bool_(True))
     controls = MotionControls(head=0.5).updated({"gestures": 0})
     assert controls == MotionControls(head=0.5, gestures=0.0)
     assert controls.as_dict() == {"head": 0.5, "gestures": 0, "mouth": 1.0, "blinks": 1.0}

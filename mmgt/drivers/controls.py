@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -56,11 +57,12 @@ class MotionControls:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
             if not ok or not math.isfinite(value) or not 0.0 <= value <= LIMITS[f.name]:
                 raise ValueError(
                     f"motion '{f.name}' must be a number in 0…{LIMITS[f.name]:g}, got {value!r}"
                 )
+            object.__setattr__(self, f.name, float(value))  # plain floats (JSON, equality)
 
     @property
     def neutral(self) -> bool:
