@@ -245,7 +245,7 @@ def test_server_engine_runs_smga_on_onnxruntime(shipped_export):
         assert step.backend == "onnxruntime" and step.provider == "CPUExecutionProvider"
     finally:
         engine.executor.shutdown()
-    with pytest.raises(SystemExit, match="--onnx-dir"):
+    with pytest.raises(InputError, match="--onnx-dir"):
         settings_from(parse_args(["--backend", "onnxruntime"]))
 
 
