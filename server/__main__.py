@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
 from aiohttp import web
 
 from engine.scheduler import StreamSettings
@@ -143,6 +144,9 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+SMOKE_WEBRTC_S = 5.0  # length of the smoke check's WebRTC session
+
+
 class ListenError(Exception):
     """The server cannot listen on its address (in use, not this machine's, no permission)."""
 
@@ -260,8 +264,29 @@ async def smoke_session(settings: ServerSettings, url: str) -> int:
     for e in errors:
         print(f"smoke: error {e['code']}: {e['message']}", file=sys.stderr)
     ok = frames >= int(len(samples) / rate * 25) - 2 and not errors
+    ok = await smoke_webrtc(settings, url, samples, rate) and ok
     print("smoke: OK" if ok else "smoke: FAILED")
     return 0 if ok else 1
+
+
+async def smoke_webrtc(settings: ServerSettings, url: str, samples: np.ndarray, rate: int) -> bool:
+    """The browser's path, with aiortc as the browser: ICE, DTLS-SRTP, Opus both ways and the
+    video codec. Passes when video at the session's size and the voice come back."""
+    from clients import rtc
+
+    seconds = SMOKE_WEBRTC_S
+    try:
+        got = await rtc.speak(url, samples, rate, seconds, ssl=not settings.cert)
+    except (RuntimeError, OSError) as exc:
+        print(f"smoke: WebRTC: error: {exc}", file=sys.stderr)
+        return False
+    size = (settings.frame_size, settings.frame_size, 3)
+    print(f"smoke: WebRTC: {len(got.shapes)} frames in {seconds:g} s, voice back at "
+          f"{20 * np.log10(max(got.audio_rms, 1e-9)):.0f} dBFS")  # fmt: skip
+    # Setting up the connection takes part of the time; half the frames is plenty.
+    return (
+        len(got.shapes) >= seconds * 25 / 2 and set(got.shapes) == {size} and got.audio_rms > 0.003
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

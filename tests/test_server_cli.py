@@ -52,6 +52,11 @@ def test_smoke_runs_one_session_end_to_end():
     # 6 s at 25 fps; the client streams in real time, so on a loaded machine a late chunk can
     # let the session insert a few idle (silent) frames first, which is correct behaviour.
     assert 148 <= frames <= 151 + 10
+    # The browser's path too: WebRTC with aiortc as the browser, video and voice back.
+    webrtc = re.search(
+        r"smoke: WebRTC: (\d+) frames in 5 s, voice back at (-?\d+) dBFS", proc.stdout
+    )
+    assert webrtc and int(webrtc.group(1)) >= 63 and int(webrtc.group(2)) > -50, proc.stdout
 
 
 @pytest.mark.slow

@@ -8,8 +8,6 @@ the client leaves are checked on the same server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fractions
 import json
 from pathlib import Path
 
@@ -18,11 +16,11 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
 from aiohttp import web
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCConfiguration, RTCPeerConnection
 
+from clients.rtc import RATE, Received, SpeechTrack
+from clients.rtc import connect as rtc_connect
 from engine.frames import AudioFrame, VideoFrame
 from mmgt.drivers.controls import MotionControls
 from server.app import CTX, make_app
@@ -30,37 +28,9 @@ from server.settings import ServerSettings
 from server.webrtc import SKIP_LATE_S, AvatarAudioTrack, AvatarVideoTrack, Pacer
 
 SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
-RATE = 48000
 
 
-class WavTrack(MediaStreamTrack):
-    """A looping wav as a live microphone: 20 ms s16 mono frames at 48 kHz, paced in real time."""
-
-    kind = "audio"
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-        pcm = soxr.resample(data.mean(1), rate, RATE)
-        self.pcm = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
-        self.pos = 0
-        self.start: float | None = None
-
-    async def recv(self) -> av.AudioFrame:
-        loop = asyncio.get_running_loop()
-        if self.start is None:
-            self.start = loop.time()
-        n = RATE // 50
-        await asyncio.sleep(max(0.0, self.start + self.pos / RATE - loop.time()))
-        chunk = np.take(self.pcm, np.arange(self.pos, self.pos + n), mode="wrap")
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts = RATE, self.pos
-        frame.time_base = fractions.Fraction(1, RATE)
-        self.pos += n
-        return frame
-
-
-class JitteryWavTrack(WavTrack):
+class JitteryMicrophone(SpeechTrack):
     """A microphone behind a bad network: every 3 s the audio of 0.6 s is held back and then
     arrives at once."""
 
@@ -78,32 +48,6 @@ class JitteryWavTrack(WavTrack):
         return await super().recv()
 
 
-class Received:
-    """What the client got: video frame shapes, audio sample count and RMS, data channel events."""
-
-    def __init__(self) -> None:
-        self.shapes: list[tuple[int, ...]] = []
-        self.audio_samples = 0
-        self.audio_sq = 0.0
-        self.events: list[dict] = []
-        self.channel = None  # the events data channel (to send on)
-
-    async def consume(self, track: MediaStreamTrack) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await track.recv()
-                if track.kind == "video":
-                    self.shapes.append(frame.to_ndarray(format="rgb24").shape)
-                else:
-                    pcm = frame.to_ndarray().astype(np.float64) / 32768
-                    self.audio_samples += frame.samples
-                    self.audio_sq += float((pcm**2).sum()) / len(frame.layout.channels)
-
-    @property
-    def audio_rms(self) -> float:
-        return (self.audio_sq / max(1, self.audio_samples)) ** 0.5
-
-
 async def start_server(**kw: object) -> tuple[web.AppRunner, str]:
     settings = ServerSettings(driver="procedural", port=0, workers=2, **kw)
     runner = web.AppRunner(make_app(settings))
@@ -118,24 +62,13 @@ async def connect(
     http: aiohttp.ClientSession,
     base: str,
     received: Received,
-    mic: type[WavTrack] = WavTrack,
+    microphone: type[SpeechTrack] = SpeechTrack,
     **offer: object,
 ):
-    """Offer mic audio + recvonly video + an events channel; returns (pc, tasks, response)."""
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    tasks: list[asyncio.Task] = []
-    pc.on("track", lambda t: tasks.append(asyncio.ensure_future(received.consume(t))))
-    pc.addTrack(mic(SPEECH))
-    pc.addTransceiver("video", direction="recvonly")
-    channel = received.channel = pc.createDataChannel("events")
-    channel.on("message", lambda m: received.events.append(json.loads(m)))
-    await pc.setLocalDescription(await pc.createOffer())
-    body = {"sdp": pc.localDescription.sdp, "type": "offer", "avatar": "default", **offer}
-    async with http.post(f"{base}/offer", json=body) as resp:
-        answer = await resp.json()
-        if resp.status == 200:
-            await pc.setRemoteDescription(RTCSessionDescription(**answer))
-        return pc, tasks, resp.status, answer
+    """Offer the speech sample as a looping microphone + recvonly video + an events channel."""
+    data, rate = sf.read(SPEECH, dtype="float32", always_2d=True)
+    return await rtc_connect(http, base, received, microphone(data.mean(1), rate, loop=True),
+                             **offer)  # fmt: skip
 
 
 async def wait_for(predicate, seconds: float) -> bool:  # noqa: ANN001
@@ -212,7 +145,7 @@ def test_late_microphone_audio_over_webrtc_is_caught_up() -> None:
         got = Received()
         try:
             async with aiohttp.ClientSession() as http:
-                pc, tasks, status, _ = await connect(http, base, got, JitteryWavTrack)
+                pc, tasks, status, _ = await connect(http, base, got, JitteryMicrophone)
                 assert status == 200
                 assert await wait_for(lambda: ctx.engine.sessions, 30)
                 (session,) = ctx.engine.sessions
