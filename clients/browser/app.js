@@ -258,7 +258,12 @@ function release(c) {
 
 // -- speaking a file: decoded in the page and sent as the connection's audio ---------------
 // A file as a live audio track: {stream, seconds, start(onEnded), close()}.
+const MAX_SPEECH_FILE = 200e6; // bytes: a file is decoded whole in the page's memory
+
 async function decodeSpeech(file) {
+  if (file.size > MAX_SPEECH_FILE) {
+    throw new Error(`${file.name} is larger than ${MAX_SPEECH_FILE / 1e6} MB; use a shorter file.`);
+  }
   const ctx = new AudioContext();
   let buffer;
   try {
