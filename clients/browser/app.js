@@ -314,7 +314,10 @@ async function speakFile(file) {
     return;
   }
   const c = conn;
-  if (!c.sender) return;  // still starting: the file waits for the next try
+  if (!c.sender) {
+    showError("The session is still starting: choose the file again once the avatar moves.");
+    return;
+  }
   let speech;
   try {
     speech = await decodeSpeech(file);
