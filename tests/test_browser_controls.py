@@ -1,8 +1,8 @@
 """The page's Start and Stop in headless Chromium (fake microphone), driven over the DevTools
 protocol: Stop while Start still waits for the microphone leaves nothing open on either side,
 Start works again after Stop, a photo uploaded during a session leaves the session and its
-status alone, and a session the server ends returns the page to idle with a message instead of
-a frozen picture."""
+status alone, and a session the server ends, or a microphone that goes away, returns the page to
+idle with a message instead of a frozen picture."""
 
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ PLAYING = (
 IDLE = (
     f"{STATUS} === 'idle' && !document.getElementById('start').disabled"
     " && document.getElementById('stop').disabled && !document.getElementById('video').srcObject"
+)
+
+
+# Keeps the page's microphone stream as window.mic (the page is a module: its state is private).
+KEEP_MIC = (
+    "(md => { const gum = md.getUserMedia.bind(md);"
+    " md.getUserMedia = async (c) => (window.mic = await gum(c)); })(navigator.mediaDevices); 1"
 )
 
 
@@ -106,10 +113,49 @@ async def test_start_stop_restart_and_a_session_the_server_ends(tmp_path: Path) 
         await page.wait_for(f"!{ERROR}.hidden", 20)
         assert "server ended the session" in await page.eval(f"{ERROR}.textContent")
         assert await page.wait_for(IDLE, 5)
+        # The microphone goes away mid-session (its track ends, as when it is unplugged; the
+        # event is dispatched here, the fake device cannot be unplugged): the page stops and
+        # says so, and the server releases the session.
+        await page.eval(KEEP_MIC)
+        await start_and_play(page, ctx)
+        await page.eval("window.mic.getAudioTracks()[0].dispatchEvent(new Event('ended')); 1")
+        await page.wait_for(f"!{ERROR}.hidden", 10)
+        assert "microphone stopped" in await page.eval(f"{ERROR}.textContent")
+        assert await page.wait_for(IDLE, 5)
+        await wait_server(ctx, 0)
         # A new start clears the message.
         await start_and_play(page, ctx)
         await page.eval(click("stop"))
         await wait_server(ctx, 0)
+
+
+async def test_a_server_the_browser_cannot_reach_says_so_and_frees_its_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signalling works but no media path does (as behind a firewall without TURN): here the
+    server's ICE agent ignores the browser's connectivity checks. The page stops with a message
+    that names the fix (--ice-server) instead of "lost", and the server's connect timeout
+    frees the admission slot."""
+    import aioice.ice
+
+    import server.webrtc
+
+    monkeypatch.setattr(aioice.ice.Connection, "request_received", lambda *args, **kw: None)
+    monkeypatch.setattr(server.webrtc, "CONNECT_TIMEOUT_S", 18.0)
+    app = make_app(ServerSettings(port=0, driver="procedural", frame_size=128))
+    ctx = app[CTX]
+    async with browser_page(app, tmp_path / "profile", FAKE_MEDIA) as b:
+        page = b.page
+        await page.wait_for(READY)
+        await page.eval(click("start"))
+        await wait_server(ctx, 1)  # admitted: the offer was answered
+        await page.wait_for(f"{STATUS}.startsWith('connecting')", 10)
+        await page.wait_for(f"!{ERROR}.hidden", 40)  # Chromium gives up after about 15 s
+        message = await page.eval(f"{ERROR}.textContent")
+        assert "Could not reach the server's media port" in message and "--ice-server" in message
+        assert await page.wait_for(IDLE, 5)
+        assert not ctx.engine.sessions  # never connected: no engine session was opened
+        await wait_server(ctx, 0, 30)
 
 
 def set_dial(name: str, value: float) -> str:

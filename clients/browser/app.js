@@ -163,6 +163,19 @@ function onEvent(event) {
   render();
 }
 
+// WebRTC media never flowed: the browser and the server found no network path to each other.
+const UNREACHABLE = "Could not reach the server's media port: WebRTC needs UDP between this " +
+  "browser and the server, which a firewall or NAT blocks. Start the server with " +
+  "--ice-server naming a TURN server (see the README).";
+const CONNECT_TIMEOUT_MS = 30000; // as the server's connect timeout
+
+// The microphone went away mid-session (unplugged, or its permission withdrawn).
+function micEnded() {
+  stop();
+  showError("The microphone stopped (unplugged, or access to it was withdrawn). " +
+    "Start again to use the microphone the browser now offers.");
+}
+
 // Thrown inside start() when Stop (or a newer Start) replaced the connection being set up.
 const ABANDONED = new Error("abandoned");
 
@@ -189,6 +202,9 @@ async function start(file = null) {
       }
       c.mic = await navigator.mediaDevices.getUserMedia({ audio });
       current();
+      c.mic.getAudioTracks()[0].addEventListener("ended", () => {
+        if (conn === c && !view.speaking) micEnded();  // else when the file ends
+      });
     }
     const rtc = await (await fetch("/rtc-config")).json();  // the server's --ice-server list
     current();
@@ -201,9 +217,12 @@ async function start(file = null) {
       if (conn !== c) return;
       view.connection = c.pc.connectionState;
       render();
-      if (c.pc.connectionState === "failed") {
+      if (c.pc.connectionState === "connected") {
+        c.connected = true;
+      } else if (c.pc.connectionState === "failed") {
         stop();
-        showError("The connection to the server was lost (network or firewall).");
+        showError(c.connected ? "The connection to the server was lost (network or firewall)."
+          : UNREACHABLE);
       } else if (c.pc.connectionState === "closed") {
         stop();
       }
@@ -233,6 +252,12 @@ async function start(file = null) {
     const answer = await resp.json();
     current();
     await c.pc.setRemoteDescription(answer);
+    setTimeout(() => {  // the server gives up then too; some browsers would wait longer
+      if (conn === c && !c.connected) {
+        stop();
+        showError(UNREACHABLE);
+      }
+    }, CONNECT_TIMEOUT_MS);
     ui.video.requestVideoFrameCallback(() => {
       c.firstFrameMs = performance.now() - c.startedAt;
       // The server takes audio once the session runs, which its first frame shows.
@@ -300,7 +325,14 @@ function playSpeech(c, speech) {
   speech.start(() => {
     if (conn !== c) return;
     if (c.file !== speech) return;  // a newer file took over
-    if (c.mic) c.sender.replaceTrack(c.mic.getAudioTracks()[0]);
+    if (c.mic) {
+      const track = c.mic.getAudioTracks()[0];
+      if (track.readyState === "ended") {
+        micEnded();
+        return;
+      }
+      c.sender.replaceTrack(track);
+    }
     view.speaking = "";
     render();
   });
