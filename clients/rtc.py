@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fractions
 import json
+from collections.abc import Callable
 from ssl import SSLContext
 
 import aiohttp
@@ -90,12 +91,15 @@ async def connect(
     base: str,
     received: Received,
     microphone: MediaStreamTrack,
+    *,
+    edit_sdp: Callable[[str], str] | None = None,
     **offer: object,
 ) -> tuple[RTCPeerConnection, list[asyncio.Task], int, dict]:
     """Offer ``microphone`` + a receive-only video + an events channel to the server at
-    ``base`` (``offer`` adds fields such as ``avatar`` or ``motion``); returns the peer
-    connection, the tasks consuming its tracks into ``received``, the HTTP status and the
-    answer (or the refusal)."""
+    ``base`` (``offer`` adds fields such as ``avatar`` or ``motion``; ``edit_sdp`` rewrites
+    the offer's SDP before it is sent, to imitate other clients); returns the peer connection,
+    the tasks consuming its tracks into ``received``, the HTTP status and the answer (or the
+    refusal)."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     tasks: list[asyncio.Task] = []
     pc.on("track", lambda t: tasks.append(asyncio.ensure_future(received.consume(t))))
@@ -104,7 +108,9 @@ async def connect(
     channel = received.channel = pc.createDataChannel("events")
     channel.on("message", lambda m: received.events.append(json.loads(m)))
     await pc.setLocalDescription(await pc.createOffer())
-    body = {"sdp": pc.localDescription.sdp, "type": "offer", "avatar": "default", **offer}
+    sdp = pc.localDescription.sdp
+    body = {"sdp": edit_sdp(sdp) if edit_sdp else sdp, "type": "offer", "avatar": "default"}
+    body.update(offer)
     async with http.post(f"{base.rstrip('/')}/offer", json=body) as resp:
         answer = await resp.json()
         if resp.status == 200:

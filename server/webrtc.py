@@ -440,7 +440,22 @@ def _parse_offer(body: object) -> tuple[RTCSessionDescription, str, MotionContro
         motion = MotionControls().updated(body.get("motion", {}))
     except ValueError as exc:
         raise OfferError(str(exc)) from None
-    return RTCSessionDescription(sdp=sdp, type=kind), avatar, motion
+    return RTCSessionDescription(sdp=_open_candidates(sdp), type=kind), avatar, motion
+
+
+def _open_candidates(sdp: str) -> str:
+    """The offer without ``a=end-of-candidates``, so the ICE agent never stops waiting for
+    candidates before :data:`CONNECT_TIMEOUT_S`.
+
+    Browsers hide their host addresses behind mDNS names (``<uuid>.local``) when the page has no
+    microphone permission (Firefox even with it). Where this server cannot resolve those names
+    (multicast does not reach it: a container, another subnet), an offer that says its
+    candidates are complete leaves aioice with no pair, and it fails at once. Without that line
+    it waits, learns the browser's address from the browser's own connectivity checks (a
+    peer-reflexive candidate, RFC 8445 §7.3.1.3) and connects, as browsers do with each other.
+    """
+    lines = sdp.splitlines(keepends=True)
+    return "".join(line for line in lines if line.strip() != "a=end-of-candidates")
 
 
 async def offer(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -289,3 +290,42 @@ async def test_events_to_a_page_that_does_not_read_are_dropped_not_queued():
     assert peer.dropped_events == 20000 - len(channel.sent) > 0
     assert peer.motion == MotionControls(head=1.9)  # every change applied, answered or not
     await pc.close()
+
+
+def hide_behind_mdns(sdp: str) -> str:
+    """The offer as browsers write it without microphone permission (Firefox even with it):
+    host addresses replaced by ``<uuid>.local`` names, which nothing here resolves, followed
+    by ``a=end-of-candidates``."""
+    names: dict[str, str] = {}
+    out = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:") and " typ host" in line:
+            parts = line.split(" ")  # foundation component transport priority ADDRESS port …
+            parts[4] = names.setdefault(parts[4], f"{uuid.uuid4()}.local")
+            line = " ".join(parts)
+        out.append(line)
+    assert names, "the client offered no host candidates"
+    return "\r\n".join(out) + "\r\n"
+
+
+async def test_a_browser_hiding_its_addresses_behind_mdns_still_connects() -> None:
+    """With the offer's candidates unresolvable and declared complete, the server must not give
+    up: the client's connectivity checks teach it the client's address (peer-reflexive), as a
+    Firefox page reaching a server in a container or on another subnet needs."""
+    runner, base = await start_server()
+    ctx = runner.app[CTX]
+    got = Received()
+    try:
+        async with aiohttp.ClientSession() as http:
+            pc, tasks, status, _ = await connect(http, base, got, edit_sdp=hide_behind_mdns)
+            try:
+                assert status == 200
+                assert await wait_for(lambda: len(got.shapes) >= 25, 30), "no video came back"
+                assert ctx.engine.sessions
+            finally:
+                await pc.close()
+                for t in tasks:
+                    t.cancel()
+        assert await wait_for(lambda: ctx.admission.active == 0, 30)
+    finally:
+        await runner.cleanup()
