@@ -20,9 +20,10 @@ done
 # the espeak-ng and flite speech synthesisers the training corpus is generated with (run as
 # separate programs).
 APT_PACKAGES=(libportaudio2 espeak-ng flite)
-# Tests also drive a real browser (headless Chromium with a fake microphone) over WebRTC, and
-# the websocket client's microphone through a private PulseAudio virtual device.
-[ "$DEV" = 1 ] && APT_PACKAGES+=(chromium pulseaudio pulseaudio-utils libasound2-plugins)
+# Tests also drive real browsers (headless Chromium and Firefox with fake microphones) over
+# WebRTC, and the websocket client's microphone through a private PulseAudio virtual device.
+[ "$DEV" = 1 ] && APT_PACKAGES+=(chromium firefox-esr pulseaudio pulseaudio-utils
+                                 libasound2-plugins)
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

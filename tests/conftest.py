@@ -1,11 +1,24 @@
-"""Test-suite hooks: ``gpu`` tests are skipped on machines without a CUDA GPU; fixtures that
-more than one module needs and that take long to build."""
+"""Test-suite hooks: ``gpu`` tests are skipped on machines without a CUDA GPU; aioice's
+per-thread mDNS state is reset after each test; fixtures that more than one module needs and
+that take long to build."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_aioice_mdns() -> Iterator[None]:
+    """aioice keeps its mDNS resolver and lock per thread, and the lock is bound to the first
+    event loop that waits on it; a server runs one loop, but the tests run one per test."""
+    yield
+    import sys
+
+    if ice := sys.modules.get("aioice.ice"):
+        ice._mdns.__dict__.clear()
 
 
 @pytest.fixture(scope="session")

@@ -80,6 +80,32 @@ async def _page_devtools(profile: Path, http: aiohttp.ClientSession) -> DevTools
 
 
 @contextlib.asynccontextmanager
+async def serve(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Serve ``app`` on a free port of ``host``; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    try:
+        yield f"http://{host}:{site._server.sockets[0].getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def browser_process(command: Sequence[str]) -> AsyncIterator[None]:
+    """Run a browser in its own process group; it and its helpers are killed on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        yield
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+@contextlib.asynccontextmanager
 async def browser_page(
     app: web.Application,
     profile: Path,
@@ -88,25 +114,15 @@ async def browser_page(
 ) -> AsyncIterator[BrowserPage]:
     """Serve ``app`` on a free port of ``host`` and open its page in headless Chromium
     (``profile`` is the browser's user-data folder); everything is torn down on exit."""
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, host, 0)
-    await site.start()
-    base = f"http://{host}:{site._server.sockets[0].getsockname()[1]}"
-    proc = await asyncio.create_subprocess_exec(
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={profile}", "--remote-debugging-port=0", *chromium_args, f"{base}/",
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as http:
+    async with serve(app, host) as base:
+        command = (
+            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--remote-debugging-port=0", *chromium_args, f"{base}/",
+        )  # fmt: skip
+        async with browser_process(command), aiohttp.ClientSession() as http:
             page = await _page_devtools(profile, http)
             try:
                 yield BrowserPage(page, http, base, app)
             finally:
                 await page.ws.close()
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # its own process group: Chromium's helpers too
-        await asyncio.wait_for(proc.wait(), 30)
-        await runner.cleanup()

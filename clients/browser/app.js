@@ -168,6 +168,17 @@ const UNREACHABLE = "Could not reach the server's media port: WebRTC needs UDP b
   "browser and the server, which a firewall or NAT blocks. Start the server with " +
   "--ice-server naming a TURN server (see the README).";
 const CONNECT_TIMEOUT_MS = 30000; // as the server's connect timeout
+// Firefox neither pairs with loopback addresses nor shows its own ones by default.
+const FIREFOX_LOCALHOST = navigator.userAgent.includes("Firefox") &&
+  ["localhost", "127.0.0.1", "[::1]"].includes(location.hostname);
+const FIREFOX_LOCALHOST_HINT = "Firefox does not reach a WebRTC server on localhost with its " +
+  "default settings: in about:config set media.peerconnection.ice.loopback to true and " +
+  "media.peerconnection.ice.obfuscate_host_addresses to false, or use a Chromium-based " +
+  "browser, or serve on this machine's network address (--host with --cert and --key).";
+
+function unreachable() {
+  return FIREFOX_LOCALHOST ? FIREFOX_LOCALHOST_HINT : UNREACHABLE;
+}
 
 // The microphone went away mid-session (unplugged, or its permission withdrawn).
 function micEnded() {
@@ -222,7 +233,7 @@ async function start(file = null) {
       } else if (c.pc.connectionState === "failed") {
         stop();
         showError(c.connected ? "The connection to the server was lost (network or firewall)."
-          : UNREACHABLE);
+          : unreachable());
       } else if (c.pc.connectionState === "closed") {
         stop();
       }
@@ -255,7 +266,7 @@ async function start(file = null) {
     setTimeout(() => {  // the server gives up then too; some browsers would wait longer
       if (conn === c && !c.connected) {
         stop();
-        showError(UNREACHABLE);
+        showError(unreachable());
       }
     }, CONNECT_TIMEOUT_MS);
     ui.video.requestVideoFrameCallback(() => {
@@ -464,7 +475,7 @@ async function measure(c, seconds) {
   canvas.height = h;
   const g = canvas.getContext("2d", { willReadFrequently: true });
   const actx = new AudioContext();
-  await actx.resume();
+  await Promise.race([actx.resume(), sleep(1000)]);  // never resolves without an audio device
   const analyser = actx.createAnalyser();
   analyser.fftSize = 1024; // ~21 ms at 48 kHz
   actx.createMediaStreamSource(new MediaStream(c.remote.getAudioTracks())).connect(analyser);
