@@ -9,6 +9,7 @@ PyAV reads into RGB frames with their times.
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import secrets
@@ -24,6 +25,7 @@ import numpy as np
 from mmgt.errors import InputError
 
 AUDIO_RATE = 48000  # AAC track rate
+AAC_PRIMING = 1024  # samples FFmpeg's AAC encoder puts before the first input sample
 _STOP = object()
 
 
@@ -116,18 +118,27 @@ class FragmentedMp4:
     ) -> None:  # fmt: skip
         self.fps, self.audio_rate = fps, audio_rate
         self._parts: list[bytes] = []
+        # No edit list (Firefox's MSE drops video up to the next keyframe after every fragment
+        # of a stream whose audio has one). The AAC priming is kept on the timeline instead:
+        # the audio starts at 0 with it, the first video frame and the first real audio sample
+        # at AAC_PRIMING samples, so both stay in sync for any player that follows timestamps.
         flags = "empty_moov+delay_moov+default_base_moof+frag_keyframe"
         self._container = av.open(
             _Sink(self._parts), mode="w", format="mp4",
-            options={"movflags": flags, "frag_duration": str(max(1, int(fragment_s * 1e6)))},
+            options={"movflags": flags, "frag_duration": str(max(1, int(fragment_s * 1e6))),
+                     "use_editlist": "0"},
         )  # fmt: skip
         options = {"crf": str(crf), "preset": preset, "tune": "zerolatency",
                    "g": str(max(1, round(gop_s * fps)))}  # fmt: skip
         self._video = _h264_stream(self._container, size, size, fps, options)
         self._audio = None
+        ticks = math.lcm(fps, audio_rate or fps)  # video ticks per second: frames and samples
+        self._frame_ticks, self._start_ticks = ticks // fps, 0
         if audio_rate is not None:
             self._audio = self._container.add_stream("aac", rate=audio_rate)
             self._audio.layout = "mono"
+            self._start_ticks = AAC_PRIMING * ticks // audio_rate
+        self._video.codec_context.time_base = self._video.time_base = Fraction(1, ticks)
         self._frames = 0
         self._samples = 0
         self.closed = False
@@ -136,11 +147,15 @@ class FragmentedMp4:
         """Mux one (S, S, 3) uint8 frame and its mono float32 audio; returns finished bytes."""
         if self.closed:
             raise RuntimeError("the fragmented MP4 stream is closed")
-        self._container.mux(self._video.encode(_video_frame(rgb, self._frames, self.fps)))
+        frame = _video_frame(rgb, 0, self.fps)
+        frame.pts = self._start_ticks + self._frames * self._frame_ticks
+        frame.time_base = self._video.codec_context.time_base
+        self._container.mux(self._video.encode(frame))
         self._frames += 1
         if self._audio is not None and audio is not None and len(audio):
             samples = np.ascontiguousarray(audio, dtype=np.float32)
-            self._container.mux(self._audio.encode(_audio_frame(samples, self._samples,
+            start = AAC_PRIMING + self._samples  # its first packet (the priming) lands on 0
+            self._container.mux(self._audio.encode(_audio_frame(samples, start,
                                                                 self.audio_rate)))  # fmt: skip
             self._samples += len(samples)
         return self._take()

@@ -90,10 +90,10 @@ async def firefox_page(
     profile: Path,
     prefs: Mapping[str, object] = FAKE_MEDIA_PREFS,
     host: str = "127.0.0.1",
-    query: str = "",
+    path: str = "/",
 ) -> AsyncIterator[tuple[Bidi, str]]:
-    """Serve ``app`` on ``host`` and open its page (``/?query``) in headless Firefox with
-    ``prefs`` (written to the new ``profile`` folder); yields the page and the base URL."""
+    """Serve ``app`` on ``host`` and open ``path`` (the page by default) in headless Firefox
+    with ``prefs`` (written to the new ``profile`` folder); yields the page and the base URL."""
     _write_profile(profile, prefs)
     port = _free_port()
     command = (FIREFOX, "--headless", "--no-remote", "--profile", str(profile),
@@ -114,9 +114,8 @@ async def firefox_page(
                 page.context = (await page.call("browsingContext.getTree"))["contexts"][0][
                     "context"
                 ]
-                url = f"{base}/?{query}" if query else f"{base}/"
-                await page.call("browsingContext.navigate", context=page.context, url=url,
-                                wait="complete")  # fmt: skip
+                await page.call("browsingContext.navigate", context=page.context,
+                                url=base + path, wait="complete")  # fmt: skip
                 yield page, base
             finally:
                 with contextlib.suppress(Exception):

@@ -47,8 +47,8 @@ async def measured_session(tmp_path: Path, host: str, prefs: dict) -> dict:
         return web.json_response({"ok": True})
 
     app.router.add_post("/report", report)
-    query = f"test=1&seconds={SECONDS}&report=/report"
-    async with firefox_page(app, tmp_path / "profile", prefs, host, query):
+    path = f"/?test=1&seconds={SECONDS}&report=/report"
+    async with firefox_page(app, tmp_path / "profile", prefs, host, path):
         result = await asyncio.wait_for(got, 60 + SECONDS)
         ctx = app[CTX]
         for _ in range(100):  # the page hung up: the server frees everything

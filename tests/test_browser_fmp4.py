@@ -1,13 +1,12 @@
-"""The websocket API's fragmented-MP4 stream played by a real browser through Media Source
-Extensions: headless Chromium opens the websocket, speaks a synthetic signal, appends every
-piece it receives to a ``SourceBuffer`` and plays the result; the page reports back."""
+"""The websocket API's fragmented-MP4 stream played by real browsers through Media Source
+Extensions: headless Chromium and headless Firefox open the websocket, speak a synthetic
+signal, append every piece they receive to a ``SourceBuffer`` and play the result; the page
+reports back."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,8 @@ from aiohttp import web
 
 from server.app import CTX, make_app
 from server.settings import ServerSettings
+from tests.bidi import FIREFOX, firefox_page
+from tests.devtools import browser_process, serve
 from tests.test_browser import CHROMIUM, chromium_command
 
 SIZE = 256
@@ -76,6 +77,7 @@ function finish() {
   const b = video.buffered;
   out.buffered_end = b.length ? b.end(b.length - 1) : 0;
   out.buffered_ranges = b.length;
+  out.ranges = [...Array(b.length).keys()].map((i) => [b.start(i), b.end(i)]);
   out.current_time = video.currentTime;
   out.width = video.videoWidth; out.height = video.videoHeight;
   const q = video.getVideoPlaybackQuality();
@@ -85,13 +87,10 @@ function finish() {
 }
 </script></body></html>""".replace("%SECONDS%", str(SECONDS))
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (setup.sh --dev)"),
-]
+pytestmark = pytest.mark.slow
 
 
-async def run_page(tmp_path: Path) -> dict:
+async def run_page(tmp_path: Path, browser: str) -> dict:
     app = make_app(ServerSettings(port=0, driver="procedural", frame_size=SIZE))
     got: asyncio.Future = asyncio.get_running_loop().create_future()
 
@@ -105,19 +104,16 @@ async def run_page(tmp_path: Path) -> dict:
 
     app.router.add_get("/mse.html", page)
     app.router.add_post("/report", report)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    silence = tmp_path / "silence.wav"
-    silence.write_bytes(b"")  # the page makes its own audio; no microphone is used
-    log = (tmp_path / "chromium.log").open("wb")  # noqa: ASYNC230, SIM115
-    proc = await asyncio.create_subprocess_exec(
-        *chromium_command(f"http://127.0.0.1:{port}/mse.html", silence, tmp_path / "profile"),
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        if browser == "firefox":
+            await stack.enter_async_context(
+                firefox_page(app, tmp_path / "profile", path="/mse.html")
+            )
+        else:  # the page makes its own audio; no microphone is used
+            base = await stack.enter_async_context(serve(app))
+            silence = tmp_path / "silence.wav"
+            command = chromium_command(f"{base}/mse.html", silence, tmp_path / "profile")
+            await stack.enter_async_context(browser_process(command))
         result = await asyncio.wait_for(got, 90)
         for _ in range(100):
             if app[CTX].admission.active == 0:
@@ -125,15 +121,19 @@ async def run_page(tmp_path: Path) -> dict:
             await asyncio.sleep(0.1)
         result["admission_after"] = app[CTX].admission.active
         return result
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        await asyncio.wait_for(proc.wait(), 30)
-        log.close()
-        await runner.cleanup()
 
 
-def test_fmp4_stream_plays_through_media_source_extensions(tmp_path: Path) -> None:
-    report = asyncio.run(run_page(tmp_path))
+@pytest.mark.parametrize(
+    "browser",
+    [
+        pytest.param("chromium", marks=pytest.mark.skipif(not CHROMIUM.exists(),
+                                                          reason="needs /usr/bin/chromium")),
+        pytest.param("firefox", marks=pytest.mark.skipif(FIREFOX is None,
+                                                         reason="needs firefox-esr")),
+    ],
+)  # fmt: skip
+def test_fmp4_stream_plays_through_media_source_extensions(tmp_path: Path, browser: str) -> None:
+    report = asyncio.run(run_page(tmp_path, browser))
     print("mse report:", report)
     assert report["supported"], report
     assert not report["errors"], report

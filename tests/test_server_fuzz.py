@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from mmgt.video import AAC_PRIMING
 from server.app import CTX, make_app
 from server.protocol import HEADER, KIND_FMP4, KIND_VIDEO_JPEG
 from server.settings import ServerSettings
@@ -241,7 +242,9 @@ async def test_random_valid_sessions_make_one_playable_fmp4_stream(client):
         with av.open(io.BytesIO(data)) as c:
             frames = list(c.decode(c.streams.video[0], c.streams.audio[0]))
         video = [float(f.time) for f in frames if isinstance(f, av.VideoFrame)]
-        audio_s = sum(f.samples / f.sample_rate for f in frames if isinstance(f, av.AudioFrame))
+        audio = [f for f in frames if isinstance(f, av.AudioFrame)]
+        # No edit list: the AAC priming starts the timeline, before the first frame's audio.
+        audio_s = sum(f.samples / f.sample_rate for f in audio) - AAC_PRIMING / audio[0].sample_rate
         assert len(video) == events[-1]["frames"]
         assert all(b > a for a, b in zip(video, video[1:], strict=False))
         assert abs(audio_s - len(video) / 25) < 0.05  # one AAC frame of slack at the end

@@ -22,6 +22,7 @@ from PIL import Image
 from clients.ws.client import decode_jpeg, run_client, wav_chunks
 from mmgt.audio import load_audio
 from mmgt.avatar import BUNDLED_AVATAR
+from mmgt.video import AAC_PRIMING
 from server.app import CTX, make_app
 from server.settings import ServerSettings
 from server.ws import WsConnection
@@ -111,10 +112,16 @@ async def test_fragmented_mp4_stream_is_playable_and_in_sync(client, speech, tmp
     path = tmp_path / "stream.mp4"
     path.write_bytes(got.fmp4)
     with av.open(str(path)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        decoded = [(float(f.time), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
     with av.open(str(path)) as c:
         back = np.concatenate([f.to_ndarray()[0] for f in c.decode(audio=0)])
+    frames = [image for _, image in decoded]
     assert len(frames) == 150 and frames[0].shape == (SIZE, SIZE, 3)
+    # No edit list: the audio starts at 0 with the AAC priming, and frame 0 plays at the first
+    # real sample, one frame before frame 1 (the muxer stretches frame 0 back to 0).
+    first = decoded[1][0] - 1 / 25
+    assert first == pytest.approx(AAC_PRIMING / 16000)
+    back = back[round(first * 16000) :]  # the audio from frame 0 on
     assert abs(back.size - audio.size) < 2048  # AAC frames of 1024 samples
     await assert_lips_follow_audio(client, frames, back)  # lips and the muxed audio
     await idle_server(client)
