@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from tests.devtools import browser_process, serve
+from tests.devtools import PagePolling, browser_process, serve
 
 FIREFOX = shutil.which("firefox-esr") or shutil.which("firefox")
 
@@ -34,7 +34,7 @@ FAKE_MEDIA_PREFS: dict[str, object] = {
 }
 
 
-class Bidi:
+class Bidi(PagePolling):
     """A minimal WebDriver BiDi client for one browsing context."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -61,15 +61,6 @@ class Bidi:
         if got["type"] != "success":
             raise RuntimeError(f"{expression}: {got.get('exceptionDetails', got)}")
         return json.loads(got["result"].get("value", "null"))
-
-    async def wait_for(self, expression: str, seconds: float = 60) -> object:
-        """Poll until ``expression`` is truthy."""
-        for _ in range(int(seconds * 10)):
-            with contextlib.suppress(RuntimeError):
-                if value := await self.eval(expression):
-                    return value
-            await asyncio.sleep(0.1)
-        raise TimeoutError(expression)
 
 
 def _free_port() -> int:

@@ -23,7 +23,37 @@ OPTIONS = "[...document.getElementById('avatar').options].map((o) => [o.value, o
 READY = "!window.stale && document.body.dataset.ready === '1'"
 
 
-class DevTools:
+class PagePolling:
+    """``wait_for`` over a client's ``eval``."""
+
+    async def eval(self, expression: str) -> object:
+        raise NotImplementedError
+
+    async def wait_for(self, expression: str, seconds: float = 60) -> object:
+        """Poll until ``expression`` is truthy (a page being replaced answers with an error)."""
+        for _ in range(int(seconds * 10)):
+            with contextlib.suppress(RuntimeError):
+                if value := await self.eval(expression):
+                    return value
+            await asyncio.sleep(0.1)
+        raise TimeoutError(expression)
+
+
+def report_route(app: web.Application) -> asyncio.Future:
+    """``POST /report`` on ``app``: the future gets the first JSON body posted (the page's
+    measurements in its test mode)."""
+    got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def report(request: web.Request) -> web.Response:
+        if not got.done():
+            got.set_result(await request.json())
+        return web.json_response({"ok": True})
+
+    app.router.add_post("/report", report)
+    return got
+
+
+class DevTools(PagePolling):
     """A minimal Chrome DevTools protocol client for one page."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -43,15 +73,6 @@ class DevTools:
         got = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True,
                               returnByValue=True)  # fmt: skip
         return got["result"].get("value")
-
-    async def wait_for(self, expression: str, seconds: float = 60) -> object:
-        """Poll until ``expression`` is truthy (a page being replaced answers with an error)."""
-        for _ in range(int(seconds * 10)):
-            with contextlib.suppress(RuntimeError):
-                if value := await self.eval(expression):
-                    return value
-            await asyncio.sleep(0.1)
-        raise TimeoutError(expression)
 
     async def reload(self, before: str = "") -> None:
         """Reload the page after running ``before`` (READY tells the new page from the old)."""

@@ -36,7 +36,7 @@ from tests.browser_analysis import (
     playout_levels,
     speech_silence_motion,
 )
-from tests.devtools import CHROMIUM
+from tests.devtools import CHROMIUM, report_route
 
 SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
 SECONDS = 24
@@ -126,14 +126,8 @@ class SourceTap:
 
 async def run_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, SourceTap]:
     app = make_app(ServerSettings(port=0, workers=2, frame_size=FRAME_SIZE))  # default driver
-    got: asyncio.Future = asyncio.get_running_loop().create_future()
+    got = report_route(app)
 
-    async def report(request: web.Request) -> web.Response:
-        if not got.done():
-            got.set_result(await request.json())
-        return web.json_response({"ok": True})
-
-    app.router.add_post("/report", report)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -12,11 +12,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from server.app import CTX, make_app
 from server.settings import ServerSettings
 from tests.bidi import FAKE_MEDIA_PREFS, FIREFOX, firefox_page
+from tests.devtools import report_route
 from tests.test_browser_controls import lan_address
 
 pytestmark = [
@@ -39,14 +39,8 @@ LOOPBACK = {
 async def measured_session(tmp_path: Path, host: str, prefs: dict) -> dict:
     """The page's test run (?test=1): a session of SECONDS, measured by the page itself."""
     app = make_app(ServerSettings(host=host, port=0, driver="procedural", frame_size=128))
-    got: asyncio.Future = asyncio.get_running_loop().create_future()
+    got = report_route(app)
 
-    async def report(request: web.Request) -> web.Response:
-        if not got.done():
-            got.set_result(await request.json())
-        return web.json_response({"ok": True})
-
-    app.router.add_post("/report", report)
     path = f"/?test=1&seconds={SECONDS}&report=/report"
     async with firefox_page(app, tmp_path / "profile", prefs, host, path):
         result = await asyncio.wait_for(got, 60 + SECONDS)

@@ -15,7 +15,7 @@ from aiohttp import web
 from server.app import CTX, make_app
 from server.settings import ServerSettings
 from tests.bidi import FIREFOX, firefox_page
-from tests.devtools import browser_process, serve
+from tests.devtools import browser_process, report_route, serve
 from tests.test_browser import CHROMIUM, chromium_command
 
 SIZE = 256
@@ -92,18 +92,12 @@ pytestmark = pytest.mark.slow
 
 async def run_page(tmp_path: Path, browser: str) -> dict:
     app = make_app(ServerSettings(port=0, driver="procedural", frame_size=SIZE))
-    got: asyncio.Future = asyncio.get_running_loop().create_future()
+    got = report_route(app)
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
 
-    async def report(request: web.Request) -> web.Response:
-        if not got.done():
-            got.set_result(await request.json())
-        return web.json_response({"ok": True})
-
     app.router.add_get("/mse.html", page)
-    app.router.add_post("/report", report)
     async with contextlib.AsyncExitStack() as stack:
         if browser == "firefox":
             await stack.enter_async_context(
