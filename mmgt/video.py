@@ -86,11 +86,11 @@ def _h264_stream(container: av.container.OutputContainer, width: int, height: in
     return stream
 
 
-def _video_frame(rgb: np.ndarray, pts: int, fps: int) -> av.VideoFrame:
-    """An RGB uint8 image as a yuv420p frame at ``pts`` / ``fps`` seconds."""
+def _video_frame(rgb: np.ndarray, pts: int, time_base: Fraction) -> av.VideoFrame:
+    """An RGB uint8 image as a yuv420p frame at ``pts`` · ``time_base`` seconds."""
     # OpenCV's RGB → I420 is BT.601 limited range, as swscale's, at a tenth of the cost.
     frame = av.VideoFrame.from_ndarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
-    frame.pts, frame.time_base = pts, Fraction(1, fps)
+    frame.pts, frame.time_base = pts, time_base
     return frame
 
 
@@ -147,9 +147,8 @@ class FragmentedMp4:
         """Mux one (S, S, 3) uint8 frame and its mono float32 audio; returns finished bytes."""
         if self.closed:
             raise RuntimeError("the fragmented MP4 stream is closed")
-        frame = _video_frame(rgb, 0, self.fps)
-        frame.pts = self._start_ticks + self._frames * self._frame_ticks
-        frame.time_base = self._video.codec_context.time_base
+        pts = self._start_ticks + self._frames * self._frame_ticks
+        frame = _video_frame(rgb, pts, self._video.codec_context.time_base)
         self._container.mux(self._video.encode(frame))
         self._frames += 1
         if self._audio is not None and audio is not None and len(audio):
@@ -340,7 +339,7 @@ class Mp4Writer:
                 self._error = self._error or exc
 
     def _encode_video(self, rgb: np.ndarray) -> None:
-        frame = _video_frame(rgb, self._frames_encoded, self.fps)
+        frame = _video_frame(rgb, self._frames_encoded, Fraction(1, self.fps))
         self._frames_encoded += 1
         index = self._frames_encoded
         self._container.mux(self._video.encode(frame))
