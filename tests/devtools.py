@@ -3,6 +3,7 @@ server: :func:`browser_page` starts both and hands over the page."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import itertools
@@ -23,11 +24,12 @@ OPTIONS = "[...document.getElementById('avatar').options].map((o) => [o.value, o
 READY = "!window.stale && document.body.dataset.ready === '1'"
 
 
-class PagePolling:
+class PagePolling(abc.ABC):
     """``wait_for`` over a client's ``eval``."""
 
+    @abc.abstractmethod
     async def eval(self, expression: str) -> object:
-        raise NotImplementedError
+        """The value of ``expression`` evaluated in the page."""
 
     async def wait_for(self, expression: str, seconds: float = 60) -> object:
         """Poll until ``expression`` is truthy (a page being replaced answers with an error)."""
@@ -114,16 +116,19 @@ async def serve(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def browser_process(command: Sequence[str]) -> AsyncIterator[None]:
-    """Run a browser in its own process group; it and its helpers are killed on exit."""
-    proc = await asyncio.create_subprocess_exec(
-        *command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        await asyncio.wait_for(proc.wait(), 30)
+async def browser_process(command: Sequence[str], log: Path | None = None) -> AsyncIterator[None]:
+    """Run a browser in its own process group (its output into ``log`` if given); it and its
+    helpers are killed on exit."""
+    with contextlib.ExitStack() as files:
+        out = files.enter_context(log.open("wb")) if log else subprocess.DEVNULL
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), 30)
 
 
 @contextlib.asynccontextmanager

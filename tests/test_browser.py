@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from aiohttp import web
 
 from server import webrtc
 from server.app import CTX, make_app, mouth_box
@@ -36,7 +32,7 @@ from tests.browser_analysis import (
     playout_levels,
     speech_silence_motion,
 )
-from tests.devtools import CHROMIUM, report_route
+from tests.devtools import CHROMIUM, browser_process, report_route, serve
 
 SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
 SECONDS = 24
@@ -127,43 +123,27 @@ class SourceTap:
 async def run_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, SourceTap]:
     app = make_app(ServerSettings(port=0, workers=2, frame_size=FRAME_SIZE))  # default driver
     got = report_route(app)
-
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    avatar = app[CTX].avatars.get("default")
-    tap = SourceTap(mouth_box(avatar.reference_pose, avatar.frame_size))
-    tap.install(monkeypatch)
-    port = site._server.sockets[0].getsockname()[1]
     wav = tmp_path / "speech_silence.wav"
     speech_and_silence(wav)
-    url = f"http://127.0.0.1:{port}/?test=1&report=/report&seconds={SECONDS}"
-    log = (tmp_path / "chromium.log").open("wb")  # noqa: ASYNC230, SIM115
-    proc = await asyncio.create_subprocess_exec(
-        *chromium_command(url, wav, tmp_path / "profile"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: killed by its id below
-    )
-    try:
-        result = await asyncio.wait_for(got, SECONDS + 90)
-        # The page closed its peer connection: the server must let go of everything.
-        ctx = app[CTX]
-        for _ in range(100):
-            if ctx.admission.active == 0 and not ctx.engine.sessions:
-                break
-            await asyncio.sleep(0.1)
-        result["server_after"] = {
-            "admission": ctx.admission.active,
-            "sessions": len(ctx.engine.sessions),
-        }
-        return result, tap
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        await asyncio.wait_for(proc.wait(), 30)
-        log.close()
-        await runner.cleanup()
+    async with serve(app) as base:  # the app's start-up prepares the bundled avatar
+        avatar = app[CTX].avatars.get("default")
+        tap = SourceTap(mouth_box(avatar.reference_pose, avatar.frame_size))
+        tap.install(monkeypatch)
+        url = f"{base}/?test=1&report=/report&seconds={SECONDS}"
+        command = chromium_command(url, wav, tmp_path / "profile")
+        async with browser_process(command, log=tmp_path / "chromium.log"):
+            result = await asyncio.wait_for(got, SECONDS + 90)
+            # The page closed its peer connection: the server must let go of everything.
+            ctx = app[CTX]
+            for _ in range(100):
+                if ctx.admission.active == 0 and not ctx.engine.sessions:
+                    break
+                await asyncio.sleep(0.1)
+            result["server_after"] = {
+                "admission": ctx.admission.active,
+                "sessions": len(ctx.engine.sessions),
+            }
+            return result, tap
 
 
 def test_browser_lip_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
