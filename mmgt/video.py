@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from mmgt.errors import InputError
+from mmgt.signals import interrupts_held
 
 AUDIO_RATE = 48000  # AAC track rate
 AAC_PRIMING = 1024  # samples FFmpeg's AAC encoder puts before the first input sample
@@ -234,7 +235,8 @@ class Mp4Writer:
         self._aborting = False  # set by abort(): the encoder thread skips what is left
         self._queue: queue.Queue = queue.Queue(maxsize=32)
         self._thread = threading.Thread(target=self._run, name="mp4-encoder", daemon=True)
-        self._thread.start()
+        with interrupts_held():  # a stop here must not leave a lock taken (mmgt.signals)
+            self._thread.start()
 
     def _open(self) -> None:
         """Create the partial file and the container (in the producer's thread)."""
@@ -275,38 +277,40 @@ class Mp4Writer:
             )
         if self._container is None:
             self._open()
-        self._queue.put(frame)
+        with interrupts_held():
+            self._queue.put(frame)
         self.frames_written += 1
 
     def close(self) -> Path:
         """Finish encoding and move the file into place; returns the final path."""
         if self._done:
             return self.path
-        if self._container is None and self._error is None:
-            try:
+        try:
+            if self._container is None and self._error is None:
                 self._open()  # a video without frames
-            except BaseException:
-                self.abort()
-                raise
-        self._queue.put(_STOP)
-        self._thread.join()
+            with interrupts_held():
+                self._queue.put(_STOP)
+            self._thread.join()
+            with interrupts_held():  # from here the file is moved into place or deleted
+                return self._move_into_place()
+        except BaseException:  # including a stop while the last frames encode
+            self.abort()
+            raise
+
+    def _move_into_place(self) -> Path:
         self._done = True
         if self._error is not None:
-            self._discard()
             raise RuntimeError(f"video encoding failed: {self._error}") from self._error
-        try:
-            self._tmp.replace(self.path)
-        except OSError:
-            self._discard()
-            raise
+        self._tmp.replace(self.path)
         return self.path
 
     def abort(self) -> None:
         """Stop at once (queued frames are not encoded) and delete the partial file."""
         if not self._done:
             self._aborting = True
-            self._queue.put(_STOP)
-            self._thread.join()
+            with interrupts_held():
+                self._queue.put(_STOP)
+                self._thread.join()
             self._done = True
         self._discard()
 
