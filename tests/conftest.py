@@ -1,6 +1,7 @@
 """Test-suite hooks: ``gpu`` tests are skipped on machines without a CUDA GPU; aioice's
-per-thread mDNS state is reset after each test; fixtures that more than one module needs and
-that take long to build."""
+per-thread mDNS state is reset after each test; the stage-2 ONNX export starts in the
+background when collection ends (tests/background_export.py); fixtures that more than one
+module needs and that take long to build."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.background_export import BackgroundExport
+
+STAGE2_EXPORT = pytest.StashKey[BackgroundExport]()
 
 
 @pytest.fixture(autouse=True)
@@ -29,6 +34,28 @@ def shipped_smga_onnx(tmp_path_factory) -> Path:
     onnx_dir = tmp_path_factory.mktemp("shipped") / "onnx"
     assert export_main(["--onnx-dir", str(onnx_dir)]) == 0
     return onnx_dir
+
+
+@pytest.fixture(scope="session")
+def stage2_onnx(request: pytest.FixtureRequest) -> Path:
+    """The shipped SMGA and the tiny stage-2 networks exported into one folder, by the CLI
+    (read-only: copy to modify)."""
+    export = request.config.stash.get(STAGE2_EXPORT, None)
+    if export is None:  # not started at collection (a test selected some other way)
+        export = request.config.stash[STAGE2_EXPORT] = BackgroundExport()
+        export.start()
+    return export.result()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any("stage2_onnx" in getattr(item, "fixturenames", ()) for item in session.items):
+        session.config.stash[STAGE2_EXPORT] = export = BackgroundExport()
+        export.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if export := config.stash.get(STAGE2_EXPORT, None):
+        export.stop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

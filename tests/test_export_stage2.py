@@ -1,14 +1,13 @@
 """ONNX export of the stage-2 networks and the diffusion renderer on ONNX Runtime.
 
-One folder is exported once per module with ``python -m export.onnx --stage2-preset tiny`` (the
-random tiny models the renderer uses); every network is checked by the exporter at two sizes
+One folder is exported once per test session with ``python -m export.onnx --stage2-preset tiny``
+(the random tiny models the renderer uses); every network is checked by the exporter at two sizes
 and here again at a third, and whole renders through ONNX Runtime are compared with torch.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import av
@@ -43,14 +42,10 @@ def models() -> Stage2Models:
 
 
 @pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory, shipped_smga_onnx) -> Path:
-    """The shipped SMGA's export (shared, tests/conftest.py) with the stage-2 networks added
-    by ``--networks``, which keeps the manifest entries already in the folder."""
-    folder = tmp_path_factory.mktemp("stage2") / "onnx"
-    shutil.copytree(shipped_smga_onnx, folder)
-    argv = ["--stage2-preset", "tiny", "--networks", ",".join(STAGE2_NETWORKS)]
-    assert export_main([*argv, "--onnx-dir", str(folder)]) == 0
-    return folder
+def onnx_dir(stage2_onnx) -> Path:
+    """The shipped SMGA's export with the stage-2 networks added by ``--networks``, which keeps
+    the manifest entries already in the folder (built in the background: tests/conftest.py)."""
+    return stage2_onnx
 
 
 @pytest.fixture(scope="module")
