@@ -39,8 +39,8 @@ def test_a_held_stop_is_raised_when_the_block_ends():
 
 # A SIGTERM that strikes where CPython can raise it inside ``queue.Queue.put`` (bpo-29988): the
 # queue's lock taken, the block that releases it not yet entered. Before mmgt.signals held stops
-# there, the writer's cleanup then waited for that lock for ever (seen once in CI as a render
-# that did not stop). Run in a child process, so a regression times out instead of hanging.
+# there, the writer's cleanup then waited for that lock for ever (seen once in a full test run
+# as a render that did not stop). Run in a child process, so a regression times out, not hangs.
 RACE = r"""
 import os, queue, signal, sys, types
 from pathlib import Path
