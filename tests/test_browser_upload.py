@@ -33,7 +33,7 @@ async def test_uploaded_photo_is_offered_to_its_browser_only(tmp_path: Path) -> 
     async with browser_page(app, tmp_path / "profile") as b:
         page, http, base = b.page, b.http, b.base
         assert await page.wait_for(f"{READY} && {OPTIONS}") == [["default", "Bundled avatar"]]
-        assert await page.eval(POSTER_SHOWN) == "/avatars/default/image"
+        assert await page.wait_for(POSTER_SHOWN) == "/avatars/default/image"  # once it loads
         root = (await page.call("DOM.getDocument"))["root"]["nodeId"]
         node = await page.call("DOM.querySelector", nodeId=root, selector="#photo")
         await page.call("DOM.setFileInputFiles", files=[str(PHOTO)], nodeId=node["nodeId"])
