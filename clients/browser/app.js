@@ -538,9 +538,12 @@ async function measure(c, seconds) {
   };
 }
 
+// A path on this server ("/x"; not "//host/x" or "/\host/x": browsers read both as another origin).
+const ownPath = (value) => (value && /^\/(?![/\\])/.test(value) ? value : null);
+
 async function testRun() {
   const seconds = Number(params.get("seconds") || 10);
-  const reportPath = params.get("report");
+  const reportPath = ownPath(params.get("report"));
   let report;
   try {
     await start();
@@ -551,7 +554,7 @@ async function testRun() {
   }
   stop();
   window.mmgtReport = report;
-  if (reportPath && reportPath.startsWith("/")) {
+  if (reportPath) {
     await fetch(reportPath, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(report),
     });
