@@ -48,6 +48,8 @@ def stage2_onnx(request: pytest.FixtureRequest) -> Path:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
     if any("stage2_onnx" in getattr(item, "fixturenames", ()) for item in session.items):
         session.config.stash[STAGE2_EXPORT] = export = BackgroundExport()
         export.start()
