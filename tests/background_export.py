@@ -2,21 +2,25 @@
 
 ``python -m export.onnx`` on the tiny stage-2 models takes about 2.5 minutes on 2 cores, nearly
 all of it torch.export tracing the UNet on one core. Started when collection ends, at the
-lowest CPU priority and on one thread, it uses the time real-time tests (browsers, live
-streams) leave a core idle, and yields to everything else; the fixture that needs the folder
-then waits for what is left. The commands are the ones the fixture used to run in-process: the
-shipped SMGA export, then ``--networks`` adding the stage-2 networks to the same folder (which
-keeps the entries already there).
+lowest CPU priority and on one thread, it uses the time tests such as the browser tests leave a
+core idle; the fixture that needs the folder then waits for what is left. Tests marked
+``realtime`` (they measure live timing: frame rates, lip sync) stop it while they run
+(:meth:`BackgroundExport.paused`). The commands are the ones the fixture used to run
+in-process: the shipped SMGA export, then ``--networks`` adding the stage-2 networks to the
+same folder (which keeps the entries already there).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mmgt.models.stage2_steps import STAGE2_NETWORKS
@@ -39,12 +43,30 @@ class BackgroundExport:
         self.log = self.root / "export.log"
         self._proc: subprocess.Popen | None = None
         self._stopped = False
+        self._pausing = False  # a command started meanwhile starts stopped too
         self._error: str | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="background-export", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the running export's process for the block (SIGSTOP, then SIGCONT)."""
+        with self._lock:
+            self._pausing = True
+            self._signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pausing = False
+                self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(sig)
 
     def _run(self) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -57,6 +79,8 @@ class BackgroundExport:
                     self._proc = subprocess.Popen(
                         command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
                     )
+                    if self._pausing:
+                        self._proc.send_signal(signal.SIGSTOP)
                 if (code := self._proc.wait()) != 0:
                     self._error = f"{' '.join(argv)} exited with {code}"
                     return
@@ -77,7 +101,7 @@ class BackgroundExport:
         with self._lock:
             self._stopped = True
             if self._proc is not None and self._proc.poll() is None:
-                self._proc.kill()
+                self._proc.kill()  # also ends a paused (stopped) process
                 self._proc.wait()
         self._thread.join(10)
         shutil.rmtree(self.root, ignore_errors=True)

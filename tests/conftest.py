@@ -36,6 +36,17 @@ def shipped_smga_onnx(tmp_path_factory) -> Path:
     return onnx_dir
 
 
+@pytest.fixture(autouse=True)
+def _realtime_alone(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests marked ``realtime`` run with the background export paused."""
+    export = request.config.stash.get(STAGE2_EXPORT, None)
+    if export is None or request.node.get_closest_marker("realtime") is None:
+        yield
+        return
+    with export.paused():
+        yield
+
+
 @pytest.fixture(scope="session")
 def stage2_onnx(request: pytest.FixtureRequest) -> Path:
     """The shipped SMGA and the tiny stage-2 networks exported into one folder, by the CLI

@@ -30,6 +30,7 @@ FRAME_SIZE = 256
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.realtime,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (setup.sh --dev)"),
 ]
 

@@ -21,6 +21,7 @@ from tests.test_browser_controls import lan_address
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.realtime,
     pytest.mark.skipif(FIREFOX is None, reason="needs firefox-esr (setup.sh --dev)"),
 ]
 SECONDS = 4

@@ -87,7 +87,7 @@ function finish() {
 }
 </script></body></html>""".replace("%SECONDS%", str(SECONDS))
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.realtime]
 
 
 async def run_page(tmp_path: Path, browser: str) -> dict:
