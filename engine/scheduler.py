@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.catchup import LateAudio, NoiseFloor, drop_quiet
+from engine.catchup import LateAudio, NoiseFloor, TimeCompressor, drop_quiet
 from engine.frames import (
     AudioFrame,
     Interrupted,
@@ -84,7 +84,10 @@ class StreamSettings:
         vad: run the voice-activity detector and emit :class:`VadEvent`.
         masks: compute motion masks (None: only if the renderer needs them).
         catch_up_s: idle silence up to this long that turns out to have stood in for late
-            audio is made up by leaving out quiet audio (:mod:`engine.catchup`); 0 disables.
+            audio is made up by leaving out quiet audio, then by time compression
+            (:mod:`engine.catchup`); 0 disables.
+        catch_up_speedup: the most time compression may leave out (0.1: 1.11× speed; 0:
+            none).
     """
 
     fps: int = 25
@@ -98,10 +101,13 @@ class StreamSettings:
     vad: bool = True
     masks: bool | None = None
     catch_up_s: float = 1.0
+    catch_up_speedup: float = 0.1
 
     def __post_init__(self) -> None:
         if self.fps <= 0 or SPEECH_RATE % self.fps:
             raise ValueError(f"fps must divide {SPEECH_RATE}, got {self.fps}")
+        if not 0 <= self.catch_up_speedup < 0.5:
+            raise ValueError(f"catch_up_speedup must be in [0, 0.5), got {self.catch_up_speedup}")
         if self.hop_frames < 1 or self.lookahead_frames < 0:
             raise ValueError("hop_frames must be ≥ 1 and lookahead_frames ≥ 0")
         if self.output_rate <= 0 or self.output_rate % self.fps:
@@ -168,6 +174,7 @@ class StreamScheduler:
         self._force_until = 0  # frames that must be posed even if a hop is incomplete
         self._late = LateAudio(s.catch_up_s)
         self._noise = NoiseFloor()  # the microphone's background level (what counts as quiet)
+        self._compress = TimeCompressor(s.catch_up_speedup)
         self.clock_samples: int | None = None  # where the live clock puts the timeline's end
         self._reset_timeline(0, input_rate, channels)
         self._poses = np.zeros((0, layout.NUM_KEYPOINTS, 3), np.float32)
@@ -198,6 +205,7 @@ class StreamScheduler:
         self.emitted = frame  # frames paired with audio and returned
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()
         self._late.reset()
+        self._compress.reset()
         # (key, event): emitted before frame `key`, or after frame k when key = k + 0.5.
         self._events: list[tuple[float, OutputFrame]] = []
         if self._vad is not None:
@@ -243,7 +251,8 @@ class StreamScheduler:
         self._ingest(speech, out, arrival)
 
     def _catch_up(self, chunk: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Leave out quiet blocks of late audio that idle silence already stood in for."""
+        """Make up idle silence that stood in for late audio: leave out quiet blocks, then
+        compress what is still owed in time."""
         incoming = chunk.shape[0] * SPEECH_RATE // sample_rate
         allowed = self._late.allowance(self.samples, incoming, self.clock_samples)
         # Quiet is judged on the input before this chunk (the percentile only when needed).
@@ -253,10 +262,12 @@ class StreamScheduler:
             return chunk
         limit = allowed * sample_rate // SPEECH_RATE
         kept, dropped = drop_quiet(chunk, sample_rate, limit, quiet_dbfs)
-        if dropped:
-            made_up = dropped * SPEECH_RATE // sample_rate
+        kept, compressed = self._compress(kept, sample_rate, limit - dropped)
+        made_up = (dropped + compressed) * SPEECH_RATE // sample_rate
+        if made_up:
             self._late.made_up(made_up)
             self.counters["late_samples_made_up"] += made_up
+            self.counters["late_samples_compressed"] += compressed * SPEECH_RATE // sample_rate
         return kept
 
     def _ingest(self, speech: np.ndarray, out: np.ndarray, arrival: float | None) -> None:
