@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from engine.scheduler import SPEECH_RATE
+
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 2.0, 5.0)
 
@@ -83,6 +85,17 @@ class _SessionCollector(Collector):
         buffered = GaugeMetricFamily(
             "mmgt_session_buffered_seconds", "Audio queued ahead of playback", labels=["session"]
         )
+        idle = CounterMetricFamily(
+            "mmgt_session_idle_seconds",
+            "Silence filled in while no audio arrived",
+            labels=["session"],
+        )
+        late = CounterMetricFamily(
+            "mmgt_session_late_audio_made_up_seconds",
+            "Filled-in silence that turned out to stand in for late audio, made up by leaving "
+            "out quiet audio (quiet) or by time compression (compressed)",
+            labels=["session", "method"],
+        )
         fps = GaugeMetricFamily(
             "mmgt_session_fps", "Frames per second since the last scrape", labels=["session"]
         )
@@ -97,9 +110,16 @@ class _SessionCollector(Collector):
             held.add_metric([name], s.scheduler.counters["held_frames"])
             level.add_metric([name], s.scheduler.level)
             buffered.add_metric([name], s.scheduler.buffered_s)
+            counts = s.scheduler.counters
+            idle.add_metric([name], counts["idle_samples"] / SPEECH_RATE)
+            compressed = counts["late_samples_compressed"]
+            late.add_metric(
+                [name, "quiet"], (counts["late_samples_made_up"] - compressed) / SPEECH_RATE
+            )
+            late.add_metric([name, "compressed"], compressed / SPEECH_RATE)
             last = self._fps_state.get(name)
             if last is not None and now > last[0]:
                 fps.add_metric([name], (n - last[1]) / (now - last[0]))
             seen[name] = (now, n)
         self._fps_state = seen
-        yield from (frames, drops, skipped, held, level, buffered, fps)
+        yield from (frames, drops, skipped, held, level, buffered, idle, late, fps)

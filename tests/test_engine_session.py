@@ -6,9 +6,11 @@ import asyncio
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.clock import VirtualClock
 from engine.frames import AudioFrame, Interrupted, SegmentEnd, VideoFrame
+from engine.metrics import EngineMetrics
 from engine.scheduler import BufferFull
 from engine.session import Session
 from mmgt.audio import load_audio
@@ -149,6 +151,14 @@ async def test_a_loud_room_catches_up_by_time_compression(speech):
     assert _delay_s(frames, 100) < 0.1
     counters = session.scheduler.counters
     assert counters["late_samples_compressed"] == counters["late_samples_made_up"] > 0
+    # Operators see it in /metrics.
+    text = EngineMetrics(lambda: [session]).render().decode()
+    families = text_string_to_metric_families(text)
+    samples = {(s.name, s.labels.get("method")): s.value for f in families for s in f.samples}
+    made_up = "mmgt_session_late_audio_made_up_seconds_total"
+    assert samples[made_up, "compressed"] == counters["late_samples_compressed"] / 16000
+    assert samples[made_up, "quiet"] == 0.0
+    assert samples["mmgt_session_idle_seconds_total", None] == counters["idle_samples"] / 16000
     await session.aclose()
 
 
