@@ -507,17 +507,28 @@ async def test_uploads_are_checked_and_usable(client):
     await idle_server(client)
 
 
-async def test_health_and_metrics(client):
+async def test_health_and_metrics(client, speech):
     health = await (await client.get("/health")).json()
     assert health["ok"] and health["max_sessions"] == 3 and health["driver"] == "procedural"
-    text = await (await client.get("/metrics")).text()
+    async with client.ws_connect("/ws") as ws:
+        ready = await start(ws)
+        await ws.send_bytes((speech[:16000] * 32767).astype("<i2").tobytes())
+        for _ in range(10):  # some of the frames it makes
+            assert (await ws.receive(timeout=30)).type is not None
+        text = await (await client.get("/metrics")).text()
+    session = f'session="{ready["session"]}"'
     for name in (
         "mmgt_sessions ",
         "mmgt_stage_seconds_bucket",
         "mmgt_latency_seconds_count",
         "mmgt_sessions_opened_total",
+        f"mmgt_session_frames_total{{{session}}}",
+        f"mmgt_session_buffered_seconds{{{session}}}",
+        f"mmgt_session_idle_seconds_total{{{session}}}",
+        f'mmgt_session_late_audio_made_up_seconds_total{{method="compressed",{session}}}',
     ):
         assert name in text
+    await idle_server(client)
 
 
 async def test_concurrent_sessions_are_isolated(client, speech):
