@@ -12,7 +12,9 @@ time minus the time the frame's audio was sent, fitted over the run: a growing b
 a slope), whether every video frame came with its own audio (video pts − audio pts = 0), and
 the server's latency figures; for the server, memory after warm-up and its growth per hour
 (least squares over the samples after warm-up), threads and open files at the start and end,
-and the sessions still open after the run (must be 0).
+and the sessions still open after the run (must be 0); over all sessions, the silence filled in
+while no audio arrived and the late audio made up (left out as quiet, or time-compressed),
+from ``/metrics``.
 
     python -m bench.bench_soak [--minutes 30] [--long 2] [--churn-every 15] [--hop 4]
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench._common import write_result
 from bench.bench_live import free_port, rss_mb, start_server
@@ -58,6 +61,22 @@ def proc_counts(pid: int) -> dict[str, float]:
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
+
+
+def session_counters(base: str) -> dict[str, dict[str, float]]:
+    """Per-session catch-up counters from the server's ``/metrics``: session → {idle,
+    made_up_quiet, made_up_compressed} in seconds."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            session = s.labels.get("session")
+            if s.name == "mmgt_session_idle_seconds_total":
+                out.setdefault(session, {})["idle"] = s.value
+            elif s.name == "mmgt_session_late_audio_made_up_seconds_total":
+                out.setdefault(session, {})[f"made_up_{s.labels['method']}"] = s.value
+    return out
 
 
 def pcm_chunks(samples: np.ndarray, rate: int) -> list[bytes]:
@@ -173,8 +192,11 @@ async def soak(url: str, pid: int, args: argparse.Namespace, chunks: list[bytes]
         churn(url, short, args.churn_every, start + len(chunks) * 0.02 - 10)
     )
     samples: list[dict] = []
+    counters: dict[str, dict[str, float]] = {}  # the last figures seen of every session
+    base = url.replace("ws://", "http://").removesuffix("/ws")
     while not all(t.done() for t in longs):
         samples.append({"t": round(time.monotonic() - start, 1), **proc_counts(pid)})
+        counters.update(await asyncio.to_thread(session_counters, base))
         await asyncio.sleep(start + len(samples) * SAMPLE_EVERY_S - time.monotonic())
     outcomes = await churner
     await asyncio.sleep(3)  # let the server close what the clients left
@@ -185,8 +207,16 @@ async def soak(url: str, pid: int, args: argparse.Namespace, chunks: list[bytes]
     slope = float(np.polyfit(t[after] / 3600, rss[after], 1)[0]) if after.sum() > 2 else None
     marks = range(0, int(t[-1]) + 1, 300)  # every 5 minutes
     trace = [samples[int(np.abs(t - m).argmin())] for m in marks]
+
+    def total(key: str) -> float:
+        return round(sum(c.get(key, 0.0) for c in counters.values()), 2)
+
     return {
         "long_sessions": [{"session": k + 1, **t.result()} for k, t in enumerate(longs)],
+        # Over all sessions (sampled every 10 s, so a short session's last seconds are missed).
+        "idle_fill_s": total("idle"),
+        "late_audio_made_up_quiet_s": total("made_up_quiet"),
+        "late_audio_made_up_compressed_s": total("made_up_compressed"),
         "churn_sessions": outcomes,
         "rss_mb_at_warmup": round(float(rss[after][0]), 1) if after.any() else None,
         "rss_mb_end_of_run": round(float(rss[-1]), 1),

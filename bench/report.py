@@ -69,7 +69,12 @@ NOTES = {
         "median; p95 1.0–1.3 s) while memory rose by about two full frame queues (+37 MB): each "
         "overload episode left its delay behind, and degradation, which reacts to a consumer "
         "waiting for frames, never saw it. With the fixed schedule, the same run on the same "
-        "host is flat (the table below; `soak_light` was run before that change)."
+        "host is flat (the table below). `idle_fill_s` and `late_audio_made_up_*_s` come from "
+        "the server's `/metrics` (silence filled in while no audio arrived, and how much of it "
+        "was made up after late audio, by leaving out quiet audio or by time compression); the "
+        "clients stream from the same machine over loopback, so their audio is seldom late "
+        "enough for either (the engine tests hold audio back on purpose for that). Runs "
+        "before 2026-12-07 did not record them."
     ),
     "smga": (
         "One window call of the SMGA driver, one thread, random weights (speed does not depend "
