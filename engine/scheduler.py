@@ -51,6 +51,7 @@ from engine.frames import (
 )
 from mmgt.audio import StreamingResampler
 from mmgt.audio.features import FEATURE_DIM, HOP, LOOKAHEAD_SAMPLES, LightFeatureStream
+from mmgt.audio.gate import SpeechGate
 from mmgt.drivers.controls import MotionControls, apply_motion_controls
 from mmgt.errors import AudioError
 from mmgt.keypoints import layout
@@ -175,6 +176,8 @@ class StreamScheduler:
         self._late = LateAudio(s.catch_up_s)
         self._noise = NoiseFloor()  # the microphone's background level (what counts as quiet)
         self._compress = TimeCompressor(s.catch_up_speedup)
+        # Noise without speech reaches the driver as silence (if the driver asks for it).
+        self._gate = SpeechGate() if getattr(driver, "speech_gate", False) else None
         self.clock_samples: int | None = None  # where the live clock puts the timeline's end
         self._reset_timeline(0, input_rate, channels)
         self._poses = np.zeros((0, layout.NUM_KEYPOINTS, 3), np.float32)
@@ -196,6 +199,8 @@ class StreamScheduler:
             self.input_rate, self.channels, self.settings.output_rate
         )
         self._stream = LightFeatureStream()
+        if self._gate is not None:
+            self._gate.restart()  # a new feature stream; the room's background is kept
         self._stream_offset = frame  # feature frame 0 of the stream = timeline frame `frame`
         self.samples = frame * HOP  # 16 kHz samples on the timeline
         self._padded_to = -1  # the timeline's length right after the last segment end
@@ -372,7 +377,8 @@ class StreamScheduler:
     # -- features and poses ----------------------------------------------------------------
     def _add_features(self, feats: AudioFeatures) -> None:
         if len(feats):
-            self._feat = np.concatenate([self._feat, feats.values])
+            values = feats.values if self._gate is None else self._gate.push(feats.values)
+            self._feat = np.concatenate([self._feat, values])
 
     def _window_features(self, start: int, stop: int) -> AudioFeatures:
         lo, hi = start - self._feat_start, stop - self._feat_start

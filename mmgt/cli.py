@@ -90,6 +90,11 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eta", type=float, help="DDIM eta (official 1)")
     g.add_argument("--context", type=int, help="frames each window continues from")
     g.add_argument("--smga-heads", type=int, default=8, help="heads of an official checkpoint")
+    g.add_argument(
+        "--no-speech-gate",
+        action="store_true",
+        help="feed the model noise as it is (the gate makes noise without speech silence)",
+    )
     add_diffusion_arguments(r.add_argument_group("diffusion renderer (--renderer diffusion)"),
                             live=False)  # fmt: skip
     pose = r.add_argument_group(
@@ -168,6 +173,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         "eta": args.eta,
         "context": args.context,
         "heads": args.smga_heads,
+        "speech_gate": False if args.no_speech_gate else None,
     }
     if args.driver != "smga" and any(v is not None for k, v in options.items() if k != "heads"):
         raise InputError("SMGA options (--smga-weights, --steps, …) need --driver smga")

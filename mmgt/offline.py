@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from mmgt.audio import KIND as LIGHT_KIND
 from mmgt.audio import extract_light_features, load_audio_native
+from mmgt.audio.gate import gate_features
 from mmgt.avatar import load_avatar
 from mmgt.drivers import make_driver
 from mmgt.drivers.controls import MotionControls, apply_motion_controls
@@ -117,6 +118,8 @@ def render_video(
     native, native_rate = load_audio_native(audio)
     speech = _resample(native, native_rate, 16000)
     features = _features(drv.feature_kind, speech, native, native_rate, wavlm)
+    if getattr(drv, "speech_gate", False):
+        features = gate_features(features)
     mux_audio = _resample(native, native_rate, AUDIO_RATE)
     timings["audio"] = time.perf_counter() - t0
 

@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--driver", default="auto", choices=("auto", "procedural", "smga"))
     p.add_argument("--smga-weights", help="SMGA weights (our safetensors or an official .pt)")
     p.add_argument("--steps", type=int, help="SMGA DDIM steps per window (live default 1)")
+    p.add_argument(
+        "--no-speech-gate",
+        action="store_true",
+        help="feed the SMGA model noise as it is (the gate makes noise without speech silence)",
+    )
     add_backend_arguments(p)
     p.add_argument("--renderer", default="warp", choices=("warp", "diffusion"))
     p.add_argument(
@@ -101,6 +106,8 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
         options["weights"] = args.smga_weights
     if args.steps is not None:
         options["steps"] = args.steps
+    if args.no_speech_gate:
+        options["speech_gate"] = False
     from mmgt.drivers import default_driver_name
 
     driver = default_driver_name() if args.driver == "auto" else args.driver

@@ -35,6 +35,7 @@ def make_driver(
     heads: int = 8,
     backend: Backend | None = None,
     ambient: bool | None = None,
+    speech_gate: bool | None = None,
 ) -> Driver:
     """Build a driver by name (see :data:`DRIVERS`; ``auto`` is :func:`default_driver_name`).
 
@@ -44,7 +45,9 @@ def make_driver(
     ``backend`` (default torch) runs its denoiser on ONNX Runtime or TensorRT from the exported
     files of the same weights, with torch's intra-op thread count. ``ambient`` lays seeded blinks,
     head sway and breathing over the model's output (default: on for models trained here, off
-    for official checkpoints; see :mod:`mmgt.drivers.ambient`).
+    for official checkpoints; see :mod:`mmgt.drivers.ambient`). ``speech_gate`` has the
+    features gated so that noise without speech reaches the model as silence (default: on for
+    models trained here on light features; see :mod:`mmgt.audio.gate`).
     """
     if name == "auto":
         name = default_driver_name()
@@ -72,6 +75,9 @@ def make_driver(
             seed=seed,
         )
         with_ambient = not official if ambient is None else ambient
+        feature_kind = meta.get("feature_kind", "light-v1")
+        if speech_gate is None:
+            speech_gate = not official and feature_kind == "light-v1"
         step = None
         if backend is not None and backend.name != "torch":
             import torch
@@ -81,13 +87,14 @@ def make_driver(
         return SMGADriver(
             pkg.model,
             step=step,
-            feature_kind=meta.get("feature_kind", "light-v1"),
+            feature_kind=feature_kind,
             settings=settings,
             audio_mean=pkg.audio_mean,
             audio_std=pkg.audio_std,
             pose_std=pkg.pose_std,
             ambient=AmbientMotion(seed=seed) if with_ambient else None,
             mask_reference_legs=official,
+            speech_gate=speech_gate,
         )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 

@@ -32,6 +32,7 @@ class HopDriver:
         self.inner, self.hop, self.lookahead = driver, hop, lookahead
         self.name = f"{driver.name}-hop{hop}-la{lookahead}"
         self.feature_kind = driver.feature_kind
+        self.speech_gate = getattr(driver, "speech_gate", False)
         self.context_frames = driver.context_frames
 
     def generate(

@@ -73,9 +73,15 @@ class SMGADriver:
         step: Runner | None = None,
         ambient: AmbientMotion | None = None,
         mask_reference_legs: bool = False,
+        speech_gate: bool = False,
     ) -> None:
         """``mask_reference_legs``: zero the knees and ankles of the normalised reference pose
-        the model is conditioned on, as the official audio2vid does (``mask_leg``)."""
+        the model is conditioned on, as the official audio2vid does (``mask_leg``).
+        ``speech_gate``: whoever computes this driver's features passes them through
+        :class:`mmgt.audio.gate.SpeechGate` first (light features only)."""
+        if speech_gate and feature_kind != "light-v1":
+            raise InputError(f"the speech gate works on light-v1 features, not {feature_kind}")
+        self.speech_gate = speech_gate
         self.model = model.eval()
         self.mask_reference_legs = mask_reference_legs
         self.ambient = ambient

@@ -71,6 +71,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--lookahead", type=int, default=0, help="with --live-hop: future frames")
     e.add_argument("--guidance", type=float, help="classifier-free guidance for SMGA")
     e.add_argument("--no-baseline", action="store_true", help="skip the procedural baseline")
+    e.add_argument(
+        "--no-speech-gate",
+        action="store_true",
+        help="SMGA on ungated features (render and the server gate them by default)",
+    )
     e.add_argument("--out", type=Path, help="write the results as JSON")
 
 
@@ -313,7 +318,8 @@ def run_eval(args: argparse.Namespace) -> int:
     drivers = [] if args.no_baseline else [DriverUnderTest("procedural", make_driver("procedural"))]
     try:
         # The model's own motion: without the ambient motion the shipped driver adds.
-        sampler = {"steps": args.steps, "guidance": args.guidance, "ambient": False}
+        sampler = {"steps": args.steps, "guidance": args.guidance, "ambient": False,
+                   "speech_gate": False if args.no_speech_gate else None}  # fmt: skip
         smga = make_driver("smga", weights=args.weights, **sampler)
         if args.live_hop:  # the live engine's windows
             from mmgt.drivers.hop import HopDriver, live_context

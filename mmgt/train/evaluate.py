@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmgt.audio import extract_light_features
+from mmgt.audio.gate import gate_features
 from mmgt.train import metrics
 from mmgt.types import AudioFeatures, Driver
 
@@ -55,6 +56,8 @@ def audio_onsets(audio16k: np.ndarray) -> np.ndarray:
 
 def _generate(dut: DriverUnderTest, audio: np.ndarray, reference: np.ndarray, frames: int):
     feats = dut.features(audio)
+    if getattr(dut.driver, "speech_gate", False):  # as the engine feeds it
+        feats = gate_features(feats)
     if len(feats) < frames:
         raise ValueError(f"features cover {len(feats)} frames, the clip has {frames}")
     return dut.driver.generate(feats.frames(0, frames), reference, frame_size=512).points
