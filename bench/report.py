@@ -6,6 +6,7 @@ records the machine, the exact command and the date of the measurement.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -176,7 +177,10 @@ def section(name: str, payload: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m bench.report", description=__doc__.splitlines()[0]
+    ).parse_args(argv)  # no options: --help explains, and a typo is refused, before writing
     parts = [INTRO]
     files = {p.stem: p for p in sorted(RESULTS_DIR.glob("*.json"))}
     for name in SECTIONS:

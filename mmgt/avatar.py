@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mmgt.errors import ImageError
+from mmgt.errors import ImageError, ImageTooLargeError
 from mmgt.keypoints import layout
 from mmgt.keypoints.extractor import ReferencePoseExtractor
 from mmgt.types import Avatar
@@ -55,15 +55,15 @@ def load_image(source: str | os.PathLike[str] | bytes) -> np.ndarray:
         if not path.is_file():
             raise ImageError(f"image file not found: {path}")
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise ImageError(f"{label} is larger than {MAX_FILE_BYTES // 2**20} MB")
+            raise ImageTooLargeError(f"{label} is larger than {MAX_FILE_BYTES // 2**20} MB")
         data = path.read_bytes()
     if len(data) > MAX_FILE_BYTES:
-        raise ImageError(f"{label} is larger than {MAX_FILE_BYTES // 2**20} MB")
+        raise ImageTooLargeError(f"{label} is larger than {MAX_FILE_BYTES // 2**20} MB")
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size  # read from the header, before any pixel is decoded
             if w * h > MAX_PIXELS or max(w, h) > MAX_SIDE:
-                raise ImageError(
+                raise ImageTooLargeError(
                     f"{label} is too large ({w}×{h}); the limit is {MAX_PIXELS // 10**6} "
                     f"megapixels and {MAX_SIDE} px per side"
                 )
@@ -80,7 +80,9 @@ def load_image(source: str | os.PathLike[str] | bytes) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{label} is not a readable image ({exc})") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{label} is too large to decode safely (decompression bomb)") from exc
+        raise ImageTooLargeError(
+            f"{label} is too large to decode safely (decompression bomb)"
+        ) from exc
     if min(rgb.shape[:2]) < MIN_SIDE:
         raise ImageError(
             f"{label} is too small ({rgb.shape[1]}×{rgb.shape[0]}); the short side must be at "

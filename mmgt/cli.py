@@ -110,7 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--debug",
         action="store_true",
-        help="also write <out>.pose.mp4, <out>.masks.mp4 and <out>.side.mp4",
+        help="also write <out>.pose.mp4, .face.mp4, .lips.mp4, .masks.mp4 and .side.mp4",
     )
     _add_common(r)
 

@@ -23,6 +23,10 @@ class ImageError(InputError):
     """An image that cannot be used (unreadable, too small, too large, not a photo)."""
 
 
+class ImageTooLargeError(ImageError):
+    """An image over the size limits (file bytes, pixels or side length), refused unread."""
+
+
 class NoPersonError(ImageError):
     """No person was found in the photo."""
 

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from engine.engine import Engine, EngineConfig
-from mmgt.errors import ImageError
+from mmgt.errors import ImageError, ImageTooLargeError
 from mmgt.keypoints import layout
 from mmgt.video import encode_jpeg
 from server.avatars import AvatarStore, UploadBusy, UploadError
@@ -162,13 +162,18 @@ async def upload_avatar(request: web.Request) -> web.Response:
     except UploadBusy as exc:
         ctx.engine.metrics.errors_total.labels("upload_busy").inc()
         return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
-    except (UploadError, ImageError) as exc:
+    except ImageError as exc:
         ctx.engine.metrics.errors_total.labels("upload").inc()
-        status = (
-            413 if "larger than" in str(exc) else 422 if not isinstance(exc, UploadError) else 415
-        )
-        return web.json_response({"error": str(exc)}, status=status)
+        return web.json_response({"error": str(exc)}, status=_upload_status(exc))
     return web.json_response({"id": avatar_id})
+
+
+def _upload_status(exc: ImageError) -> int:
+    """413 over a size limit, 415 not a photo, 400 a malformed form, 422 a photo we cannot use
+    (too small, no person, no face)."""
+    if isinstance(exc, ImageTooLargeError):
+        return 413
+    return exc.status if isinstance(exc, UploadError) else 422
 
 
 async def _read_upload(request: web.Request, limit: int) -> bytes:
@@ -178,7 +183,7 @@ async def _read_upload(request: web.Request, limit: int) -> bytes:
         async for part in reader:
             if getattr(part, "name", None) == "image":
                 return await _read_limited(part.read_chunk, limit)
-        raise UploadError("multipart upload without an 'image' field")
+        raise UploadError("multipart upload without an 'image' field", status=400)
     return await _read_limited(request.content.read, limit)
 
 
@@ -187,7 +192,7 @@ async def _read_limited(read, limit: int) -> bytes:  # noqa: ANN001
     while chunk := await read(65536):
         buf += chunk
         if len(buf) > limit:
-            raise UploadError(f"the photo is larger than {limit // 2**20} MB")
+            raise ImageTooLargeError(f"the photo is larger than {limit // 2**20} MB")
     return bytes(buf)
 
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mmgt.avatar import BUNDLED_AVATAR, load_image, prepare_avatar
-from mmgt.errors import ImageError, MMGTError
+from mmgt.errors import ImageError, ImageTooLargeError, MMGTError
 from mmgt.keypoints.dwpose import DWPose
 from mmgt.keypoints.extractor import ReferencePoseExtractor
 from mmgt.types import Avatar
@@ -32,7 +32,11 @@ IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF", b"GIF8", b"BM")
 
 
 class UploadError(ImageError):
-    """An upload was refused before decoding (size or type)."""
+    """An upload refused before decoding: not a photo (HTTP 415) or a malformed form (400)."""
+
+    def __init__(self, message: str, status: int = 415) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class UploadBusy(MMGTError):
@@ -126,9 +130,9 @@ class AvatarStore:
     async def add_upload(self, data: bytes) -> tuple[str, Avatar]:
         """Check, decode and prepare an uploaded photo; returns (id, avatar)."""
         if len(data) == 0:
-            raise UploadError("the upload is empty")
+            raise UploadError("the upload is empty", status=400)
         if len(data) > self.max_bytes:
-            raise UploadError(f"the photo is larger than {self.max_bytes // 2**20} MB")
+            raise ImageTooLargeError(f"the photo is larger than {self.max_bytes // 2**20} MB")
         if not data.startswith(IMAGE_MAGIC):
             raise UploadError("the upload is not a JPEG, PNG, WebP, GIF or BMP image")
         avatar_id = "u" + hashlib.sha256(data).hexdigest()[:16]

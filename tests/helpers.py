@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from mmgt.keypoints import layout
+from mmgt.models.smga import SMGA, preset
 
 
 def synthetic_reference_pose() -> np.ndarray:
@@ -109,3 +111,12 @@ def write_tiny_official_folder(root, seed: int = 5):  # noqa: ANN001, ANN201 - P
     (root / "stage_2").mkdir()
     torch.save(models.net.state_dict(), root / "stage_2" / "net-7.pth")
     return models
+
+
+TRT_NETWORKS = ("smga_step", "pose_guider", "audio_proj", "vae_decoder")  # trt_onnx's
+
+
+def tiny_smga(seed: int) -> SMGA:
+    """A seeded tiny SMGA without dropout (the export tests' background exports are of these)."""
+    torch.manual_seed(seed)
+    return SMGA(preset("tiny", dropout=0.0)).eval()

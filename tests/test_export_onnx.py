@@ -26,18 +26,15 @@ from mmgt.errors import InputError
 from mmgt.models.smga import SMGA, preset
 from mmgt.ort_cache import CACHE_DIR, cache_key
 from mmgt.runtime import MANIFEST, OnnxFolder, OrtRunner, TorchRunner, state_hash
-from tests.helpers import synthetic_reference_pose
+from tests.helpers import synthetic_reference_pose, tiny_smga
 
 SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory) -> tuple[SMGA, Path]:
-    torch.manual_seed(3)
-    model = SMGA(preset("tiny", dropout=0.0)).eval()
-    folder = tmp_path_factory.mktemp("onnx")
-    write_folder([smga_step(model)], folder, log=lambda _: None)
-    return model, folder
+def tiny_export(tiny_smga_onnx) -> tuple[SMGA, Path]:
+    """The tiny SMGA and its export (tests/conftest.py: built in the background)."""
+    return tiny_smga(3), tiny_smga_onnx
 
 
 def test_manifest_records_names_axes_hash_and_two_checked_sizes(tiny_export):

@@ -21,34 +21,26 @@ import pytest
 import torch
 
 import export.trt as trt_builder
-from export.onnx import write_folder
 from export.specs import smga_step
 from export.specs_stage2 import stage2_specs
 from export.trt import BuildError, GpuInfo, build_engines, cache_key, profile_shapes
 from mmgt.errors import InputError
-from mmgt.models.smga import SMGA, preset
 from mmgt.runtime import MANIFEST
 from mmgt.runtime_trt import ENGINES, TrtFolder
 from mmgt.weights.stage2_models import Stage2Models
 from tests.fake_tensorrt import BuilderFlag, make_fake_tensorrt
+from tests.helpers import TRT_NETWORKS, tiny_smga
 
 GPU = GpuInfo("NVIDIA Test GPU", (8, 9))
-NETWORKS = ("smga_step", "pose_guider", "audio_proj", "vae_decoder")
+NETWORKS = TRT_NETWORKS
 
 
 @pytest.fixture(scope="module")
 def specs():
-    torch.manual_seed(0)
+    """The specs of the networks in ``trt_onnx`` (tests/conftest.py: exported in the
+    background by ``python -m export.onnx --target tensorrt``)."""
     stage2 = [s for s in stage2_specs(Stage2Models.random("tiny")) if s.name in NETWORKS]
-    return [smga_step(SMGA(preset("tiny", dropout=0.0)).eval()), *stage2]
-
-
-@pytest.fixture(scope="module")
-def trt_onnx(specs, tmp_path_factory) -> Path:
-    """A ``--target tensorrt`` export (plain ONNX ops only)."""
-    folder = tmp_path_factory.mktemp("trt") / "onnx"
-    write_folder(specs, folder, target="tensorrt", log=lambda _: None)
-    return folder
+    return [smga_step(tiny_smga(0)), *stage2]
 
 
 @pytest.fixture

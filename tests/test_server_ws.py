@@ -495,6 +495,20 @@ async def test_uploads_are_checked_and_usable(client):
     assert nobody.status == 422 and "person" in (await nobody.json())["error"].lower()
     huge = await client.post("/avatars", data=b"\x89PNG\r\n\x1a\n" + b"\x00" * (11 << 20))
     assert huge.status == 413 and "larger than 10 MB" in (await huge.json())["error"]
+    # Over the pixel limit (56 megapixels in a small file): refused unread, also a 413.
+    buf = io.BytesIO()
+    Image.new("1", (8000, 7000)).save(buf, "PNG")
+    wide = await client.post("/avatars", data=buf.getvalue())
+    assert wide.status == 413 and "megapixels" in (await wide.json())["error"]
+    buf = io.BytesIO()
+    Image.fromarray(noise[:100]).save(buf, "PNG")
+    small = await client.post("/avatars", data=buf.getvalue())
+    assert small.status == 422 and "too small" in (await small.json())["error"]
+    assert (await client.post("/avatars", data=b"")).status == 400
+    form = aiohttp.FormData()
+    form.add_field("photo", b"\xff\xd8\xff", filename="me.jpg")
+    unnamed = await client.post("/avatars", data=form)
+    assert unnamed.status == 400 and "'image' field" in (await unnamed.json())["error"]
     photo = BUNDLED_AVATAR.read_bytes()
     ok = await client.post("/avatars", data=photo)
     assert ok.status == 200

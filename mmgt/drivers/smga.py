@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """DDIM settings. Official: 50 steps, η = 1, guidance 2; live use wants 2–8 steps."""
+    """DDIM settings. Official: 50 steps, η = 1, guidance 2; the shipped model runs 4 steps
+    offline and 1 per live window."""
 
     steps: int = 50
     eta: float = 1.0
