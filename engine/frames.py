@@ -111,7 +111,9 @@ class Interrupted:
 
 @dataclass(frozen=True, slots=True)
 class StateEvent:
-    """Session state changes: ``running``, ``degraded`` (with a level), ``recovered``, ``closed``.
+    """Session state changes: ``running``, ``degraded`` (with a level), ``recovered``, ``closed``,
+    and ``error`` for input refused inside the engine (``code``: ``bad_audio`` or
+    ``buffer_full``; the session goes on).
 
     ``detail`` says why (e.g. "stage-1 steps 4 → 1").
     """
@@ -120,6 +122,7 @@ class StateEvent:
     state: str
     detail: str = ""
     level: int = 0
+    code: str = ""
 
 
 OutputFrame = VideoFrame | AudioFrame | VadEvent | SegmentEnd | Mark | Interrupted | StateEvent

@@ -348,8 +348,9 @@ class Session:
                 _, arr, rate, ch, arrival = cmd
                 try:
                     sched.push_audio(arr, rate, ch, arrival)
-                except (AudioError, BufferFull) as exc:
-                    out.append(StateEvent(sched.emitted, "error", str(exc)))
+                except AudioError as exc:  # BufferFull included
+                    code = "buffer_full" if isinstance(exc, BufferFull) else "bad_audio"
+                    out.append(StateEvent(sched.emitted, "error", str(exc), code=code))
             elif cmd[0] == "end":
                 sched.end_segment()
             elif cmd[0] == "mark":

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from mmgt.errors import ImageError, ImageTooLargeError
 from mmgt.keypoints import layout
 from mmgt.keypoints.extractor import ReferencePoseExtractor
-from mmgt.types import Avatar
+from mmgt.types import Avatar, check_frame_size
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 50_000_000
@@ -52,6 +52,8 @@ def load_image(source: str | os.PathLike[str] | bytes) -> np.ndarray:
     else:
         path = Path(source)
         label = str(path)
+        if path.is_dir():
+            raise ImageError(f"{path} is a folder, not an image file")
         if not path.is_file():
             raise ImageError(f"image file not found: {path}")
         if path.stat().st_size > MAX_FILE_BYTES:
@@ -153,8 +155,7 @@ def prepare_avatar(
     extractor: ReferencePoseExtractor | None = None,
 ) -> Avatar:
     """Frame, resize and analyse a photo; raises :class:`ImageError` subclasses on bad photos."""
-    if frame_size < 64 or frame_size % 64:
-        raise ValueError(f"frame_size must be a positive multiple of 64, got {frame_size}")
+    check_frame_size(frame_size)
     own = extractor is None
     ex = extractor or ReferencePoseExtractor()
     try:

@@ -358,8 +358,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_flush_denormal(True)  # denormal floats make CPU inference much slower
             if hasattr(args, "threads"):
                 _set_threads(args.threads)
-            if hasattr(args, "size") and (args.size < 64 or args.size % 64):
-                raise InputError(f"--size must be a positive multiple of 64, got {args.size}")
+            if hasattr(args, "size"):
+                from mmgt.types import check_frame_size
+
+                check_frame_size(args.size, flag="--size")
             return commands[args.command](args)
     except (InputError, MissingDependencyError) as exc:
         print(f"mmgt {args.command}: error: {exc}", file=sys.stderr)

@@ -7,6 +7,16 @@ message names the problem and, where possible, what to do about it.
 from __future__ import annotations
 
 
+def short_repr(value: object, limit: int = 40) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters (a client's
+    4000-digit number or megabyte string is not a message)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer over Python's digit limit for str()
+        return "a number too large to show"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class MMGTError(Exception):
     """Base class of all engine errors."""
 

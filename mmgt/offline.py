@@ -64,6 +64,26 @@ DEBUG_VIDEOS = ("pose", "face", "lips", "masks", "side")
 PER_CLIP_TIMINGS = ("audio", "driver", "render_encode")  # the rest is set-up
 
 
+def check_output(out: str | os.PathLike[str]) -> Path:
+    """``out`` as a Path, once it is known that an .mp4 can be written there (its folder is
+    made if missing): checked before any work, so a bad path costs no render."""
+    out = Path(out)
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"the output must be an .mp4 file, got {out.name!r}")
+    if out.is_dir():
+        raise InputError(f"the output {out} is a folder; give a file name ending in .mp4")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.with_name(f".{out.stem}.{os.getpid()}.probe")
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        file = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{file} is a file, not a folder" if file else exc.strerror or type(exc).__name__
+        raise InputError(f"cannot write the output {out}: {reason}") from None
+    return out
+
+
 def _debug_paths(out: Path) -> dict[str, Path]:
     return {k: out.with_name(f"{out.stem}.{k}.mp4") for k in DEBUG_VIDEOS}
 
@@ -97,11 +117,7 @@ def render_video(
     :class:`~mmgt.errors.InputError` subclasses for bad photos, audio or weights; no output file
     (nor debug file) is left behind when anything fails.
     """
-    out = Path(out)
-    if out.suffix.lower() != ".mp4":
-        raise InputError(f"the output must be an .mp4 file, got {out.name!r}")
-    if out.is_dir():
-        raise InputError(f"the output {out} is a folder; give a file name ending in .mp4")
+    out = check_output(out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if avatar is None:
@@ -239,9 +255,7 @@ def render_pose_video(
     with ``audio`` (a 25 fps pose video) the speech conditions MM-HAA too and is muxed in.
     The clip is as long as the shortest input. Nothing partial is left behind on failure.
     """
-    out = Path(out)
-    if out.suffix.lower() != ".mp4":
-        raise InputError(f"the output must be an .mp4 file, got {out.name!r}")
+    out = check_output(out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     avatar = load_avatar(image, frame_size=size)

@@ -23,7 +23,19 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from mmgt.errors import InputError
 from mmgt.keypoints import layout
+
+MAX_FRAME_SIZE = 2048  # 16× the pixels of 512²; far larger sides exhaust memory or the encoder
+
+
+def check_frame_size(size: int, flag: str = "the frame size") -> int:
+    """``size`` if it is a video side the engine makes (a multiple of 64 up to 2048), else an
+    :class:`~mmgt.errors.InputError` naming ``flag``."""
+    if not 64 <= size <= MAX_FRAME_SIZE or size % 64:
+        raise InputError(f"{flag} must be a multiple of 64 in 64…{MAX_FRAME_SIZE}, got {size}")
+    return size
+
 
 FPS = 25
 

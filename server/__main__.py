@@ -25,6 +25,7 @@ from mmgt.errors import InputError
 from mmgt.keypoints.dwpose import POSE_MODELS, choose_dwpose
 from mmgt.renderers import add_diffusion_arguments, diffusion_options
 from mmgt.runtime import add_backend_arguments, backend_from_args
+from mmgt.types import check_frame_size
 from server.avatars import check_public_name
 from server.settings import ServerSettings
 
@@ -93,6 +94,13 @@ def settings_from(args: argparse.Namespace) -> ServerSettings:
     """The settings the command line asks for (:class:`InputError` naming a bad one)."""
     if bool(args.cert) != bool(args.key):
         raise InputError("--cert and --key go together")
+    check_frame_size(args.size, flag="--size")
+    workers = 1 if args.workers is None else args.workers
+    minimum = {"--max-sessions": (args.max_sessions, 1), "--hop": (args.hop, 1),
+               "--lookahead": (args.lookahead, 0), "--workers": (workers, 1)}  # fmt: skip
+    for flag, (value, least) in minimum.items():
+        if value < least:
+            raise InputError(f"{flag} must be at least {least}, got {value}")
     ice = tuple(
         {
             "urls": url,

@@ -28,7 +28,12 @@ from mmgt.types import Avatar
 DEFAULT_ID = "default"
 PUBLIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 UPLOAD_ID = re.compile(r"u[0-9a-f]{16}")  # "u" + a content hash prefix
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF", b"GIF8", b"BM")
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8", b"BM")  # and RIFF…WEBP
+
+
+def looks_like_image(data: bytes) -> bool:
+    """Whether ``data`` starts like a JPEG, PNG, WebP, GIF or BMP file (a WAV is RIFF too)."""
+    return data.startswith(IMAGE_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 class UploadError(ImageError):
@@ -133,7 +138,7 @@ class AvatarStore:
             raise UploadError("the upload is empty", status=400)
         if len(data) > self.max_bytes:
             raise ImageTooLargeError(f"the photo is larger than {self.max_bytes // 2**20} MB")
-        if not data.startswith(IMAGE_MAGIC):
+        if not looks_like_image(data):
             raise UploadError("the upload is not a JPEG, PNG, WebP, GIF or BMP image")
         avatar_id = "u" + hashlib.sha256(data).hexdigest()[:16]
         known = self.get(avatar_id)

@@ -43,7 +43,7 @@ from mmgt.drivers.controls import MotionControls
 from mmgt.errors import AudioError
 from server.app import CTX, ServerContext, origin_allowed
 from server.avatars import DEFAULT_ID
-from server.protocol import event_json
+from server.protocol import event_json, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class PeerSession:
         @channel.on("message")
         def _message(message: object) -> None:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
-                msg = json.loads(message)
+                msg = parse_json(message)
                 if msg.get("type") == "bye":
                     self.close_soon()
                 elif msg.get("type") == "motion":
@@ -467,11 +467,10 @@ async def offer(request: web.Request) -> web.Response:
         errors.labels("origin").inc()
         return _error(403, "origin not allowed")
     try:
-        description, avatar_id, motion = _parse_offer(await request.json())
-    except (ValueError, UnicodeDecodeError) as exc:  # OfferError and JSONDecodeError
+        description, avatar_id, motion = _parse_offer(parse_json(await request.text()))
+    except (ValueError, UnicodeDecodeError) as exc:  # OfferError and parse_json's refusals
         errors.labels("offer").inc()
-        message = str(exc) if isinstance(exc, OfferError) else f"request body is not JSON: {exc}"
-        return _error(400, message)
+        return _error(400, str(exc) if isinstance(exc, ValueError) else "body is not UTF-8")
     avatar = ctx.avatars.get(avatar_id)
     if avatar is None:
         errors.labels("offer").inc()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import replace
@@ -27,7 +26,7 @@ from engine.scheduler import BufferFull
 from engine.session import MarkLimit
 from mmgt.audio.decode import MAX_CHANNELS, MAX_RATE, MIN_RATE
 from mmgt.drivers.controls import MotionControls
-from mmgt.errors import AudioError
+from mmgt.errors import AudioError, short_repr
 from mmgt.video import FragmentedMp4, encode_jpeg
 from server.app import CTX, ServerContext, json_dumps, origin_allowed
 from server.protocol import (
@@ -37,6 +36,7 @@ from server.protocol import (
     KIND_VIDEO_JPEG,
     PROTOCOL,
     event_json,
+    parse_json,
 )
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("jpeg", "fmp4")
 FRAGMENT_MS = (40, 2000)  # fmp4 fragment duration range (default: one frame)
 PACES = ("realtime", "asap")
+MAX_AUDIO_OUT_RATE = 96000  # returned audio (the default follows sample_rate up to this)
 MAX_MESSAGES_PER_S = 400  # token bucket: sustained rate …
 MAX_MESSAGE_BURST = 2000  # … and burst; beyond that the client is flooding
 STATS_EVERY_S = 2.0
@@ -66,38 +67,43 @@ def _is_int(value: object) -> bool:
 def parse_start(msg: dict, ctx: ServerContext) -> dict:
     """Validate a ``start`` message; returns normalised options or raises ProtocolError."""
     version = msg.get("protocol", PROTOCOL)
-    if version != PROTOCOL:
-        raise ProtocolError("bad_start", f"protocol {version!r} is not supported (use {PROTOCOL})")
+    if not _is_int(version) or version != PROTOCOL:
+        raise ProtocolError(
+            "bad_start", f"protocol {short_repr(version)} is not supported (use {PROTOCOL})"
+        )
     rate, channels = msg.get("sample_rate"), msg.get("channels", 1)
     if not _is_int(rate) or not MIN_RATE <= rate <= MAX_RATE:
         raise ProtocolError(
-            "bad_start", f"sample_rate must be an integer in {MIN_RATE}…{MAX_RATE}, got {rate!r}"
+            "bad_start",
+            f"sample_rate must be an integer in {MIN_RATE}…{MAX_RATE}, got {short_repr(rate)}",
         )
     if not _is_int(channels):
-        raise ProtocolError("bad_start", f"channels must be an integer, got {channels!r}")
+        raise ProtocolError("bad_start", f"channels must be an integer, got {short_repr(channels)}")
     if not 1 <= channels <= MAX_CHANNELS:
         raise ProtocolError("bad_start", f"channels must be 1…{MAX_CHANNELS}, got {channels}")
     fps = ctx.settings.stream.fps
-    audio_rate = msg.get("audio_rate", rate if rate % fps == 0 else 48000)
-    if not _is_int(audio_rate) or audio_rate % fps or not 8000 <= audio_rate <= 96000:
-        raise ProtocolError(
-            "bad_start", f"audio_rate must be a multiple of {fps} in 8000…96000, got {audio_rate!r}"
-        )
+    default_rate = rate if rate % fps == 0 and rate <= MAX_AUDIO_OUT_RATE else 48000
+    audio_rate = msg.get("audio_rate", default_rate)
+    if not _is_int(audio_rate) or audio_rate % fps or not 8000 <= audio_rate <= MAX_AUDIO_OUT_RATE:
+        raise ProtocolError("bad_start", f"audio_rate must be a multiple of {fps} in "
+                            f"8000…{MAX_AUDIO_OUT_RATE}, got {short_repr(audio_rate)}")  # fmt: skip
     fmt, pace = msg.get("format", "jpeg"), msg.get("pace", "realtime")
     if fmt not in FORMATS:
-        raise ProtocolError("bad_start", f"format must be one of {FORMATS}, got {fmt!r}")
+        raise ProtocolError("bad_start", f"format must be one of {FORMATS}, got {short_repr(fmt)}")
     if pace not in PACES:
-        raise ProtocolError("bad_start", f"pace must be one of {PACES}, got {pace!r}")
+        raise ProtocolError("bad_start", f"pace must be one of {PACES}, got {short_repr(pace)}")
     quality = msg.get("jpeg_quality", 80)
     if not _is_int(quality) or not 1 <= quality <= 100:
-        raise ProtocolError("bad_start", f"jpeg_quality must be 1…100, got {quality!r}")
+        raise ProtocolError("bad_start", f"jpeg_quality must be 1…100, got {short_repr(quality)}")
     fragment_ms = msg.get("fragment_ms", FRAGMENT_MS[0])
     if not _is_int(fragment_ms) or not FRAGMENT_MS[0] <= fragment_ms <= FRAGMENT_MS[1]:
         raise ProtocolError("bad_start", f"fragment_ms must be {FRAGMENT_MS[0]}…{FRAGMENT_MS[1]}, "
-                            f"got {fragment_ms!r}")  # fmt: skip
+                            f"got {short_repr(fragment_ms)}")  # fmt: skip
     audio_out = msg.get("audio_out", True)
     if not isinstance(audio_out, bool):
-        raise ProtocolError("bad_start", f"audio_out must be true or false, got {audio_out!r}")
+        raise ProtocolError(
+            "bad_start", f"audio_out must be true or false, got {short_repr(audio_out)}"
+        )
     try:
         motion = MotionControls().updated(msg.get("motion", {}))
     except ValueError as exc:
@@ -105,7 +111,9 @@ def parse_start(msg: dict, ctx: ServerContext) -> dict:
     avatar_id = msg.get("avatar", "default")
     avatar = ctx.avatars.get(avatar_id) if isinstance(avatar_id, str) else None
     if avatar is None:
-        raise ProtocolError("unknown_avatar", f"unknown avatar {avatar_id!r} (upload to /avatars)")
+        raise ProtocolError(
+            "unknown_avatar", f"unknown avatar {short_repr(avatar_id)} (upload to /avatars)"
+        )
     return {
         "rate": rate,
         "channels": channels,
@@ -183,16 +191,16 @@ class WsConnection:
 
     async def on_text(self, text: str) -> None:
         try:
-            msg = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError("bad_json", f"message is not JSON: {exc.msg}") from None
+            msg = parse_json(text)
+        except ValueError as exc:
+            raise ProtocolError("bad_json", str(exc)) from None
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             raise ProtocolError("bad_message", 'messages are JSON objects with a "type"')
         kind = msg["type"]
         if kind == "start":
             await self.start(msg)
         elif self.session is None:
-            raise ProtocolError("not_started", f"send a start message before {kind!r}")
+            raise ProtocolError("not_started", f"send a start message before {short_repr(kind)}")
         else:
             await self.control(kind, msg)
 
@@ -214,7 +222,7 @@ class WsConnection:
                 self.session.set_motion(motion)
                 await self.send_json({"type": "motion", **motion.as_dict()})
             else:
-                raise ProtocolError("bad_message", f"unknown message type {kind!r}")
+                raise ProtocolError("bad_message", f"unknown message type {short_repr(kind)}")
         except MarkLimit as exc:
             raise ProtocolError("mark_limit", f"mark not added: {exc}") from None
         except (ValueError, RuntimeError) as exc:

@@ -240,9 +240,15 @@ def test_sigterm_stops_a_render_and_leaves_nothing(tmp_path):
 def test_argument_errors(tmp_path, capsys):
     assert main(["render", "--size", "100", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "multiple of 64" in capsys.readouterr().err
-    assert main(["render", "--out", str(tmp_path / "x.avi"), "-q", "--size", "128"]) != 0
-    assert list(tmp_path.iterdir()) == []
+    assert main(["render", "--size", "16384", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "in 64…2048, got 16384" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
+    for out, said in ((tmp_path / "file" / "x.mp4", "file is a file, not a folder"),
+                      (Path("/proc/mmgt-test/x.mp4"), "cannot write the output")):  # fmt: skip
+        assert main(["render", "--out", str(out), "-q"]) == 2
+        assert said in capsys.readouterr().err
+    assert main(["render", "--out", str(tmp_path / "x.avi"), "-q", "--size", "128"]) != 0
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
     assert main(["prepare-avatar", "--out", str(tmp_path / "file")]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
     train = ["train", "--out", str(tmp_path / "run"), "--corpus", str(tmp_path)]

@@ -9,13 +9,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.clock import VirtualClock
-from engine.frames import AudioFrame, Interrupted, SegmentEnd, VideoFrame
+from engine.frames import AudioFrame, Interrupted, SegmentEnd, StateEvent, VideoFrame
 from engine.metrics import EngineMetrics
 from engine.scheduler import BufferFull
 from engine.session import Session
 from mmgt.audio import load_audio
 from mmgt.avatar import BUNDLED_AVATAR
 from mmgt.errors import AudioError
+from server.protocol import event_json
 from tests.engine_fakes import make_scheduler
 
 
@@ -295,6 +296,21 @@ async def test_bad_chunks_are_refused_and_the_session_goes_on():
     session.finish()
     video = [f async for f in session if isinstance(f, VideoFrame)]
     assert len(video) == 5
+    await session.aclose()
+
+
+async def test_a_chunk_the_scheduler_refuses_is_reported_with_its_code():
+    """Chunks handed in together may pass the session's buffer check and overflow the
+    scheduler's: the refusal comes out as an event that keeps the reason (the websocket's
+    ``buffer_full``, not ``bad_audio``). One worker step, run here while the pump waits."""
+    session = new_session(max_buffered_s=1.0)
+    chunk = np.zeros(12000, np.float32)  # 0.75 s: the second one overflows
+    commands = [("audio", chunk, 16000, 1, 0.0), ("audio", chunk, 16000, 1, 0.0)]
+    out, _, _ = session._work(commands, now=0.0, starving=False)
+    refused = [e for e in out if isinstance(e, StateEvent) and e.state == "error"]
+    assert [e.code for e in refused] == ["buffer_full"]
+    assert event_json(refused[0], 25)["code"] == "buffer_full"
+    assert event_json(StateEvent(0, "error", "odd chunk"), 25)["code"] == "bad_audio"
     await session.aclose()
 
 

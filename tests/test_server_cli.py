@@ -108,6 +108,12 @@ def test_unusable_tls_files_and_settings_are_one_line_errors(tmp_path, capsys):
     assert server_main(["--driver", "smga", "--steps", "0", "--port", "0"]) == 2
     assert "SMGA steps must be an integer in 1..1000" in capsys.readouterr().err
     for bad, message in (
+        (["--size", "32768"], "--size must be a multiple of 64 in 64…2048, got 32768"),
+        (["--size", "100"], "--size must be a multiple of 64"),
+        (["--hop", "0"], "--hop must be at least 1, got 0"),
+        (["--lookahead", "-1"], "--lookahead must be at least 0"),
+        (["--max-sessions", "0"], "--max-sessions must be at least 1"),
+        (["--workers", "0"], "--workers must be at least 1"),
         (["--avatar", "hopper"], "--avatar takes NAME=PHOTO, got 'hopper'"),
         (["--avatar", "my photo=a.jpg"], "avatar name 'my photo': use 1–40 letters"),
         (["--avatar", "default=a.jpg"], "other than 'default'"),

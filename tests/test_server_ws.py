@@ -135,6 +135,14 @@ async def test_bad_messages_get_error_events_and_the_session_goes_on(client):
         assert (await ws.receive_json())["code"] == "bad_json"
         await ws.send_str(json.dumps([1, 2]))
         assert (await ws.receive_json())["code"] == "bad_message"
+        # JSON that json.loads refuses with other errors: too deep, a 5000-digit integer.
+        for crafted in (
+            "[" * 100_000 + "]" * 100_000,
+            '{"type": "start", "x": 1' + "0" * 5000 + "}",
+        ):
+            await ws.send_str(crafted)
+            reply = await ws.receive_json()
+            assert reply["code"] == "bad_json" and len(reply["message"]) < 200, reply
         for bad in (
             {"sample_rate": 7},
             {"sample_rate": "16k"},
@@ -151,13 +159,20 @@ async def test_bad_messages_get_error_events_and_the_session_goes_on(client):
             {"motion": {"head": 3}},
             {"motion": {"smile": 1}},
             {"motion": "calm"},
+            {"motion": {"head": 10**400}},  # overflows a float
+            {"protocol": True},
+            {"protocol": 1.0},
+            {"pace": "x" * 10_000},
         ):
             reply = await start(ws, **bad)
             assert reply["type"] == "error" and reply["code"] == "bad_start", bad
+            assert len(reply["message"]) < 200, reply  # the client's value is cut short
         reply = await start(ws, avatar="nobody")
         assert reply["code"] == "unknown_avatar"
         reply = await start(ws)
         assert reply["type"] == "ready"
+        await ws.send_str('{"type": "motion", "head": 1' + "0" * 400 + "}")
+        assert (await next_of(ws, "error"))["code"] == "bad_message"
         await ws.send_bytes(b"\x00\x01\x02")  # odd byte count
         assert (await next_of(ws, "error"))["code"] == "bad_audio"
         await ws.send_str(json.dumps({"type": "dance"}))
@@ -165,6 +180,8 @@ async def test_bad_messages_get_error_events_and_the_session_goes_on(client):
         await ws.send_bytes(np.zeros(3200, "<i2").tobytes())
         await ws.send_str(json.dumps({"type": "finish"}))
         assert (await next_of(ws, "done"))["frames"] >= 5
+    async with client.ws_connect("/ws") as ws:  # above 96 kHz the audio comes back at 48 kHz
+        assert (await start(ws, sample_rate=192_000))["audio_rate"] == 48_000
     await idle_server(client)
 
 
@@ -488,6 +505,8 @@ async def test_uploads_are_checked_and_usable(client):
     assert "error" in await bad.json()
     text = await client.post("/avatars", data=b"hello, I am not a photo")
     assert text.status == 415
+    wav = await client.post("/avatars", data=b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(64))
+    assert wav.status == 415
     noise = np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)
     buf = io.BytesIO()
     Image.fromarray(noise).save(buf, "PNG")

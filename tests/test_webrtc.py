@@ -219,6 +219,11 @@ def test_offer_errors() -> None:
                 sdp = await browserlike_offer()
                 status, msg = await post({"sdp": sdp, "type": "offer", "motion": {"head": -1}})
                 assert status == 400 and "motion 'head'" in msg, msg
+                huge = '{"type": "offer", "sdp": "v=0", "motion": {"head": 1' + "0" * 400 + "}}"
+                status, msg = await post(huge)
+                assert status == 400 and "motion 'head'" in msg, msg
+                status, msg = await post("[" * 100_000 + "]" * 100_000)
+                assert status == 400 and "nested too deeply" in msg, msg
                 status, msg = await post({"sdp": "v=0\r\n", "type": "offer", "avatar": "nope"})
                 assert status == 404 and "nope" in msg
                 headers = {"Origin": "http://evil.example"}

@@ -185,3 +185,14 @@ async def test_upload_waits_out_a_busy_server_and_reports_plain_refusals(tmp_pat
         with pytest.raises(ServerError, match=r"upload refused \(413\): Request Entity Too Large"):
             await upload_avatar(http, base, photo)
     assert not answers
+
+
+def test_an_unusable_local_file_is_one_line_and_exit_2(tmp_path, capsys):
+    """A bad --wav is refused before any connection, as ``mmgt render`` refuses it."""
+    from clients.ws.__main__ import main
+
+    bad = tmp_path / "speech.wav"
+    bad.write_bytes(b"RIFF garbage")
+    assert main(["--wav", str(bad), "--url", "ws://127.0.0.1:9/ws"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: audio file") and "Traceback" not in err

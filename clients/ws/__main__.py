@@ -20,6 +20,7 @@ import numpy as np
 
 from clients.ws.client import ServerError, run_client, trusting, wav_chunks, write_mp4
 from mmgt.drivers.controls import add_motion_arguments, controls_from_args
+from mmgt.errors import InputError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ServerError, MicError, CertificateError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except InputError as exc:  # a local file that cannot be used (audio, photo)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import numpy as np
 
 from mmgt.drivers.ambient import HEAD
+from mmgt.errors import short_repr
 from mmgt.keypoints import layout
 
 _F = layout.face_index
@@ -45,6 +46,18 @@ FLAGS = {"head": "--head-motion", "gestures": "--gestures", "mouth": "--mouth",
          "blinks": "--blinks"}  # fmt: skip
 
 
+def _finite_float(value: object) -> float | None:
+    """``value`` as a finite float, or None: not a real number (booleans are not), NaN, ±inf,
+    or an integer too large for a float (JSON allows any)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool | np.bool_):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 @dataclass(frozen=True)
 class MotionControls:
     """Scales of the driver's motion relative to the photo (1 = unchanged, 0 = still)."""
@@ -57,12 +70,13 @@ class MotionControls:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
-            if not ok or not math.isfinite(value) or not 0.0 <= value <= LIMITS[f.name]:
+            number = _finite_float(value)
+            if number is None or not 0.0 <= number <= LIMITS[f.name]:
                 raise ValueError(
-                    f"motion '{f.name}' must be a number in 0…{LIMITS[f.name]:g}, got {value!r}"
+                    f"motion '{f.name}' must be a number in 0…{LIMITS[f.name]:g}, "
+                    f"got {short_repr(value)}"
                 )
-            object.__setattr__(self, f.name, float(value))  # plain floats (JSON, equality)
+            object.__setattr__(self, f.name, number)  # plain floats (JSON, equality)
 
     @property
     def neutral(self) -> bool:
