@@ -422,7 +422,10 @@ class StreamScheduler:
         s = self.settings
         ready, hop = self.features_ready, self._hop()
         if now is not None and s.realtime:
-            self._adapt(ready - self.posed, hop, now, starving)
+            # Behind means behind the clock: audio sent ahead of it (a TTS burst) is ready
+            # early but not late, so only frames already due count.
+            due = ready if self.clock_samples is None else min(ready, self.clock_samples // HOP)
+            self._adapt(due - self.posed, hop, now, starving)
         n_new = min(hop, ready - self.posed)
         out: list[OutputFrame] = []
         if self.level >= 3 and self._last_image is not None:

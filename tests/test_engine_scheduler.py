@@ -255,6 +255,21 @@ def test_degrades_under_lag_without_drift(speech):
     assert [a.index for a in audio] == [v.index for v in video]
 
 
+def test_audio_ahead_of_the_clock_is_not_lag(speech):
+    """A TTS burst: 4 s arrive at once while the live clock is at 0.2 s. The frames are not
+    late (their play times have not come), so quality stays; once the clock has passed them
+    unrendered, they are."""
+    sched, _ = make_scheduler(realtime=True)
+    sched.push_audio(speech, 16000, 1, 0.0)
+    sched.clock_samples = 3200
+    for _ in range(4):
+        window(sched, now=0.0, starving=True)
+    assert sched.level == 0
+    sched.clock_samples = 4 * 16000  # the clock has run past the queued audio
+    window(sched, now=0.1, starving=True)
+    assert sched.level == 1
+
+
 def test_no_degradation_when_the_consumer_is_not_waiting(speech):
     sched, _ = make_scheduler(realtime=True)
     sched.push_audio(speech, 16000, 1, 0.0)
