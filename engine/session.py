@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
@@ -208,7 +209,7 @@ class Session:
             self._generation += 1
             # Input queued before the interrupt goes; "finish" and motion settings stay.
             self._inbox = collections.deque(c for c in self._inbox if c[0] in ("finish", "motion"))
-            self._inbox_samples = 0.0
+            unread_s, self._inbox_samples = self._inbox_samples, 0.0  # seconds not yet taken in
             self._marks_pending = 0  # queued, rendered or not: all dropped with their audio
             dropped = self._out_video
             # The audio of the frame the consumer already took stays (its video was played).
@@ -220,6 +221,9 @@ class Session:
             self._out_video = 0
             self._space.set()
             result = await self._run(self.scheduler.interrupt, self._played)
+        if unread_s:  # audio dropped before the worker took it in counts as dropped too
+            dropped_s = result.dropped_audio_s + unread_s
+            result = dataclasses.replace(result, dropped_audio_s=dropped_s)
         self.stats.dropped_frames += dropped
         self._emit(result)
         return result

@@ -246,6 +246,17 @@ async def test_interrupt_reports_what_was_played_and_resumes_there(speech):
     await session.aclose()
 
 
+async def test_an_interrupt_counts_audio_not_yet_taken_in(speech):
+    """Audio handed in and dropped before the worker took it counts as dropped audio too."""
+    session = new_session()
+    session.push_audio(speech[: 16000 * 3], 16000, 1)
+    result = await session.interrupt()  # at once: the 3 s are still in the session's inbox
+    assert result.played_frames == 0 and result.dropped_audio_s == pytest.approx(3.0)
+    session.finish()
+    assert not [f async for f in session if isinstance(f, VideoFrame)]
+    await session.aclose()
+
+
 async def test_finish_ends_the_iteration_after_the_last_frame(speech):
     session = new_session()
     session.push_audio(speech[:8000], 16000, 1)
