@@ -29,9 +29,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mmgt.errors import ImageError, ImageTooLargeError
+from mmgt.errors import ImageError, ImageTooLargeError, NoFaceError, NoPersonError
 from mmgt.keypoints import layout
-from mmgt.keypoints.extractor import ReferencePoseExtractor
+from mmgt.keypoints.extractor import Extraction, ReferencePoseExtractor
 from mmgt.types import Avatar, check_frame_size
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -147,6 +147,48 @@ def _face_box(points: np.ndarray) -> tuple[float, float, float, float]:
     return float(x0), float(y0 - 0.35 * (y1 - y0)), float(x1), float(y1)
 
 
+def _detect(
+    ex: ReferencePoseExtractor, image: np.ndarray, x0: int = 0, y0: int = 0
+) -> tuple[Extraction, tuple[float, float, float, float], float]:
+    """Extraction on ``image`` shrunk to at most :data:`DETECT_SIDE`: the result, its face box
+    in the coordinates of the photo ``image`` was cut from at (x0, y0), and the scale used."""
+    scale = min(1.0, DETECT_SIDE / max(image.shape[:2]))
+    small = image
+    if scale < 1.0:
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    result = ex(small, use_dwpose=False)  # framing does not depend on the pose model
+    fx0, fy0, fx1, fy1 = (v / scale for v in _face_box(result.keypoints))
+    return result, (fx0 + x0, fy0 + y0, fx1 + x0, fy1 + y0), scale
+
+
+def _find_face(
+    ex: ReferencePoseExtractor, image: np.ndarray
+) -> tuple[Extraction, tuple[float, float, float, float], float]:
+    """:func:`_detect` on the whole photo; in a panorama (long side over twice the short)
+    where that finds nobody, shrinking made the person too small, so overlapping windows of
+    twice the short side are searched too and the most confident face wins."""
+    try:
+        return _detect(ex, image)
+    except (NoPersonError, NoFaceError) as exc:
+        h, w = image.shape[:2]
+        if max(h, w) <= 2 * min(h, w):
+            raise
+        first_error = exc
+    side = 2 * min(h, w)
+    starts = range(0, max(h, w) - side + min(h, w), min(h, w))  # half a window apart
+    found = []
+    for start in starts:
+        start = min(start, max(h, w) - side)
+        x0, y0 = (start, 0) if w > h else (0, start)
+        try:
+            found.append(_detect(ex, image[y0 : y0 + side, x0 : x0 + side], x0, y0))
+        except (NoPersonError, NoFaceError):
+            continue
+    if not found:
+        raise first_error
+    return max(found, key=lambda f: f[0].face_score)
+
+
 def prepare_avatar(
     image: np.ndarray,
     *,
@@ -160,13 +202,8 @@ def prepare_avatar(
     ex = extractor or ReferencePoseExtractor()
     try:
         h, w = image.shape[:2]
-        scale = min(1.0, DETECT_SIDE / max(h, w))
-        small = image
-        if scale < 1.0:
-            small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        first = ex(small, use_dwpose=False)  # framing does not depend on the pose model
-        box = tuple(v / scale for v in _face_box(first.keypoints))
-        framed = frame_square(image, box)  # type: ignore[arg-type]
+        first, box, scale = _find_face(ex, image)
+        framed = frame_square(image, box)
         if framed is image and h == frame_size and scale == 1.0:
             square = image  # already framed at the output size: MediaPipe has seen it
             result = first if ex.dwpose is None else replace(first, keypoints=ex.dwpose(square))

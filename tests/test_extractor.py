@@ -116,6 +116,26 @@ def test_photo_without_person_is_refused(extractor, kind):
         extractor(img)
 
 
+@pytest.mark.parametrize("layout_", ["wide", "tall"])
+def test_a_person_small_in_a_panorama_is_found(extractor, photo, layout_):
+    """Shrunk whole to the detection size, a 6000-px-wide strip leaves a face too small to
+    find; the search then looks at windows of the full-size photo. Nobody there: refused."""
+    if layout_ == "wide":
+        canvas = np.full((512, 6000, 3), 200, np.uint8)
+        canvas[:, 3500:4012] = photo
+    else:
+        canvas = np.full((6000, 512, 3), 200, np.uint8)
+        canvas[3500:4012] = photo
+    with pytest.raises(NoPersonError):  # the premise: the shrunk panorama shows nobody
+        extractor(cv2.resize(canvas, None, fx=1024 / 6000, fy=1024 / 6000))
+    avatar = prepare_avatar(canvas, frame_size=256, extractor=extractor)
+    face = avatar.reference_pose[layout.FACE]
+    assert face[:, 2].min() > 0.5
+    assert 60 < face[:, 0].mean() < 200 and 30 < face[:, 1].mean() < 150  # framed as usual
+    with pytest.raises(NoPersonError):
+        prepare_avatar(np.full((512, 3000, 3), 200, np.uint8), extractor=extractor)
+
+
 def test_mirror_is_an_involution():
     rng = np.random.default_rng(1)
     pts = rng.uniform(0, 512, (134, 3)).astype(np.float32)
