@@ -333,27 +333,34 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mmgt`` console script."""
-    args = _build_parser().parse_args(argv)
+    try:
+        args = _build_parser().parse_args(argv)  # imports torch: seconds of a new process
+    except KeyboardInterrupt:
+        print("mmgt: interrupted", file=sys.stderr)
+        return 130
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from mmgt.train import cli as train_cli
-    from mmgt.train.corpus import cli as corpus_cli
-    from mmgt.weights import check
-
-    commands = {
-        "render": _cmd_render,
-        "prepare-avatar": _cmd_prepare_avatar,
-        "doctor": _cmd_doctor,
-        "data": corpus_cli.run_cli,
-        "train": train_cli.run_train,
-        "eval": train_cli.run_eval,
-        "check-weights": check.run_cli,
-    }
     try:
         with sigterm_as_interrupt():  # a stopped render leaves no temporary file either
+            # Imported here, not above: importing takes seconds, and a Ctrl+C meanwhile is
+            # an interruption like any other, not a traceback.
             import torch
+
+            from mmgt.train import cli as train_cli
+            from mmgt.train.corpus import cli as corpus_cli
+            from mmgt.weights import check
+
+            commands = {
+                "render": _cmd_render,
+                "prepare-avatar": _cmd_prepare_avatar,
+                "doctor": _cmd_doctor,
+                "data": corpus_cli.run_cli,
+                "train": train_cli.run_train,
+                "eval": train_cli.run_eval,
+                "check-weights": check.run_cli,
+            }
 
             torch.set_flush_denormal(True)  # denormal floats make CPU inference much slower
             if hasattr(args, "threads"):
