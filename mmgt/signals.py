@@ -57,12 +57,17 @@ def _on_signal(signum: int, frame: object) -> None:
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``) and
     SIGINT ``KeyboardInterrupt``, both held inside :func:`interrupts_held`; the previous
-    handlers are restored after it. Only the main thread can set handlers: elsewhere this does
-    nothing."""
+    handlers are restored after it. A signal the process was started ignoring stays ignored
+    (``nohup``, or a shell's background job, which ignores SIGINT). Only the main thread can
+    set handlers: elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        s: signal.signal(s, _on_signal)
+        for s in (signal.SIGTERM, signal.SIGINT)
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

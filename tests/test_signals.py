@@ -83,3 +83,18 @@ def test_a_stop_inside_a_queue_lock_still_removes_the_partial_file(tmp_path):
     )
     assert proc.returncode == 143, proc.stderr
     assert list(tmp_path.iterdir()) == []  # the hidden partial file is gone, no output
+
+
+def test_a_signal_the_process_ignores_stays_ignored():
+    """A shell's background job starts with SIGINT ignored: Ctrl+C in the terminal is not
+    meant for it, and the block must not make it one."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            _let_handlers_run()  # nothing raised
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # still handled
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
