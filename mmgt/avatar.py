@@ -15,7 +15,9 @@ Preparation (documented in the README, "Photos"):
    :data:`FACE_HEIGHTS_PER_FRAME` face heights, so a distant full-body photo becomes an
    upper-body frame instead of a tiny face. Square photos with a large enough face are kept whole.
 3. **Resize** the square to the output size (area filter down, Lanczos up; small photos are
-   upscaled), then extract the reference pose on the final image.
+   upscaled), then extract the reference pose on the final image. MediaPipe is sensitive to
+   scale near its limits; when it finds no face there, the landmarks it found in the whole
+   photo are moved into the square instead.
 """
 
 from __future__ import annotations
@@ -123,19 +125,45 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
-def frame_square(image: np.ndarray, face_box: tuple[float, float, float, float]) -> np.ndarray:
-    """Square crop around a face box (x0, y0, x1, y1) in ``image`` pixels (module docstring)."""
-    h, w = image.shape[:2]
+def square_box(
+    shape: tuple[int, ...], face_box: tuple[float, float, float, float]
+) -> tuple[int, int, int]:
+    """(left, top, side) of the square crop around a face box (x0, y0, x1, y1) in a photo of
+    ``shape`` (module docstring)."""
+    h, w = shape[:2]
     x0, y0, x1, y1 = face_box
     short = min(h, w)
     wanted = FACE_HEIGHTS_PER_FRAME * max(y1 - y0, 1.0)
     side = int(round(wanted)) if wanted < 0.75 * short else short
-    if side == h == w:
-        return image
-    cx = (x0 + x1) / 2
-    left = int(round(np.clip(cx - side / 2, 0, w - side)))
+    left = int(round(np.clip((x0 + x1) / 2 - side / 2, 0, w - side)))
     top = int(round(np.clip(y0 - FACE_TOP_FRACTION * side, 0, h - side)))
+    return left, top, side
+
+
+def frame_square(image: np.ndarray, face_box: tuple[float, float, float, float]) -> np.ndarray:
+    """Square crop around a face box (x0, y0, x1, y1) in ``image`` pixels (module docstring);
+    ``image`` itself when it is the square."""
+    left, top, side = square_box(image.shape, face_box)
+    if side == image.shape[0] == image.shape[1]:
+        return image
     return image[top : top + side, left : left + side]
+
+
+def _moved(
+    ex: Extraction, factor: float, offset: tuple[float, float], shape: tuple[int, ...]
+) -> Extraction:
+    """An extraction in other pixel coordinates (``xy * factor + offset``); points that end up
+    outside an image of ``shape`` get score 0, and points not found stay at the origin."""
+    kp = ex.keypoints.copy()  # (134, 3)
+    found = kp[:, 2] > 0
+    kp[found, :2] = kp[found, :2] * factor + np.asarray(offset, np.float32)
+    h, w = shape[:2]
+    outside = (kp[:, 0] < 0) | (kp[:, 0] >= w) | (kp[:, 1] < 0) | (kp[:, 1] >= h)
+    kp[outside & found, 2] = 0.0
+    mesh = ex.face_mesh.copy()  # (478, 3), z in pixel units scales too
+    mesh[:, :2] = mesh[:, :2] * factor + np.asarray(offset, np.float32)
+    mesh[:, 2] *= factor
+    return replace(ex, keypoints=kp, face_mesh=mesh)
 
 
 def _face_box(points: np.ndarray) -> tuple[float, float, float, float]:
@@ -148,17 +176,23 @@ def _face_box(points: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def _detect(
-    ex: ReferencePoseExtractor, image: np.ndarray, x0: int = 0, y0: int = 0
+    ex: ReferencePoseExtractor,
+    image: np.ndarray,
+    x0: int = 0,
+    y0: int = 0,
+    photo_shape: tuple[int, ...] | None = None,
 ) -> tuple[Extraction, tuple[float, float, float, float], float]:
-    """Extraction on ``image`` shrunk to at most :data:`DETECT_SIDE`: the result, its face box
-    in the coordinates of the photo ``image`` was cut from at (x0, y0), and the scale used."""
+    """Extraction on ``image`` shrunk to at most :data:`DETECT_SIDE`: the result and its face
+    box, both in the coordinates of the photo (of ``photo_shape``) ``image`` was cut from at
+    (x0, y0), and the scale used."""
     scale = min(1.0, DETECT_SIDE / max(image.shape[:2]))
     small = image
     if scale < 1.0:
         small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     result = ex(small, use_dwpose=False)  # framing does not depend on the pose model
-    fx0, fy0, fx1, fy1 = (v / scale for v in _face_box(result.keypoints))
-    return result, (fx0 + x0, fy0 + y0, fx1 + x0, fy1 + y0), scale
+    if scale < 1.0 or x0 or y0:
+        result = _moved(result, 1.0 / scale, (x0, y0), photo_shape or image.shape)
+    return result, _face_box(result.keypoints), scale
 
 
 def _find_face(
@@ -181,7 +215,8 @@ def _find_face(
         start = min(start, max(h, w) - side)
         x0, y0 = (start, 0) if w > h else (0, start)
         try:
-            found.append(_detect(ex, image[y0 : y0 + side, x0 : x0 + side], x0, y0))
+            window = image[y0 : y0 + side, x0 : x0 + side]
+            found.append(_detect(ex, window, x0, y0, image.shape))
         except (NoPersonError, NoFaceError):
             continue
     if not found:
@@ -203,13 +238,21 @@ def prepare_avatar(
     try:
         h, w = image.shape[:2]
         first, box, scale = _find_face(ex, image)
-        framed = frame_square(image, box)
-        if framed is image and h == frame_size and scale == 1.0:
+        left, top, side = square_box(image.shape, box)
+        if side == h == w == frame_size and scale == 1.0:
             square = image  # already framed at the output size: MediaPipe has seen it
             result = first if ex.dwpose is None else replace(first, keypoints=ex.dwpose(square))
         else:
-            square = _resize(framed, frame_size)
-            result = ex(square)
+            square = _resize(image[top : top + side, left : left + side], frame_size)
+            try:
+                result = ex(square)
+            except (NoPersonError, NoFaceError):
+                # MediaPipe is sensitive to scale near its limits (a face turned away, say): the
+                # face it found in the whole photo is kept, moved into the square.
+                k = frame_size / side
+                result = _moved(first, k, (-left * k, -top * k), square.shape)
+                if ex.dwpose is not None:
+                    result = replace(result, keypoints=ex.dwpose(square))
     finally:
         if own:
             ex.close()

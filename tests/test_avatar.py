@@ -12,7 +12,9 @@ from PIL import Image
 
 from mmgt import avatar as avatar_mod
 from mmgt.avatar import MIN_SIDE, frame_square, load_image
-from mmgt.errors import ImageError
+from mmgt.errors import ImageError, NoFaceError
+from mmgt.keypoints import layout
+from mmgt.keypoints.extractor import Extraction
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -146,3 +148,49 @@ class TestFraming:
     def test_square_photo_with_large_face_is_kept_whole(self):
         img = np.zeros((512, 512, 3), np.uint8)
         assert frame_square(img, (180.0, 60.0, 270.0, 180.0)) is img
+
+
+class _FindsOnlyTheWholePhoto:
+    """An extractor that finds the face in the whole photo but not in the framed square, as
+    MediaPipe can near its limits (a face turned away, seen at another scale)."""
+
+    dwpose = None
+
+    def __init__(self, keypoints: np.ndarray, mesh: np.ndarray) -> None:
+        self.calls = 0
+        self.keypoints, self.mesh = keypoints, mesh
+
+    def __call__(self, image: np.ndarray, *, use_dwpose: bool = True) -> Extraction:
+        self.calls += 1
+        if self.calls > 1:
+            raise NoFaceError("a person was found but no face is visible")
+        return Extraction(self.keypoints.copy(), self.mesh.copy(), 0.8)
+
+
+def test_face_found_only_in_the_whole_photo_is_moved_into_the_square():
+    rng = np.random.default_rng(0)
+    kp = np.zeros((layout.NUM_KEYPOINTS, 3), np.float32)  # in the 1024 × 640 detection copy
+    kp[layout.FACE, 0] = rng.uniform(560, 620, 68)
+    kp[layout.FACE, 1] = rng.uniform(120, 200, 68)
+    kp[layout.FACE, 2] = 0.8
+    kp[layout.R_WRIST] = (50.0, 300.0, 0.9)  # far left of the face: outside the square
+    kp[layout.L_WRIST] = (700.0, 300.0, 0.9)
+    mesh = np.stack([kp[layout.FACE[0], 0].repeat(478), kp[layout.FACE[0], 1].repeat(478)], 1)
+    mesh = np.concatenate([mesh, rng.normal(0, 10, (478, 1))], 1).astype(np.float32)
+    ex = _FindsOnlyTheWholePhoto(kp, mesh)
+    photo = rng.integers(0, 256, (1000, 1600, 3), dtype=np.uint8)
+    avatar = avatar_mod.prepare_avatar(photo, frame_size=256, extractor=ex)
+    assert ex.calls == 2 and avatar.image.shape == (256, 256, 3)
+    in_photo = kp.copy()
+    in_photo[:, :2] *= 1600 / 1024
+    left, top, side = avatar_mod.square_box(photo.shape, avatar_mod._face_box(in_photo))
+    assert side < 1000 and left > 0  # a real crop, so the move is not the identity
+    k = 256 / side
+    expected = (in_photo[layout.FACE, :2] - (left, top)) * k
+    pose = avatar.reference_pose
+    np.testing.assert_allclose(pose[layout.FACE, :2], expected, rtol=1e-5)
+    assert (pose[layout.FACE, 2] == np.float32(0.8)).all()
+    assert pose[layout.R_WRIST, 2] == 0  # outside the square now
+    assert pose[layout.L_WRIST, 2] == np.float32(0.9)
+    assert (pose[layout.LEFT_HAND] == 0).all()  # not found stays not found
+    np.testing.assert_allclose(avatar.face_mesh[:, 2], mesh[:, 2] * 1600 / 1024 * k, rtol=1e-5)

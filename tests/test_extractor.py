@@ -12,7 +12,7 @@ import pytest
 from mmgt.avatar import BUNDLED_AVATAR, load_image, prepare_avatar
 from mmgt.errors import NoPersonError
 from mmgt.keypoints import layout
-from mmgt.keypoints.extractor import MESH_TO_IBUG68, ReferencePoseExtractor
+from mmgt.keypoints.extractor import MESH_TO_IBUG68, ReferencePoseExtractor, drop_duplicate_hand
 
 LABELS = json.loads((Path(__file__).parent / "data" / "astronaut_labels.json").read_text())
 FACE_TOLERANCE_PX = 6.0
@@ -146,3 +146,58 @@ def test_mirror_is_an_involution():
     assert perm[layout.R_SHOULDER] == layout.L_SHOULDER
     assert perm[layout.face_index(48)] == layout.face_index(54)
     assert perm[layout.LEFT_HAND[3]] == layout.RIGHT_HAND[3]
+
+
+def _hand(wrist: tuple[float, float], size: float, seed: int) -> np.ndarray:
+    """(21, 3) a plausible hand: fingers fanning upwards from the wrist, score 0.9."""
+    rng = np.random.default_rng(seed)
+    pts = np.zeros((21, 3), np.float32)
+    pts[0, :2] = wrist
+    for finger in range(5):
+        angle = np.deg2rad(-150 + 30 * finger)
+        for joint in range(4):
+            r = size * (0.35 + 0.17 * joint)
+            pts[1 + 4 * finger + joint, :2] = wrist + r * np.array([np.cos(angle), np.sin(angle)])
+    pts[:, :2] += rng.normal(0, 0.5, (21, 2))
+    pts[:, 2] = 0.9
+    return pts
+
+
+def _pose_with_hands(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    kp = np.zeros((layout.NUM_KEYPOINTS, 3), np.float32)
+    kp[layout.LEFT_HAND], kp[layout.RIGHT_HAND] = left, right
+    return kp
+
+
+def test_one_hand_found_as_both_hands_keeps_the_side_of_the_nearer_wrist():
+    """Holistic can put both hands on one hand (another person's arm across the body)."""
+    hand = _hand((300.0, 300.0), 60.0, seed=0)
+    twin = hand.copy()
+    twin[:, :2] += 2.0  # the same hand found twice, a little apart
+    kp = _pose_with_hands(hand, twin)
+    kp[layout.L_WRIST] = (420.0, 330.0, 0.9)  # the left wrist is elsewhere
+    kp[layout.R_WRIST] = (298.0, 305.0, 0.9)  # the right wrist is at the hand
+    drop_duplicate_hand(kp)
+    assert kp[layout.LEFT_HAND, 2].max() == 0 and (kp[layout.LEFT_HAND] == 0).all()
+    np.testing.assert_array_equal(kp[layout.RIGHT_HAND], twin)
+    # Without wrists the more confident hand stays.
+    kp = _pose_with_hands(hand, twin * np.array([1, 1, 0.5], np.float32))
+    drop_duplicate_hand(kp)
+    np.testing.assert_array_equal(kp[layout.LEFT_HAND], hand)
+    assert kp[layout.RIGHT_HAND, 2].max() == 0
+
+
+def test_clasped_and_separate_hands_are_both_kept():
+    right = _hand((300.0, 300.0), 60.0, seed=1)
+    left = right.copy()
+    left[:, 0] = 610.0 - left[:, 0]  # its mirror image, 10 px over: hands pressed together
+    assert np.abs(left[:, :2].mean(0) - right[:, :2].mean(0)).max() < 12  # one shared box
+    clasped = _pose_with_hands(left, right)
+    for kp in (clasped, _pose_with_hands(_hand((100.0, 300.0), 60.0, 2), right)):
+        before = kp.copy()
+        drop_duplicate_hand(kp)
+        np.testing.assert_array_equal(kp, before)
+    one = _pose_with_hands(right, np.zeros((21, 3), np.float32))  # a hand not found: no change
+    before = one.copy()
+    drop_duplicate_hand(one)
+    np.testing.assert_array_equal(one, before)

@@ -9,7 +9,7 @@ landmarks into the official 134-point layout:
 * BlazePose (33 points) → OpenPose-18, with the neck synthesised as the shoulder midpoint and a
   0/1 score as in DWPose; heels and big toes → feet (small toes are not tracked: score 0);
 * hands (21 points each) from Holistic, or from the Hands solution when Holistic misses one,
-  assigned to the nearest pose wrist;
+  assigned to the nearest pose wrist; one hand found as both hands keeps the nearer wrist's side;
 * body and hands are averaged with the prediction on the mirrored photo (test-time mirroring):
   this halves BlazePose's left/right jitter and makes a mirrored photo give mirrored keypoints;
 * detector confidence → the score channel: pose visibility for the body, the face detector's
@@ -70,6 +70,9 @@ BLAZEPOSE_TO_OPENPOSE = {
 BLAZEPOSE_TO_FEET = (31, None, 29, 32, None, 30)
 POSE_LEFT_WRIST, POSE_RIGHT_WRIST = 15, 16
 HOLISTIC_HAND_SCORE_FLOOR = 0.5  # Holistic gives no hand score; use max(floor, wrist visibility)
+# Two hands whose corresponding points lie closer than this share of the hand's size (median)
+# are one hand found twice; a pair of clasped hands has its thumbs, wrists and fingertips apart.
+DUPLICATE_HAND_DISTANCE = 0.2
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,28 @@ def _average_present(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         elif has_b:
             out[idx] = b[idx]
     return out
+
+
+def drop_duplicate_hand(kp: np.ndarray) -> None:
+    """In place: when both hands of a (134, 3) pose are the same hand found twice (Holistic does
+    this when another person's arm crosses the body), keep the side whose body wrist is nearer the
+    hand's wrist point (the higher score without wrists) and clear the other (score 0)."""
+    left, right = kp[layout.LEFT_HAND], kp[layout.RIGHT_HAND]  # (21, 3) each
+    if left[:, 2].max() <= 0 or right[:, 2].max() <= 0:
+        return
+    size = float(np.linalg.norm(np.ptp(np.concatenate([left, right])[:, :2], axis=0)))
+    gap = float(np.median(np.linalg.norm(left[:, :2] - right[:, :2], axis=1)))
+    if gap >= DUPLICATE_HAND_DISTANCE * max(size, 1.0):
+        return
+
+    def cost(hand: np.ndarray, wrist: int) -> tuple[float, float]:
+        w = kp[wrist]
+        seen = w[2] > layout.VISIBILITY_THRESHOLD
+        far = float(np.linalg.norm(hand[0, :2] - w[:2])) if seen else np.inf
+        return far, -float(hand[:, 2].mean())
+
+    keep_left = cost(left, layout.L_WRIST) <= cost(right, layout.R_WRIST)
+    kp[layout.RIGHT_HAND if keep_left else layout.LEFT_HAND] = 0.0
 
 
 class ReferencePoseExtractor:
@@ -219,6 +244,7 @@ class ReferencePoseExtractor:
                 self._body_and_hands(flipped, self._process("holistic", flipped)), w
             )
             kp = _average_present(kp, kp_m)
+        drop_duplicate_hand(kp)
 
         kp[layout.FACE, :2] = mesh[MESH_TO_IBUG68, :2]
         kp[layout.FACE, 2] = face_score
