@@ -43,6 +43,11 @@ MIN_SIDE = 128
 FACE_HEIGHTS_PER_FRAME = 4.0  # upper-body framing: the face is about a quarter of the frame height
 FACE_TOP_FRACTION = 0.2  # the top of the face box sits this far down the frame
 DETECT_SIDE = 1024  # framing detection runs on a copy at most this large
+# Face turn (degrees) from which the photo gets a note. MediaPipe's mesh reads a face in full
+# profile as 50–65°, a frontal one within 2°.
+TURNED_AWAY_DEGREES = 30.0
+# Mesh points across the face: outer eye corners, cheek edges (MediaPipe face-mesh indices).
+_ACROSS_FACE = ((33, 263), (234, 454))
 
 BUNDLED_AVATAR = Path(__file__).resolve().parent / "assets" / "astronaut.png"
 
@@ -256,7 +261,32 @@ def prepare_avatar(
     finally:
         if own:
             ex.close()
-    return Avatar(name, square, result.keypoints, result.face_mesh)
+    return Avatar(name, square, result.keypoints, result.face_mesh, photo_notes(result))
+
+
+def face_turn(mesh: np.ndarray) -> float:
+    """Degrees the face is turned from the camera (0 facing it), from the depth difference
+    across a (478, 3) face mesh (z in pixel units)."""
+    angles = [np.arctan2(abs(mesh[b, 2] - mesh[a, 2]), abs(mesh[b, 0] - mesh[a, 0]))
+              for a, b in _ACROSS_FACE]  # fmt: skip
+    return float(np.degrees(np.mean(angles)))
+
+
+def photo_notes(result: Extraction) -> tuple[str, ...]:
+    """What about the framed photo may spoil the result, one sentence each (empty when none)."""
+    notes = []
+    turn = face_turn(result.face_mesh)
+    if turn >= TURNED_AWAY_DEGREES:
+        notes.append(
+            f"the face is turned about {turn:.0f}° from the camera; the mouth and eyes look "
+            "best in a photo facing it"
+        )
+    if result.faces > 1:
+        notes.append(
+            f"the photo shows {result.faces} faces; one person is animated, and parts of the "
+            "others may move with them (use a photo of one person)"
+        )
+    return tuple(notes)
 
 
 def load_avatar(

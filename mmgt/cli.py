@@ -141,12 +141,17 @@ def _set_threads(n: int | None) -> None:
         cv2.setNumThreads(n)
 
 
+def _print_notes(command: str, notes: tuple[str, ...]) -> None:
+    for note in notes:
+        print(f"mmgt {command}: note: {note}", file=sys.stderr)
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
-    from mmgt.avatar import BUNDLED_AVATAR
+    from mmgt.avatar import BUNDLED_AVATAR, load_avatar
     from mmgt.drivers import default_driver_name
     from mmgt.drivers.controls import controls_from_args
     from mmgt.keypoints.extractor import extractor_from_args
-    from mmgt.offline import render_video
+    from mmgt.offline import check_output, render_video
     from mmgt.runtime import backend_from_args
 
     try:
@@ -190,10 +195,13 @@ def _cmd_render(args: argparse.Namespace) -> int:
                          "--renderer diffusion")  # fmt: skip
     official = args.weights_dir is not None and (driver == "smga" or args.renderer == "diffusion")
     with extractor_from_args(args, official_models=official) as extractor:
+        check_output(args.out)
+        avatar = load_avatar(args.image, frame_size=args.size, extractor=extractor)
+        _print_notes("render", avatar.notes)  # before the work, so the user can stop it
         result = render_video(
             audio,
             args.out,
-            image=args.image,
+            avatar=avatar,
             size=args.size,
             driver=args.driver,
             renderer=args.renderer,
@@ -203,7 +211,6 @@ def _cmd_render(args: argparse.Namespace) -> int:
             driver_options=options if driver == "smga" else None,
             wavlm=wavlm,
             renderer_options=renderer_options,
-            extractor=extractor,
             motion=motion,
         )
     work = result.work_s
@@ -246,6 +253,7 @@ def _cmd_render_poses(args: argparse.Namespace) -> int:
         renderer_options=diffusion_options(args, live=False) | {"backend": backend},
         progress=not args.quiet,
     )
+    _print_notes("render", result.notes)
     print(f"{result.frames} frames rendered from {args.pose_video.name}", file=sys.stderr)
     print(result.path)
     return 0
@@ -277,6 +285,7 @@ def _cmd_prepare_avatar(args: argparse.Namespace) -> int:
         raise InputError(f"--out {args.out} is a file; give a folder for the avatar's files")
     with extractor_from_args(args, official_models=args.weights_dir is not None) as extractor:
         avatar = load_avatar(args.image, frame_size=args.size, extractor=extractor)
+    _print_notes("prepare-avatar", avatar.notes)
     args.out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(avatar.image).save(args.out / "avatar.png")
     Image.fromarray(render_pose(avatar.reference_pose, args.size)).save(args.out / "pose.png")

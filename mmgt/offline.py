@@ -52,6 +52,7 @@ class RenderResult:
     debug_paths: list[Path] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     driver: str = ""  # the motion driver that made the poses (e.g. "smga-small", "procedural")
+    notes: tuple[str, ...] = ()  # the avatar's notes about its photo (Avatar.notes)
 
     @property
     def work_s(self) -> float:
@@ -192,6 +193,7 @@ def render_video(
         debug_paths=list(debug_out.values()),
         timings=timings,
         driver=drv.name,
+        notes=avatar.notes,
     )
 
 
@@ -306,7 +308,8 @@ def render_pose_video(
         for frame in tqdm(frames, unit="frame", disable=not progress, desc="encode"):
             writer.write(frame)
     timings["render_encode"] = time.perf_counter() - t0
-    return RenderResult(path=out, frames=n, duration_s=n / rate, timings=timings)
+    return RenderResult(path=out, frames=n, duration_s=n / rate, timings=timings,
+                        notes=avatar.notes)  # fmt: skip
 
 
 def _read_video(

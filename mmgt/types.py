@@ -190,12 +190,15 @@ class Avatar:
         image: (S, S, 3) uint8 RGB, already cropped and resized to the output size.
         reference_pose: (134, 3) float32 keypoints of ``image`` (pixels, score).
         face_mesh: (478, 3) float32 dense face landmarks (x, y in pixels, z relative), or None.
+        notes: what about the photo may spoil the result (a face turned away, several people),
+            one sentence each, for the user to read; the avatar works regardless.
     """
 
     name: str
     image: np.ndarray
     reference_pose: np.ndarray
     face_mesh: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         img = self.image

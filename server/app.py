@@ -7,8 +7,8 @@ Routes:
     GET  /health          JSON: ok, sessions, limits
     GET  /metrics         Prometheus text
     GET  /avatars         JSON list of the public avatar ids (``default``; uploads are private)
-    POST /avatars         upload a photo (raw body or multipart field ``image``) → {"id": …}
-    GET  /avatars/{id}    JSON: size and the mouth box (for clients that measure the mouth)
+    POST /avatars         upload a photo (raw body or multipart field ``image``) → {"id", "notes"}
+    GET  /avatars/{id}    JSON: size, the mouth box (for clients that measure the mouth), notes
     GET  /ws              the websocket API (docs/protocol.md)
     POST /offer           WebRTC signalling (SDP offer → answer)
 """
@@ -131,6 +131,7 @@ async def avatar_info(request: web.Request) -> web.Response:
             "id": request.match_info["avatar_id"],
             "size": avatar.frame_size,
             "mouth_box": mouth_box(avatar.reference_pose, avatar.frame_size),
+            "notes": list(avatar.notes),
         }
     )
 
@@ -158,14 +159,14 @@ async def upload_avatar(request: web.Request) -> web.Response:
         )
     try:
         data = await _read_upload(request, limit)
-        avatar_id, _ = await ctx.avatars.add_upload(data)
+        avatar_id, avatar = await ctx.avatars.add_upload(data)
     except UploadBusy as exc:
         ctx.engine.metrics.errors_total.labels("upload_busy").inc()
         return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "5"})
     except ImageError as exc:
         ctx.engine.metrics.errors_total.labels("upload").inc()
         return web.json_response({"error": str(exc)}, status=_upload_status(exc))
-    return web.json_response({"id": avatar_id})
+    return web.json_response({"id": avatar_id, "notes": list(avatar.notes)})
 
 
 def _upload_status(exc: ImageError) -> int:

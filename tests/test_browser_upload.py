@@ -1,5 +1,6 @@
 """The page's photo upload in headless Chromium, driven over the DevTools protocol: the photo
-is chosen in the real file input, prepared by the server and offered as "My photo"; the server
+is chosen in the real file input, prepared by the server and offered as "My photo" with the
+server's note about it (a face in profile); the server
 lists only the bundled avatar to everyone, this browser remembers its own upload across a
 reload, and a browser without that memory is not offered it."""
 
@@ -13,7 +14,7 @@ from server.app import make_app
 from server.settings import ServerSettings
 from tests.devtools import CHROMIUM, OPTIONS, READY, browser_page
 
-PHOTO = Path(__file__).parent / "data" / "grace_hopper.jpg"
+PHOTO = Path(__file__).parent / "data" / "camera.png"  # in profile: the page shows a note
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,6 +43,9 @@ async def test_uploaded_photo_is_offered_to_its_browser_only(tmp_path: Path) -> 
         assert public == "default" and label.startswith("My photo")
         assert await page.eval("document.getElementById('avatar').value") == upload
         assert await page.eval("document.getElementById('error').hidden") is True
+        notes = await page.wait_for("!document.getElementById('notes').hidden && "
+                                    "document.getElementById('notes').textContent")  # fmt: skip
+        assert notes.startswith("About this photo: the face is turned about")
         assert await page.wait_for(POSTER_SHOWN) == f"/avatars/{upload}/image"  # the new photo
         # The server lists only the bundled avatar; the upload works by its id.
         async with http.get(f"{base}/avatars") as resp:
@@ -52,6 +56,10 @@ async def test_uploaded_photo_is_offered_to_its_browser_only(tmp_path: Path) -> 
         await page.reload()
         again = await page.wait_for(f"{READY} && {OPTIONS}")
         assert [value for value, _ in again] == ["default", upload]
+        assert await page.eval("document.getElementById('notes').hidden") is True  # the default
+        await page.eval(f"(s => {{ s.value = '{upload}'; s.dispatchEvent(new Event('change')); }})"
+                        "(document.getElementById('avatar'))")  # fmt: skip
+        assert (await page.wait_for("document.getElementById('notes').textContent")) == notes
         # … and a browser without that memory is offered the bundled avatar only.
         await page.reload(before="localStorage.clear()")
         fresh = await page.wait_for(f"{READY} && {OPTIONS}")

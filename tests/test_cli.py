@@ -67,6 +67,21 @@ def test_render_bundled_avatar(tmp_path, short_speech, capsys):
     assert not list(out.parent.glob(".*"))  # no temporary files left
 
 
+def test_notes_about_the_photo_are_printed(tmp_path, short_speech, capsys):
+    """A face in profile: `render` says so before it works, `prepare-avatar` too; the bundled
+    portrait gets no note."""
+    profile = Path(__file__).parent / "data" / "camera.png"
+    out = tmp_path / "profile.mp4"
+    cmd = ["render", "--image", str(profile), "--audio", str(short_speech), "--size", "128", "-q"]
+    assert main([*cmd, "--driver", "procedural", "--out", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("mmgt render: note: the face is turned about") and out.is_file()
+    assert main(["prepare-avatar", "--image", str(profile), "--out", str(tmp_path / "a")]) == 0
+    assert "mmgt prepare-avatar: note: the face is turned" in capsys.readouterr().err
+    assert main(["prepare-avatar", "--out", str(tmp_path / "b")]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_debug_outputs_and_other_size(tmp_path, short_speech):
     out = tmp_path / "dbg.mp4"
     assert (

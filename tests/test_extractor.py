@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mmgt.avatar import BUNDLED_AVATAR, load_image, prepare_avatar
+from mmgt.avatar import BUNDLED_AVATAR, face_turn, load_image, prepare_avatar
 from mmgt.errors import NoPersonError
 from mmgt.keypoints import layout
 from mmgt.keypoints.extractor import MESH_TO_IBUG68, ReferencePoseExtractor, drop_duplicate_hand
@@ -201,3 +201,29 @@ def test_clasped_and_separate_hands_are_both_kept():
     before = one.copy()
     drop_duplicate_hand(one)
     np.testing.assert_array_equal(one, before)
+
+
+@pytest.mark.parametrize("kind", ["facing", "profile", "two_people"])
+def test_photo_notes_say_what_may_spoil_the_result(extractor, photo, kind):
+    """A frontal portrait gets none; a face in profile (the CC0 `camera` photo) and a second,
+    smaller face in the frame each get a sentence."""
+    if kind == "facing":
+        img = photo
+    elif kind == "profile":
+        img = load_image(Path(__file__).parent / "data" / "camera.png")
+    else:
+        img = photo.copy()
+        other = load_image(Path(__file__).parent / "data" / "grace_hopper.jpg")[:512, :512]
+        img[:200, -200:] = cv2.resize(other, (200, 200), interpolation=cv2.INTER_AREA)
+    avatar = prepare_avatar(img, frame_size=512, extractor=extractor)
+    if kind == "facing":
+        assert avatar.notes == ()
+        assert face_turn(avatar.face_mesh) < 5
+    elif kind == "profile":
+        (note,) = avatar.notes
+        assert note.startswith("the face is turned about") and "facing" in note
+        assert face_turn(avatar.face_mesh) > 45
+    else:
+        (note,) = avatar.notes
+        assert note.startswith("the photo shows 2 faces; one person is animated")
+        assert avatar.reference_pose[layout.face_index(30), 0] < 300  # the portrait's own face

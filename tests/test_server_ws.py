@@ -293,9 +293,18 @@ async def test_the_operators_avatars_are_listed_and_usable(speech):
         hopper = own.app[CTX].avatars.get("hopper").image.astype(np.float32)
         default = own.app[CTX].avatars.get("default").image.astype(np.float32)
         assert np.abs(first - hopper).mean() < 0.3 * np.abs(first - default).mean()
-        with photo.open("rb") as f:
-            assert (await own.post("/avatars", data=f.read())).status == 200  # an upload …
+        assert info["notes"] == []  # nothing about the photo to point out
+        resp = await own.post("/avatars", data=photo.read_bytes())  # an upload …
+        assert resp.status == 200 and (await resp.json())["notes"] == []
         assert (await (await own.get("/avatars")).json())["avatars"] == ["default", "hopper"]
+        # A face in profile: the upload's answer and its info say so (and it is still usable).
+        profile = (Path(__file__).parent / "data" / "camera.png").read_bytes()
+        resp = await own.post("/avatars", data=profile)
+        body = await resp.json()
+        assert resp.status == 200 and len(body["notes"]) == 1
+        assert body["notes"][0].startswith("the face is turned about")
+        info = await (await own.get(f"/avatars/{body['id']}")).json()
+        assert info["notes"] == body["notes"]
 
 
 async def test_marks_come_with_the_frame_where_their_audio_plays(client, speech):

@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   avatar: $("avatar"), photo: $("photo"), start: $("start"), stop: $("stop"),
   mute: $("mute"), record: $("record"), video: $("video"), status: $("status"), error: $("error"),
+  notes: $("notes"),
   speechFile: $("speech-file"),
   recording: $("recording"), download: $("download"), motionReset: $("motion-reset"),
   motion: [...document.querySelectorAll("input[data-motion]")],
@@ -81,6 +82,20 @@ function showPoster() {
   ui.video.poster = ui.avatar.value ? `/avatars/${encodeURIComponent(ui.avatar.value)}/image` : "";
 }
 
+// What the server noticed about the chosen photo (a face turned away, several people).
+function showNotes(notes) {
+  ui.notes.hidden = !notes.length;
+  ui.notes.textContent = notes.length ? `About this photo: ${notes.join("; ")}.` : "";
+}
+
+async function showAvatar() {
+  showPoster();
+  const id = ui.avatar.value;
+  const resp = id ? await fetch(`/avatars/${encodeURIComponent(id)}`).catch(() => null) : null;
+  const info = resp && resp.ok ? await resp.json() : {};
+  if (ui.avatar.value === id) showNotes(info.notes || []);  // not overtaken by another choice
+}
+
 async function uploadPhoto(file) {
   showError("");
   view.task = "preparing photo…";
@@ -90,10 +105,11 @@ async function uploadPhoto(file) {
   try {
     const resp = await fetch("/avatars", { method: "POST", body: form });
     if (!resp.ok) throw new Error(`upload refused: ${await errorText(resp)}`);
-    const { id } = await resp.json();
+    const { id, notes } = await resp.json();
     await loadAvatars([id]);
     ui.avatar.value = id;
     showPoster();
+    showNotes(notes || []);
   } catch (err) {
     showError(err.message);
   } finally {
@@ -570,7 +586,7 @@ ui.speechFile.addEventListener("change", () => {
 ui.stop.addEventListener("click", stop);
 ui.mute.addEventListener("click", toggleMute);
 ui.record.addEventListener("click", () => (recorder ? stopRecording() : startRecording()));
-ui.avatar.addEventListener("change", showPoster);
+ui.avatar.addEventListener("change", showAvatar);
 ui.photo.addEventListener("change", () => ui.photo.files[0] && uploadPhoto(ui.photo.files[0]));
 for (const el of ui.motion) {
   el.addEventListener("input", () => motionChanged({ [el.dataset.motion]: Number(el.value) }));
@@ -582,7 +598,7 @@ ui.motionReset.addEventListener("click", () => {
 loadMotion();
 loadAvatars().catch(() => {}).finally(() => {
   if (params.get("avatar")) ui.avatar.value = params.get("avatar");
-  showPoster();
+  showAvatar().catch(() => {});
   document.body.dataset.ready = "1"; // the avatar list is loaded (for automation)
   if (TEST) testRun();
 });

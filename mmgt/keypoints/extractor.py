@@ -83,11 +83,14 @@ class Extraction:
         keypoints: (134, 3) float32 (x, y, score).
         face_mesh: (478, 3) float32 (x, y, z) with z in pixel units (MediaPipe's relative depth).
         face_score: face detector confidence in [0, 1].
+        faces: how many faces the face detector found in the photo (0 when only the face mesh
+            found one).
     """
 
     keypoints: np.ndarray
     face_mesh: np.ndarray
     face_score: float
+    faces: int = 1
 
 
 @contextlib.contextmanager
@@ -233,9 +236,9 @@ class ReferencePoseExtractor:
             )
 
         mesh = _landmarks(face_lms, w, h)[:, :3]  # (478, 3)
-        face_score = self._face_score(image)
+        face_score, faces = self._faces(image)
         if dwpose is not None:  # the official convention, raw scores (see dwpose.py)
-            return Extraction(dwpose(image), mesh.astype(np.float32), face_score)
+            return Extraction(dwpose(image), mesh.astype(np.float32), face_score, faces)
 
         kp = self._body_and_hands(image, res)
         if self.mirror:
@@ -252,7 +255,7 @@ class ReferencePoseExtractor:
         outside = (kp[:, 0] < 0) | (kp[:, 0] >= w) | (kp[:, 1] < 0) | (kp[:, 1] >= h)
         kp[outside, 2] = 0.0
         kp[:, 2] = np.clip(kp[:, 2], 0.0, 1.0)
-        return Extraction(kp, mesh.astype(np.float32), face_score)
+        return Extraction(kp, mesh.astype(np.float32), face_score, faces)
 
     def _process(self, name: str, image: np.ndarray):  # noqa: ANN202
         graph = self._graph(name)
@@ -279,11 +282,12 @@ class ReferencePoseExtractor:
         self._add_hands(image, res, pose, kp)
         return kp
 
-    def _face_score(self, image: np.ndarray) -> float:
+    def _faces(self, image: np.ndarray) -> tuple[float, int]:
+        """The face detector's best score and how many faces it found."""
         det = self._process("face_detection", image)
         if not det.detections:
-            return 0.5  # found by the face mesh only: visible, but the detector is unsure
-        return float(max(d.score[0] for d in det.detections))
+            return 0.5, 0  # found by the face mesh only: visible, but the detector is unsure
+        return float(max(d.score[0] for d in det.detections)), len(det.detections)
 
     @staticmethod
     def _add_neck(kp: np.ndarray) -> None:
