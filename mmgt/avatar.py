@@ -33,7 +33,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmgt.errors import ImageError, ImageTooLargeError, NoFaceError, NoPersonError
 from mmgt.keypoints import layout
-from mmgt.keypoints.extractor import Extraction, ReferencePoseExtractor
+from mmgt.keypoints.extractor import (
+    TURNED_AWAY_DEGREES,
+    Extraction,
+    ReferencePoseExtractor,
+    face_turn,
+)
 from mmgt.types import Avatar, check_frame_size
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -43,11 +48,6 @@ MIN_SIDE = 128
 FACE_HEIGHTS_PER_FRAME = 4.0  # upper-body framing: the face is about a quarter of the frame height
 FACE_TOP_FRACTION = 0.2  # the top of the face box sits this far down the frame
 DETECT_SIDE = 1024  # framing detection runs on a copy at most this large
-# Face turn (degrees) from which the photo gets a note. MediaPipe's mesh reads a face in full
-# profile as 50–65°, a frontal one within 2°.
-TURNED_AWAY_DEGREES = 30.0
-# Mesh points across the face: outer eye corners, cheek edges (MediaPipe face-mesh indices).
-_ACROSS_FACE = ((33, 263), (234, 454))
 
 BUNDLED_AVATAR = Path(__file__).resolve().parent / "assets" / "astronaut.png"
 
@@ -262,14 +262,6 @@ def prepare_avatar(
         if own:
             ex.close()
     return Avatar(name, square, result.keypoints, result.face_mesh, photo_notes(result))
-
-
-def face_turn(mesh: np.ndarray) -> float:
-    """Degrees the face is turned from the camera (0 facing it), from the depth difference
-    across a (478, 3) face mesh (z in pixel units)."""
-    angles = [np.arctan2(abs(mesh[b, 2] - mesh[a, 2]), abs(mesh[b, 0] - mesh[a, 0]))
-              for a, b in _ACROSS_FACE]  # fmt: skip
-    return float(np.degrees(np.mean(angles)))
 
 
 def photo_notes(result: Extraction) -> tuple[str, ...]:

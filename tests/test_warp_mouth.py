@@ -3,6 +3,9 @@ between them, the lower lip drops intact and rounds, and every edge is anti-alia
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -164,3 +167,29 @@ def test_the_teeth_split_where_the_photo_shows_a_gap_between_the_rows(avatar, st
     assert mouth.teeth_split(image, upper, lower) == pytest.approx(0.5, abs=0.06)
     image[29:32] = 235  # no gap: the default share
     assert mouth.teeth_split(image, upper, lower) == mouth.UPPER_TEETH_SHARE
+
+
+def test_a_turned_face_is_not_painted_past_its_edge():
+    """The CC0 `camera` photo, a face in profile: the far mouth corner's landmarks lie past the
+    silhouette, and the opening mouth's interior stops at the face's edge (read from the
+    photo's pixels: on the mouth line, rows 205–209, the brightness jumps from about 120 to 230
+    between x = 282 and 284) instead of being painted over the wall behind."""
+    avatar = load_avatar(Path(__file__).parent / "data" / "camera.png")
+    state = WarpRenderer().prepare(avatar)
+    ref = avatar.reference_pose
+    corner = state.mouth.far_end  # the front corner, turned away from the camera
+    assert ref[F(64) if corner == -1 else F(60), 0] > 285  # the landmark is past the edge
+    assert state.mouth.front is not None and 0.6 < state.mouth.front < 1.0
+    target = _drop_jaw(ref, 8.0)
+    past_edge = np.s_[207:217, 284:296]  # the wall right of the opening lips
+    luma = render_frame(state, target)[past_edge] @ LUMA
+    assert luma.min() > 150, luma.min()  # the wall (about 230), no dark cavity
+    unclipped = replace(state, mouth=replace(state.mouth, front=None))
+    assert (render_frame(unclipped, target)[past_edge] @ LUMA).min() < 100  # the premise
+    # A greyscale photo gets grey paint.
+    assert all(np.ptp(colour) == 0 for colour in vars(state.mouth.style).values())
+
+
+def test_a_face_facing_the_camera_has_no_edge_to_stop_at_and_keeps_its_colours(state):
+    assert state.mouth.front is None
+    assert np.ptp(state.mouth.style.cavity) > 5 and np.ptp(state.mouth.style.teeth) > 5

@@ -70,6 +70,11 @@ BLAZEPOSE_TO_OPENPOSE = {
 BLAZEPOSE_TO_FEET = (31, None, 29, 32, None, 30)
 POSE_LEFT_WRIST, POSE_RIGHT_WRIST = 15, 16
 HOLISTIC_HAND_SCORE_FLOOR = 0.5  # Holistic gives no hand score; use max(floor, wrist visibility)
+# Face turn (degrees) from which a face counts as turned away (a photo note; the warp renderer
+# keeps the mouth inside the silhouette). The mesh reads a full profile as 50–65°.
+TURNED_AWAY_DEGREES = 30.0
+# Mesh points across the face: outer eye corners, cheek edges (MediaPipe face-mesh indices).
+_ACROSS_FACE = ((33, 263), (234, 454))
 # Two hands whose corresponding points lie closer than this share of the hand's size (median)
 # are one hand found twice; a pair of clasped hands has its thumbs, wrists and fingertips apart.
 DUPLICATE_HAND_DISTANCE = 0.2
@@ -142,6 +147,14 @@ def _average_present(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         elif has_b:
             out[idx] = b[idx]
     return out
+
+
+def face_turn(mesh: np.ndarray) -> float:
+    """Degrees the face is turned from the camera (0 facing it), from the depth difference
+    across a (478, 3) face mesh (z in pixel units): outer eye corners and cheek edges."""
+    angles = [np.arctan2(abs(mesh[b, 2] - mesh[a, 2]), abs(mesh[b, 0] - mesh[a, 0]))
+              for a, b in _ACROSS_FACE]  # fmt: skip
+    return float(np.degrees(np.mean(angles)))
 
 
 def drop_duplicate_hand(kp: np.ndarray) -> None:

@@ -12,6 +12,11 @@
   shaded deeper towards the back, a band of upper teeth under the upper lip and, for wide
   openings, the tongue. It fades in as the opening grows.
 
+* **Turned faces.** In a face turned away, the far mouth corner's landmarks lie on or past the
+  silhouette, so the opening would be painted over the background there. The photo's edge
+  along the mouth line is found once, and the interior stops at it.
+* **Greyscale photos** get grey paint.
+
 Everything is drawn with anti-aliased coverage inside a small region of interest.
 """
 
@@ -33,6 +38,8 @@ EYE_CORNERS = layout.face_index(np.array([36, 45]))  # outer eye corners: the he
 UPPER_TEETH_SHARE = 0.8  # of the photo's visible interior moving with the upper lip (default)
 TEETH_MIN_GAP = 0.08  # reference gap over mouth width above which the photo shows its teeth
 ROUNDING_PULL = 0.7
+FRONT_STEP = 40.0  # RGB distance over 2 px along the mouth line that marks the face's edge
+GREY_SPREAD = 8.0  # channel spread (99th percentile) under which the photo is greyscale
 _NEEDED = np.concatenate([layout.LIPS, EYE_CORNERS])  # points opening() reads
 
 
@@ -81,13 +88,20 @@ class MouthReference:
     shows_teeth: bool
     upper_share: float  # of the visible interior that moves with the upper lip
     style: MouthStyle
+    far_end: int = -1  # the row end (0 or -1) of the corner turned away from the camera
+    front: float | None = None  # where the face's edge crosses the mouth line, as a share of
+    # the way from the near corner to the far one (None: not turned, or no edge before it)
 
 
-def prepare_mouth(image: np.ndarray, pose: np.ndarray) -> MouthReference:
-    """Mouth state of a reference photo and its (134, 3) pose."""
+def prepare_mouth(
+    image: np.ndarray, pose: np.ndarray, far_end: int | None = None
+) -> MouthReference:
+    """Mouth state of a reference photo and its (134, 3) pose; ``far_end`` (0 or -1, the end
+    of the lip rows turned away from the camera) for a turned face, None for a frontal one."""
     upper, lower = lip_row(pose, UPPER), lip_row(pose, LOWER)
     gap = mouth_gap(pose)
     width = float(np.linalg.norm(upper[-1] - upper[0]))
+    front = None if far_end is None else front_edge(image, upper[-1 - far_end], upper[far_end])
     return MouthReference(
         image=image,
         upper=upper,
@@ -97,7 +111,37 @@ def prepare_mouth(image: np.ndarray, pose: np.ndarray) -> MouthReference:
         shows_teeth=gap > max(2.0, TEETH_MIN_GAP * width),
         upper_share=teeth_split(image, upper, lower),
         style=sample_mouth_style(image, pose),
+        far_end=-1 if far_end is None else far_end,
+        front=front,
     )
+
+
+def front_edge(image: np.ndarray, near: np.ndarray, far: np.ndarray) -> float | None:
+    """Where the photo's strongest colour step along the mouth line, from the mouth's middle to
+    a quarter beyond the far corner, lies: a share of the way from the ``near`` corner (0) to
+    the ``far`` one (1). None when the step is weak or at or past the far corner."""
+    axis = far - near  # (2,)
+    length = float(np.linalg.norm(axis))
+    if length < 2.0:
+        return None
+    normal = np.array([-axis[1], axis[0]]) / length
+    us = np.arange(0.5, 1.25, 0.25 / length, dtype=np.float32)  # (N,) quarter-pixel steps
+    line = near + us[:, None] * axis  # (N, 2)
+    xy = (line[None] + np.array([-1.0, 0.0, 1.0])[:, None, None] * normal).astype(np.float32)
+    rgb = cv2.remap(
+        image.astype(np.float32),
+        xy[..., 0],
+        xy[..., 1],
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    ).mean(0)  # (N, 3)
+    lag = 8  # 2 px in quarter-pixel steps
+    step = np.linalg.norm(rgb[lag:] - rgb[:-lag], axis=1)  # (N - lag,)
+    if len(step) == 0 or step.max() < FRONT_STEP:
+        return None
+    k = int(np.argmax(step))
+    u = float(us[k] + 0.5 * (us[k + lag] - us[k]))
+    return u if u < 1.0 else None
 
 
 def lip_row(points: np.ndarray, row: np.ndarray) -> np.ndarray:
@@ -155,7 +199,11 @@ def sample_mouth_style(image: np.ndarray, points: np.ndarray) -> MouthStyle:
             bright = inside[il >= np.percentile(il, 80)]
             teeth = 0.5 * teeth + 0.5 * bright.mean(0)
     tongue = np.clip(lip_dark * 0.75 + np.array([30, -5, -5], np.float32), 0, 255)
-    return MouthStyle(cavity, teeth, lip_dark * 0.3, tongue)
+    colours = [cavity, teeth, lip_dark * 0.3, tongue]
+    if np.percentile(np.ptp(roi, axis=1), 99) < GREY_SPREAD:  # a greyscale photo: grey paint
+        luma = np.array([0.299, 0.587, 0.114], np.float32)
+        colours = [np.full(3, float(c @ luma), np.float32) for c in colours]
+    return MouthStyle(*colours)
 
 
 def mouth_gap(points: np.ndarray) -> float:
@@ -241,6 +289,8 @@ def paint_mouth(
     origin = np.array([x0, y0], np.float32)
     upper_curve, lower_curve = catmull_rom(upper - origin), catmull_rom(lower - origin)
     inside = fill_coverage(roi.shape, np.concatenate([upper_curve, lower_curve[::-1]]))
+    if ref.front is not None:  # a turned face: nothing past its edge
+        inside = inside * _before_front(roi.shape, upper - origin, ref)
     yy, xx = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(np.float32)
     if ref.shows_teeth:
         interior, top, bottom = _teeth_from_photo(roi, target, upper, lower, ref, box)
@@ -255,6 +305,17 @@ def paint_mouth(
     content = interior * (1.0 - cavity_mask[..., None]) + paint * cavity_mask[..., None]
     a = (inside * strength)[..., None]
     frame[y0:y1, x0:x1] = np.clip(roi * (1.0 - a) + content * a + 0.5, 0, 255).astype(np.uint8)
+
+
+def _before_front(shape: tuple[int, ...], upper: np.ndarray, ref: MouthReference) -> np.ndarray:
+    """(h, w) coverage of the side of the face's edge (``ref.front``) the mouth is on, with a
+    1-px ramp; ``upper`` is the target's (7, 2) inner upper lip in ROI pixels."""
+    near, far = upper[-1 - ref.far_end], upper[ref.far_end]
+    axis = far - near
+    length = max(float(np.linalg.norm(axis)), 1e-6)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    along = ((xx - near[0]) * axis[0] + (yy - near[1]) * axis[1]) / length  # px from near
+    return np.clip(ref.front * length - along + 0.5, 0.0, 1.0)
 
 
 def _teeth_from_photo(

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from mmgt.keypoints import layout
-from mmgt.keypoints.extractor import MESH_TO_IBUG68
+from mmgt.keypoints.extractor import MESH_TO_IBUG68, TURNED_AWAY_DEGREES, face_turn
 from mmgt.renderers import face_details, mouth, warp_field
 from mmgt.types import AudioFeatures, Avatar, KeypointSeq, MaskSet
 
@@ -146,6 +146,15 @@ def _forehead(face: np.ndarray) -> np.ndarray:
     return (brows - (0.0, up)).astype(np.float32)
 
 
+def _far_mouth_end(avatar: Avatar) -> int | None:
+    """For a face turned away, the end (0 or -1) of the inner lip rows (corner iBUG 60 … 64)
+    further from the camera, by the face mesh's depth; None for a face facing the camera."""
+    mesh = avatar.face_mesh
+    if mesh is None or face_turn(mesh) < TURNED_AWAY_DEGREES:
+        return None
+    return -1 if mesh[MESH_TO_IBUG68[64], 2] > mesh[MESH_TO_IBUG68[60], 2] else 0
+
+
 def _opened(face: np.ndarray) -> np.ndarray:
     """The 68 face points with mouth and eyes pulled open, for a topology with interiors."""
     pts = face.copy()
@@ -220,7 +229,7 @@ class WarpRenderer:
             identity_x=gx,
             identity_y=gy,
             feather_px=max(cfg.feather * face_w, 1.5),
-            mouth=mouth.prepare_mouth(avatar.image, pose),
+            mouth=mouth.prepare_mouth(avatar.image, pose, _far_mouth_end(avatar)),
             reference_pose=pose,
         )
 
