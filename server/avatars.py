@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,8 @@ from mmgt.errors import ImageError, ImageTooLargeError, MMGTError
 from mmgt.keypoints.dwpose import DWPose
 from mmgt.keypoints.extractor import ReferencePoseExtractor
 from mmgt.types import Avatar
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ID = "default"
 PUBLIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
@@ -115,6 +118,8 @@ class AvatarStore:
             avatar = await self._in_worker(Path(photo), name)
         except MMGTError as exc:
             raise type(exc)(f"--avatar {name}={photo}: {exc}") from exc
+        for note in avatar.notes:  # usable, but the operator should know
+            log.warning("--avatar %s=%s: %s", name, photo, note)
         self._public[name] = avatar
         return avatar
 

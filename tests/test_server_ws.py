@@ -271,14 +271,19 @@ async def test_motion_dials_at_start_and_mid_stream(client, speech):
     await idle_server(client)
 
 
-async def test_the_operators_avatars_are_listed_and_usable(speech):
-    """``--avatar NAME=PHOTO``: prepared at start-up, listed after the bundled one, usable by
-    name; uploads still never appear in the list."""
+async def test_the_operators_avatars_are_listed_and_usable(speech, caplog):
+    """``--avatar NAME=PHOTO``: prepared at start-up (a photo's notes logged as warnings),
+    listed after the bundled one, usable by name; uploads still never appear in the list."""
     photo = Path(__file__).parent / "data" / "grace_hopper.jpg"
-    hopper_avatar = (("hopper", str(photo)),)
-    settings = ServerSettings(driver="procedural", frame_size=SIZE, avatars=hopper_avatar)
+    profile = Path(__file__).parent / "data" / "camera.png"
+    operators = (("hopper", str(photo)), ("camera", str(profile)))
+    settings = ServerSettings(driver="procedural", frame_size=SIZE, avatars=operators)
     async with TestClient(TestServer(make_app(settings))) as own:
-        assert (await (await own.get("/avatars")).json()) == {"avatars": ["default", "hopper"]}
+        listed = ["default", "hopper", "camera"]
+        assert (await (await own.get("/avatars")).json()) == {"avatars": listed}
+        warned = [r.getMessage() for r in caplog.records if r.name == "server.avatars"]
+        note = own.app[CTX].avatars.get("camera").notes[0]
+        assert warned == [f"--avatar camera={profile}: {note}"]  # hopper faces the camera
         info = await (await own.get("/avatars/hopper")).json()
         assert info["id"] == "hopper" and info["size"] == SIZE
         resp = await own.get("/avatars/hopper/image")  # the page's poster: the framed photo
@@ -296,7 +301,7 @@ async def test_the_operators_avatars_are_listed_and_usable(speech):
         assert info["notes"] == []  # nothing about the photo to point out
         resp = await own.post("/avatars", data=photo.read_bytes())  # an upload …
         assert resp.status == 200 and (await resp.json())["notes"] == []
-        assert (await (await own.get("/avatars")).json())["avatars"] == ["default", "hopper"]
+        assert (await (await own.get("/avatars")).json())["avatars"] == listed
         # A face in profile: the upload's answer and its info say so (and it is still usable).
         profile = (Path(__file__).parent / "data" / "camera.png").read_bytes()
         resp = await own.post("/avatars", data=profile)
