@@ -13,7 +13,7 @@ from mmgt.avatar import load_avatar
 from mmgt.keypoints import layout
 from mmgt.renderers import mouth
 from mmgt.renderers.raster import catmull_rom, fill_coverage, line_coverage
-from mmgt.renderers.warp import WarpRenderer, render_frame
+from mmgt.renderers.warp import WarpRenderer, _maps, backward_map, render_frame
 from mmgt.types import Avatar
 
 F = layout.face_index
@@ -193,3 +193,38 @@ def test_a_turned_face_is_not_painted_past_its_edge():
 def test_a_face_facing_the_camera_has_no_edge_to_stop_at_and_keeps_its_colours(state):
     assert state.mouth.front is None
     assert np.ptp(state.mouth.style.cavity) > 5 and np.ptp(state.mouth.style.teeth) > 5
+
+
+def _folded_pixels(map_x: np.ndarray, map_y: np.ndarray, box: tuple[int, int, int, int]) -> int:
+    """Pixels of ``box`` (x0, y0, x1, y1) where the backward map turns over (negative
+    Jacobian determinant): a fold, which shows as a torn, doubled seam."""
+    x0, y0, x1, y1 = box
+    dxx, dxy = np.gradient(map_x, axis=1), np.gradient(map_x, axis=0)
+    dyx, dyy = np.gradient(map_y, axis=1), np.gradient(map_y, axis=0)
+    return int(((dxx * dyy - dxy * dyx)[y0:y1, x0:x1] < -0.05).sum())
+
+
+def test_crossed_lips_are_uncrossed_before_warping():
+    """A model closing an already closed mouth further (the default model does this on many
+    closed-mouth photos) puts the inner lower lip above the upper one; warped as given, the
+    mesh folds into a torn seam. The lower lip is lowered to meet the upper one instead."""
+    avatar = load_avatar(Path(__file__).parent / "data" / "grace_hopper.jpg")
+    state = WarpRenderer().prepare(avatar)
+    ref = avatar.reference_pose
+    assert abs(mouth.mouth_gap(ref)) < 1.0  # a closed mouth
+    crossed = ref.copy()
+    lower_lip = F(np.array([55, 56, 57, 58, 59, 65, 66, 67]))
+    u = (ref[lower_lip, 0] - ref[F(48), 0]) / (ref[F(54), 0] - ref[F(48), 0])
+    crossed[lower_lip, 1] -= 6.0 * np.sin(np.pi * np.clip(u, 0, 1)) ** 0.6  # as a jaw closes
+    pose = mouth.uncross_lips(crossed)
+    inner_up, inner_low = mouth.UPPER[1:4], mouth.LOWER[1:4]
+    assert (pose[inner_low, 1] >= pose[inner_up, 1] - 1e-4).all()
+    middle = pose[F(57), 1] - crossed[F(57), 1]  # the outer lower lip moves with the inner
+    assert middle == pytest.approx(pose[F(66), 1] - crossed[F(66), 1], abs=0.5) and middle > 5
+    assert (pose[mouth.UPPER, :] == crossed[mouth.UPPER, :]).all()  # the upper lip stays
+    lips = ref[layout.LIPS, :2]
+    box = (*np.floor(lips.min(0) - 4).astype(int), *np.ceil(lips.max(0) + 6).astype(int))
+    assert _folded_pixels(*backward_map(state, crossed), box) == 0
+    lower = mouth.lip_row(crossed, mouth.LOWER)
+    assert _folded_pixels(*_maps(state, crossed, lower[[1, 5]]), box) > 0  # the premise
+    assert mouth.uncross_lips(ref) is ref  # a pose that is not crossed is left alone

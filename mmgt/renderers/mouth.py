@@ -241,13 +241,34 @@ def round_out(
     return curve + push[:, None] * normal
 
 
+def uncross_lips(target: np.ndarray) -> np.ndarray:
+    """A (134, 3) pose whose inner lower lip rose above the inner upper lip (a model closing an
+    already closed mouth further) with its lower lip, inner and outer, lowered to meet the upper
+    one (by the crossing, tapering to nothing at the corners), so the warp's mesh does not fold;
+    the corners stay. Other poses are returned as given.
+    """
+    over = target[UPPER[1:4], 1] - target[LOWER[1:4], 1]  # (3,) > 0 where crossed
+    if not (over > 0).any():
+        return target
+    corners = target[OUTER_LOWER[[0, -1]], 0]  # (2,) x of the outer corners
+    xp = np.concatenate([corners, target[LOWER[1:4], 0]])  # (5,)
+    fp = np.concatenate([[0.0, 0.0], np.maximum(over, 0.0)])
+    order = np.argsort(xp)
+    pose = target.copy()
+    lower = np.concatenate([LOWER[1:4], OUTER_LOWER[1:-1]])  # inner and outer, no corners
+    pose[lower, 1] += np.interp(pose[lower, 0], xp[order], fp[order])
+    return pose
+
+
 def shape_mouth(target: np.ndarray, ref: MouthReference) -> tuple[np.ndarray, np.ndarray]:
     """Round the target's open lower lip in proportion to the opening.
 
     Returns the (134, 3) pose with its inner and outer lower lip moved (the target itself when
-    the mouth is not open beyond the reference) and its (7, 2) inner lower lip row, whose two
-    added points join the face mesh.
+    the mouth is not open beyond the reference; crossed lips are uncrossed first, see
+    :func:`uncross_lips`) and its (7, 2) inner lower lip row, whose two added points join the
+    face mesh.
     """
+    target = uncross_lips(target)
     lower = lip_row(target, LOWER)
     strength = opening(target, ref)
     if strength <= 0.0:
