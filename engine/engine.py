@@ -104,13 +104,17 @@ class Engine:
         driver.context_frames = context
 
     def avatar_state(self, avatar: Avatar) -> object:
-        """The renderer's prepared state for ``avatar`` (computed once, then cached)."""
+        """The renderer's prepared state for ``avatar`` (computed once, then cached); also
+        measures the driver's per-avatar lip bias (:mod:`mmgt.drivers.lip_bias`) ahead of the
+        session."""
         with self._states_lock:
             state = self._states.get(avatar.key)
             if state is not None:
                 self._states.move_to_end(avatar.key)
                 return state
         state = self.renderer.prepare(avatar)  # outside the lock: may take a while
+        if getattr(self._driver, "correct_lip_bias", False):  # once per avatar, ahead of the
+            self._driver.lip_bias(avatar.reference_pose, avatar.frame_size)  # live windows
         with self._states_lock:
             self._states[avatar.key] = state
             while len(self._states) > self.config.max_avatars:

@@ -95,6 +95,7 @@ def make_driver(
             ambient=AmbientMotion(seed=seed) if with_ambient else None,
             mask_reference_legs=official,
             speech_gate=speech_gate,
+            correct_lip_bias=not official and feature_kind == "light-v1",
         )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 

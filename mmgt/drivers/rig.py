@@ -71,6 +71,22 @@ def mouth_width(reference: np.ndarray) -> float:
     return float(np.linalg.norm(reference[_F(54), :2] - reference[_F(48), :2])) + 1e-3
 
 
+def across_mouth(reference: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(len(idx),) weight of mouth points by where they sit across the reference's mouth:
+    sin(π·u)^0.6, 0 at the corners and 1 in the middle."""
+    u = np.clip((reference[idx, 0] - reference[_F(48), 0]) / mouth_width(reference), 0, 1)
+    # sin(π) is −9e-8 in float32: clamp, or a point beyond the corner would give NaN.
+    return np.maximum(np.sin(np.pi * u), 0) ** 0.6
+
+
+def lower_jaw(poses: np.ndarray, reference: np.ndarray, pixels: float) -> None:
+    """Move the lower lip and the jaw of (T, 134, ≥2) ``poses`` down by ``pixels`` in the
+    middle of the mouth (up when negative), in place, as the rig's mouth opening does: the lower
+    lip by its place across the mouth, the jaw by :data:`JAW_WEIGHTS`."""
+    poses[:, LOWER_LIP, 1] += pixels * across_mouth(reference, LOWER_LIP)
+    poses[:, _F(np.arange(3, 14)), 1] += pixels * JAW_WEIGHTS
+
+
 def inner_gap(points: np.ndarray) -> float:
     """Mean inner-lip gap (pixels) of one pose."""
     up, low = _F(np.array([61, 62, 63])), _F(np.array([67, 66, 65]))
@@ -92,11 +108,8 @@ def pose_sequence(reference: np.ndarray, curves: RigCurves) -> np.ndarray:
     face_w, mouth_w = face_width(ref), mouth_width(ref)
 
     # 1. Mouth. Δ = target gap − reference gap, scaled so the mean inner gap hits the target.
-    left_x = ref[_F(48), 0]
-
     def across(idx: np.ndarray) -> np.ndarray:
-        # sin(π) is −9e-8 in float32: clamp, or a point beyond the corner would give NaN.
-        return np.maximum(np.sin(np.pi * np.clip((ref[idx, 0] - left_x) / mouth_w, 0, 1)), 0) ** 0.6
+        return across_mouth(ref, idx)
 
     reach = 0.25 * across(_F(np.array([61, 62, 63]))).mean()
     reach += 0.75 * across(_F(np.array([65, 66, 67]))).mean()

@@ -21,12 +21,14 @@ The official model predicts the score channel too, but its normalised range is o
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from mmgt.drivers import pose_space
+from mmgt.drivers import lip_bias, pose_space
 from mmgt.drivers.ambient import AmbientMotion
 from mmgt.errors import InputError
 from mmgt.keypoints import layout
@@ -75,14 +77,22 @@ class SMGADriver:
         ambient: AmbientMotion | None = None,
         mask_reference_legs: bool = False,
         speech_gate: bool = False,
+        correct_lip_bias: bool = False,
     ) -> None:
         """``mask_reference_legs``: zero the knees and ankles of the normalised reference pose
         the model is conditioned on, as the official audio2vid does (``mask_leg``).
         ``speech_gate``: whoever computes this driver's features passes them through
-        :class:`mmgt.audio.gate.SpeechGate` first (light features only)."""
+        :class:`mmgt.audio.gate.SpeechGate` first (light features only).
+        ``correct_lip_bias``: measure each avatar's silent mouth once and take the model's
+        closed-mouth bias off (:mod:`mmgt.drivers.lip_bias`; light features only)."""
         if speech_gate and feature_kind != "light-v1":
             raise InputError(f"the speech gate works on light-v1 features, not {feature_kind}")
         self.speech_gate = speech_gate
+        if correct_lip_bias and feature_kind != "light-v1":
+            raise InputError(f"the lip-bias correction needs light-v1 features, not {feature_kind}")
+        self.correct_lip_bias = correct_lip_bias
+        self._lip_bias: OrderedDict[bytes, float] = OrderedDict()  # reference → mouth widths
+        self._lip_lock = threading.Lock()
         self.model = model.eval()
         self.mask_reference_legs = mask_reference_legs
         self.ambient = ambient
@@ -127,6 +137,37 @@ class SMGADriver:
         ref = np.asarray(reference_pose, dtype=np.float32)
         if ref.shape != (layout.NUM_KEYPOINTS, 3):
             raise ValueError(f"reference_pose must be (134, 3), got {ref.shape}")
+        bias = self.lip_bias(ref, frame_size) if self.correct_lip_bias else 0.0
+        return self._generate(features, ref, committed, frame_size, bias)
+
+    def lip_bias(self, reference_pose: np.ndarray, frame_size: int) -> float:
+        """The correction (mouth widths) this model's silent mouth needs on this reference,
+        measured on the first call and remembered (:mod:`mmgt.drivers.lip_bias`)."""
+        ref_norm = layout.normalize(np.asarray(reference_pose, np.float32), frame_size)
+        key = np.round(ref_norm, 4).tobytes()
+        with self._lip_lock:  # sessions share the cache (copies of one driver)
+            if key in self._lip_bias:
+                self._lip_bias.move_to_end(key)
+                return self._lip_bias[key]
+        quiet = lip_bias.silence(self.feature_kind, self.speech_gate)
+        ref = layout.denormalize(ref_norm, layout.OFFICIAL_FRAME)
+        value = lip_bias.correction(
+            self._generate(quiet, ref, None, layout.OFFICIAL_FRAME, 0.0).points, ref
+        )
+        with self._lip_lock:
+            self._lip_bias[key] = value
+            while len(self._lip_bias) > lip_bias.CACHE_SIZE:
+                self._lip_bias.popitem(last=False)
+        return value
+
+    def _generate(
+        self,
+        features: AudioFeatures,
+        ref: np.ndarray,
+        committed: KeypointSeq | None,
+        frame_size: int,
+        bias: float,
+    ) -> KeypointSeq:
         done = 0
         out = np.zeros((len(features), layout.OFFICIAL_DIM), np.float32)
         if committed is not None:
@@ -137,6 +178,7 @@ class SMGADriver:
             points = prev.points.copy()
             if self.ambient is not None:
                 self.ambient.apply(points, ref, prev.start_frame, features.fps, undo=True)
+            lip_bias.apply(points, ref, bias, undo=True)
             out[:done] = layout.normalize(points, frame_size)
         audio = (features.values - self.audio_mean) / self.audio_std
         ref_norm = layout.normalize(ref, frame_size)  # (402,)
@@ -158,6 +200,7 @@ class SMGADriver:
             out = pose_space.from_residual(out, ref_norm, self.pose_std)
         skip = len(committed) if committed else 0
         poses = layout.denormalize(out[skip:], frame_size)
+        lip_bias.apply(poses, ref, bias)
         if self.ambient is not None:
             self.ambient.apply(poses, ref, features.start_frame + skip, features.fps)
         if self.keep_reference_scores:

@@ -1,0 +1,77 @@
+"""The default model's closed-mouth bias: measured once per avatar on silence and taken off, so
+a closed-mouth photo's silent mouth is closed (not "past closed") and its speech opens it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmgt.audio import extract_light_features, load_audio
+from mmgt.audio.gate import gate_features
+from mmgt.avatar import BUNDLED_AVATAR, load_avatar
+from mmgt.drivers import lip_bias, make_driver
+from mmgt.drivers.rig import inner_gap, mouth_width
+
+HOPPER = Path(__file__).parent / "data" / "grace_hopper.jpg"  # a closed mouth
+
+
+@pytest.fixture(scope="module")
+def hopper() -> np.ndarray:
+    return load_avatar(HOPPER).reference_pose
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return gate_features(
+        extract_light_features(load_audio(BUNDLED_AVATAR.parent / "speech_sample.wav"))
+    )
+
+
+def _median_gap(points: np.ndarray, reference: np.ndarray) -> float:
+    """Median inner-lip gap in mouth widths."""
+    return float(np.median([inner_gap(p) for p in points])) / mouth_width(reference)
+
+
+def test_a_closed_mouth_photo_is_silent_with_its_mouth_closed(hopper):
+    corrected = make_driver("smga")
+    raw = copy.copy(corrected)
+    raw.correct_lip_bias = False
+    quiet = lip_bias.silence("light-v1", gated=True)
+    assert _median_gap(raw.generate(quiet, hopper).points, hopper) < -0.08  # past closed
+    bias = corrected.lip_bias(hopper, 512)
+    assert bias > 0.08
+    assert abs(_median_gap(corrected.generate(quiet, hopper).points, hopper)) < 0.01
+    # Measured once per avatar, whatever the frame size it is used at.
+    assert corrected.lip_bias(hopper * [0.5, 0.5, 1], 256) == pytest.approx(bias, abs=1e-3)
+    assert len(corrected._lip_bias) == 1
+
+
+def test_the_bundled_photo_is_left_as_the_model_makes_it():
+    """Its silent mouth is a little open, within the tolerance: the model card's figures hold."""
+    assert make_driver("smga").lip_bias(load_avatar().reference_pose, 512) == 0.0
+
+
+def test_the_correction_is_taken_off_the_committed_context(hopper, speech):
+    """Streaming: the correction is laid over the output and taken off committed frames before
+    they become the model's context, so the model sees only its own motion."""
+    corrected = make_driver("smga", ambient=False)  # no head roll: the shift commutes
+    raw = copy.copy(corrected)
+    raw.correct_lip_bias = False
+    bias = corrected.lip_bias(hopper, 512)
+    feats = speech.frames(0, 90)
+
+    def shifted(points: np.ndarray) -> np.ndarray:
+        out = points.copy()
+        lip_bias.apply(out, hopper, bias)
+        return out
+
+    whole, whole_raw = corrected.generate(feats, hopper), raw.generate(feats, hopper)
+    np.testing.assert_allclose(whole.points, shifted(whole_raw.points), atol=1e-3)
+    more = corrected.generate(feats, hopper, whole.frames(0, 40))
+    more_raw = raw.generate(feats, hopper, whole_raw.frames(0, 40))
+    np.testing.assert_allclose(more.points, shifted(more_raw.points), atol=1e-3)
+    # Speech opens the corrected mouth further than the model alone did.
+    assert _median_gap(whole.points, hopper) > _median_gap(whole_raw.points, hopper) + 0.08
