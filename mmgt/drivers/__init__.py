@@ -36,6 +36,7 @@ def make_driver(
     backend: Backend | None = None,
     ambient: bool | None = None,
     speech_gate: bool | None = None,
+    lip_bias: bool | None = None,
 ) -> Driver:
     """Build a driver by name (see :data:`DRIVERS`; ``auto`` is :func:`default_driver_name`).
 
@@ -47,7 +48,9 @@ def make_driver(
     head sway and breathing over the model's output (default: on for models trained here, off
     for official checkpoints; see :mod:`mmgt.drivers.ambient`). ``speech_gate`` has the
     features gated so that noise without speech reaches the model as silence (default: on for
-    models trained here on light features; see :mod:`mmgt.audio.gate`).
+    models trained here on light features; see :mod:`mmgt.audio.gate`). ``lip_bias`` takes
+    the model's closed-mouth bias off, measured once per avatar (same default; see
+    :mod:`mmgt.drivers.lip_bias`).
     """
     if name == "auto":
         name = default_driver_name()
@@ -95,7 +98,9 @@ def make_driver(
             ambient=AmbientMotion(seed=seed) if with_ambient else None,
             mask_reference_legs=official,
             speech_gate=speech_gate,
-            correct_lip_bias=not official and feature_kind == "light-v1",
+            correct_lip_bias=(not official and feature_kind == "light-v1")
+            if lip_bias is None
+            else lip_bias,
         )
     raise ValueError(f"unknown driver {name!r}; choose one of {', '.join(DRIVERS)}")
 

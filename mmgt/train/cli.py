@@ -76,6 +76,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="SMGA on ungated features (render and the server gate them by default)",
     )
+    e.add_argument(
+        "--no-lip-bias",
+        action="store_true",
+        help="SMGA without its per-avatar closed-mouth correction (mmgt/drivers/lip_bias.py)",
+    )
     e.add_argument("--out", type=Path, help="write the results as JSON")
 
 
@@ -319,7 +324,8 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         # The model's own motion: without the ambient motion the shipped driver adds.
         sampler = {"steps": args.steps, "guidance": args.guidance, "ambient": False,
-                   "speech_gate": False if args.no_speech_gate else None}  # fmt: skip
+                   "speech_gate": False if args.no_speech_gate else None,
+                   "lip_bias": False if args.no_lip_bias else None}  # fmt: skip
         smga = make_driver("smga", weights=args.weights, **sampler)
         if args.live_hop:  # the live engine's windows
             from mmgt.drivers.hop import HopDriver, live_context
