@@ -75,3 +75,12 @@ def test_the_correction_is_taken_off_the_committed_context(hopper, speech):
     np.testing.assert_allclose(more.points, shifted(more_raw.points), atol=1e-3)
     # Speech opens the corrected mouth further than the model alone did.
     assert _median_gap(whole.points, hopper) > _median_gap(whole_raw.points, hopper) + 0.08
+
+
+def test_a_correction_beyond_any_speech_opening_is_capped(hopper, caplog):
+    """A model whose silent mouth is a whole mouth width off is broken, not biased."""
+    silent = np.repeat(hopper[None], 10, axis=0)
+    silent[:, lip_bias._INNER_LOWER, 1] -= mouth_width(hopper)  # far past closed
+    assert lip_bias.correction(silent, hopper) == lip_bias.MAX_CORRECTION
+    assert "corrected by 0.30 only" in caplog.text
+    assert lip_bias.correction(hopper[None], hopper) == 0.0  # the photo's own mouth: closed

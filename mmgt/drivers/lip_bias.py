@@ -13,6 +13,8 @@ silent mouth that is closed or a little open (the corpus's references) is left a
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from mmgt.audio.features import extract_light_features
@@ -21,8 +23,11 @@ from mmgt.drivers.rig import across_mouth, inner_gap, lower_jaw, mouth_width
 from mmgt.keypoints import layout
 from mmgt.types import AudioFeatures
 
+log = logging.getLogger(__name__)
+
 SILENCE_SECONDS = 4.0
 TOLERANCE = 0.05  # mouth widths of open silent gap left as the model made it
+MAX_CORRECTION = 0.3  # mouth widths: about the widest speech opening
 CACHE_SIZE = 64  # avatars remembered per driver
 _INNER_LOWER = layout.face_index(np.array([65, 66, 67]))
 
@@ -41,7 +46,12 @@ def correction(silent_poses: np.ndarray, reference: np.ndarray) -> float:
     made for silence and their (134, ≥2) reference: a median gap past closed is taken off
     whole, an open one beyond :data:`TOLERANCE` (a little open is how people rest)."""
     gap = float(np.median([inner_gap(p) for p in silent_poses])) / mouth_width(reference)
-    return -gap if gap < 0 else -max(gap - TOLERANCE, 0.0)
+    value = -gap if gap < 0 else -max(gap - TOLERANCE, 0.0)
+    if abs(value) > MAX_CORRECTION:  # a model this far off is not biased but broken
+        log.warning("the model's silent mouth is %.2f mouth widths off; corrected by %.2f only",
+                    -value, MAX_CORRECTION)  # fmt: skip
+        value = float(np.clip(value, -MAX_CORRECTION, MAX_CORRECTION))
+    return value
 
 
 def apply(
