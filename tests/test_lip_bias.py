@@ -30,9 +30,10 @@ def speech():
     )
 
 
-def _median_gap(points: np.ndarray, reference: np.ndarray) -> float:
-    """Median inner-lip gap in mouth widths."""
-    return float(np.median([inner_gap(p) for p in points])) / mouth_width(reference)
+def _gap(points: np.ndarray, reference: np.ndarray, percentile: float = 50) -> float:
+    """A percentile (default the median) of the inner-lip gap, in mouth widths."""
+    gaps = [inner_gap(p) for p in points]
+    return float(np.percentile(gaps, percentile)) / mouth_width(reference)
 
 
 def test_a_closed_mouth_photo_is_silent_with_its_mouth_closed(hopper):
@@ -40,10 +41,11 @@ def test_a_closed_mouth_photo_is_silent_with_its_mouth_closed(hopper):
     raw = copy.copy(corrected)
     raw.correct_lip_bias = False
     quiet = lip_bias.silence("light-v1", gated=True)
-    assert _median_gap(raw.generate(quiet, hopper).points, hopper) < -0.08  # past closed
+    assert _gap(raw.generate(quiet, hopper).points, hopper, 75) < -0.04  # past closed
     bias = corrected.lip_bias(hopper, 512)
-    assert bias > 0.08
-    assert abs(_median_gap(corrected.generate(quiet, hopper).points, hopper)) < 0.01
+    assert bias > 0.04
+    # Three quarters of the silent frames are closed, the rest just open (the model's jitter).
+    assert abs(_gap(corrected.generate(quiet, hopper).points, hopper, 75)) < 0.005
     # Measured once per avatar, whatever the frame size it is used at.
     assert corrected.lip_bias(hopper * [0.5, 0.5, 1], 256) == pytest.approx(bias, abs=1e-3)
     assert len(corrected._lip_bias) == 1
@@ -74,7 +76,7 @@ def test_the_correction_is_taken_off_the_committed_context(hopper, speech):
     more_raw = raw.generate(feats, hopper, whole_raw.frames(0, 40))
     np.testing.assert_allclose(more.points, shifted(more_raw.points), atol=1e-3)
     # Speech opens the corrected mouth further than the model alone did.
-    assert _median_gap(whole.points, hopper) > _median_gap(whole_raw.points, hopper) + 0.08
+    assert _gap(whole.points, hopper) > _gap(whole_raw.points, hopper) + 0.04
 
 
 def test_a_correction_beyond_any_speech_opening_is_capped(hopper, caplog):
