@@ -10,6 +10,9 @@ With ``ambient`` motion (the default for the models trained here, off for offici
 checkpoints), seeded blinks, head sway and breathing (:mod:`mmgt.drivers.ambient`) are laid
 over the model's output: a few-step sampler averages them away. They are taken off the committed
 frames before those become the next window's context, so the model only sees its own motion.
+Likewise the output's lower lip and jaw are corrected for the model's closed-mouth bias,
+measured once per avatar on silence, and the correction is taken off committed frames again
+(``correct_lip_bias``, the default for models trained here; :mod:`mmgt.drivers.lip_bias`).
 
 For official checkpoints the reference pose the model is conditioned on has its knees and ankles
 zeroed in the normalised space, as the official audio2vid does (``mask_leg``).
