@@ -128,13 +128,10 @@ def front_edge(image: np.ndarray, near: np.ndarray, far: np.ndarray) -> float | 
     us = np.arange(0.5, 1.25, 0.25 / length, dtype=np.float32)  # (N,) quarter-pixel steps
     line = near + us[:, None] * axis  # (N, 2)
     xy = (line[None] + np.array([-1.0, 0.0, 1.0])[:, None, None] * normal).astype(np.float32)
-    rgb = cv2.remap(
-        image.astype(np.float32),
-        xy[..., 0],
-        xy[..., 1],
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REPLICATE,
-    ).mean(0)  # (N, 3)
+    samples = cv2.remap(
+        image, xy[..., 0], xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )  # (3, N, 3) uint8 fmt: skip
+    rgb = samples.astype(np.float32).mean(0)  # (N, 3) across the three parallel lines
     lag = 8  # 2 px in quarter-pixel steps
     step = np.linalg.norm(rgb[lag:] - rgb[:-lag], axis=1)  # (N - lag,)
     if len(step) == 0 or step.max() < FRONT_STEP:
@@ -310,9 +307,9 @@ def paint_mouth(
     origin = np.array([x0, y0], np.float32)
     upper_curve, lower_curve = catmull_rom(upper - origin), catmull_rom(lower - origin)
     inside = fill_coverage(roi.shape, np.concatenate([upper_curve, lower_curve[::-1]]))
-    if ref.front is not None:  # a turned face: nothing past its edge
-        inside = inside * _before_front(roi.shape, upper - origin, ref)
     yy, xx = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(np.float32)
+    if ref.front is not None:  # a turned face: nothing past its edge
+        inside = inside * _before_front(xx, yy, upper - origin, ref)
     if ref.shows_teeth:
         interior, top, bottom = _teeth_from_photo(roi, target, upper, lower, ref, box)
         top, bottom = catmull_rom(top - origin), catmull_rom(bottom - origin)
@@ -328,13 +325,15 @@ def paint_mouth(
     frame[y0:y1, x0:x1] = np.clip(roi * (1.0 - a) + content * a + 0.5, 0, 255).astype(np.uint8)
 
 
-def _before_front(shape: tuple[int, ...], upper: np.ndarray, ref: MouthReference) -> np.ndarray:
+def _before_front(
+    xx: np.ndarray, yy: np.ndarray, upper: np.ndarray, ref: MouthReference
+) -> np.ndarray:
     """(h, w) coverage of the side of the face's edge (``ref.front``) the mouth is on, with a
-    1-px ramp; ``upper`` is the target's (7, 2) inner upper lip in ROI pixels."""
+    1-px ramp, at ROI pixels ``xx``, ``yy``; ``upper`` is the target's (7, 2) inner upper lip in
+    ROI pixels."""
     near, far = upper[-1 - ref.far_end], upper[ref.far_end]
     axis = far - near
     length = max(float(np.linalg.norm(axis)), 1e-6)
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     along = ((xx - near[0]) * axis[0] + (yy - near[1]) * axis[1]) / length  # px from near
     return np.clip(ref.front * length - along + 0.5, 0.0, 1.0)
 
