@@ -130,7 +130,7 @@ def front_edge(image: np.ndarray, near: np.ndarray, far: np.ndarray) -> float | 
     xy = (line[None] + np.array([-1.0, 0.0, 1.0])[:, None, None] * normal).astype(np.float32)
     samples = cv2.remap(
         image, xy[..., 0], xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )  # (3, N, 3) uint8 fmt: skip
+    )  # (3, N, 3) uint8
     rgb = samples.astype(np.float32).mean(0)  # (N, 3) across the three parallel lines
     lag = 8  # 2 px in quarter-pixel steps
     step = np.linalg.norm(rgb[lag:] - rgb[:-lag], axis=1)  # (N - lag,)
