@@ -33,9 +33,10 @@ from bench._common import median_time, write_result
 from export.onnx import write_folder
 from export.specs import smga_step
 from mmgt.audio import extract_light_features
+from mmgt.backend import Backend
 from mmgt.drivers import make_driver
 from mmgt.drivers.hop import live_context
-from mmgt.runtime import Backend, OnnxFolder, OrtRunner, TorchRunner, state_hash
+from mmgt.runtime import OnnxFolder, OrtRunner, TorchRunner, state_hash
 from mmgt.types import AudioFeatures, KeypointSeq
 
 FPS, HOP = 25, 4

@@ -39,11 +39,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from mmgt.backend import add_backend_arguments
     from mmgt.drivers import DRIVERS
     from mmgt.drivers.controls import add_motion_arguments
     from mmgt.keypoints.extractor import add_pose_model_arguments
     from mmgt.renderers import RENDERERS, add_diffusion_arguments
-    from mmgt.runtime import add_backend_arguments
 
     parser = argparse.ArgumentParser(
         prog="mmgt",
@@ -124,12 +124,25 @@ def _build_parser() -> argparse.ArgumentParser:
 
     from mmgt.train import cli as train_cli
     from mmgt.train.corpus import cli as corpus_cli
-    from mmgt.weights import check
+    from mmgt.weights import cli as weights_cli
 
     corpus_cli.add_cli(sub)
     train_cli.add_cli(sub)
-    check.add_cli(sub)
+    weights_cli.add_cli(sub)
     return parser
+
+
+# Command → (module, function), imported when that command runs: the modules behind the
+# commands import torch, diffusers or scipy (seconds), and each command needs only its own.
+COMMANDS = {
+    "render": ("mmgt.cli", "_cmd_render"),
+    "prepare-avatar": ("mmgt.cli", "_cmd_prepare_avatar"),
+    "doctor": ("mmgt.cli", "_cmd_doctor"),
+    "data": ("mmgt.train.corpus.cli", "run_cli"),
+    "train": ("mmgt.train.cli", "run_train"),
+    "eval": ("mmgt.train.cli", "run_eval"),
+    "check-weights": ("mmgt.weights.cli", "run_cli"),
+}
 
 
 def _set_threads(n: int | None) -> None:
@@ -148,11 +161,11 @@ def _print_notes(command: str, notes: tuple[str, ...]) -> None:
 
 def _cmd_render(args: argparse.Namespace) -> int:
     from mmgt.avatar import BUNDLED_AVATAR, load_avatar
+    from mmgt.backend import backend_from_args
     from mmgt.drivers import default_driver_name
     from mmgt.drivers.controls import controls_from_args
     from mmgt.keypoints.extractor import extractor_from_args
     from mmgt.offline import check_output, render_video
-    from mmgt.runtime import backend_from_args
 
     try:
         motion = controls_from_args(args)
@@ -230,9 +243,9 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _cmd_render_poses(args: argparse.Namespace) -> int:
     """``render --pose-video … --face-mask-video … --lips-mask-video …`` (pose2vid)."""
+    from mmgt.backend import backend_from_args
     from mmgt.offline import render_pose_video
     from mmgt.renderers import diffusion_options
-    from mmgt.runtime import backend_from_args
 
     videos = (args.pose_video, args.face_mask_video, args.lips_mask_video)
     if None in videos:
@@ -343,7 +356,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mmgt`` console script."""
     try:
-        args = _build_parser().parse_args(argv)  # imports torch: seconds of a new process
+        args = _build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print("mmgt: interrupted", file=sys.stderr)
         return 130
@@ -355,22 +368,12 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_as_interrupt():  # a stopped render leaves no temporary file either
             # Imported here, not above: importing takes seconds, and a Ctrl+C meanwhile is
             # an interruption like any other, not a traceback.
+            import importlib
+
             import torch
 
-            from mmgt.train import cli as train_cli
-            from mmgt.train.corpus import cli as corpus_cli
-            from mmgt.weights import check
-
-            commands = {
-                "render": _cmd_render,
-                "prepare-avatar": _cmd_prepare_avatar,
-                "doctor": _cmd_doctor,
-                "data": corpus_cli.run_cli,
-                "train": train_cli.run_train,
-                "eval": train_cli.run_eval,
-                "check-weights": check.run_cli,
-            }
-
+            module, function = COMMANDS[args.command]
+            command = getattr(importlib.import_module(module), function)
             torch.set_flush_denormal(True)  # denormal floats make CPU inference much slower
             if hasattr(args, "threads"):
                 _set_threads(args.threads)
@@ -378,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                 from mmgt.types import check_frame_size
 
                 check_frame_size(args.size, flag="--size")
-            return commands[args.command](args)
+            return command(args)
     except (InputError, MissingDependencyError) as exc:
         print(f"mmgt {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -21,10 +21,10 @@ import numpy as np
 from aiohttp import web
 
 from engine.scheduler import StreamSettings
+from mmgt.backend import add_backend_arguments, backend_from_args
 from mmgt.errors import InputError
 from mmgt.keypoints.dwpose import POSE_MODELS, choose_dwpose
 from mmgt.renderers import add_diffusion_arguments, diffusion_options
-from mmgt.runtime import add_backend_arguments, backend_from_args
 from mmgt.types import check_frame_size
 from server.avatars import check_public_name
 from server.settings import ServerSettings

@@ -290,3 +290,20 @@ def test_console_script_and_doctor():
     res = subprocess.run([str(exe), "doctor"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "mediapipe" in res.stdout and "onnxruntime" in res.stdout and "missing" not in res.stdout
+
+
+HEAVY_MODULES = ("torch", "diffusers", "transformers", "scipy.signal", "mediapipe", "aiortc")
+
+
+@pytest.mark.parametrize("command", ["mmgt", "server"])
+def test_help_needs_no_heavy_imports(command):
+    """``--help`` and argument errors answer at once: declaring the options of every command
+    imports no network or media library (torch alone takes seconds to import)."""
+    parse = {
+        "mmgt": "from mmgt.cli import _build_parser\n_build_parser().parse_args(['render'])",
+        "server": "from server.__main__ import parse_args\nparse_args([])",
+    }[command]
+    code = f"import sys\n{parse}\nprint([m for m in {HEAVY_MODULES!r} if m in sys.modules])"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

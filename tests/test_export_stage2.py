@@ -24,13 +24,14 @@ from export.specs import Axis, NetworkSpec
 from export.specs_stage2 import stage2_specs
 from mmgt.audio import extract_light_features, load_audio
 from mmgt.avatar import BUNDLED_AVATAR, load_avatar
+from mmgt.backend import Backend
 from mmgt.cli import main as cli_main
 from mmgt.drivers import make_driver
 from mmgt.errors import InputError
 from mmgt.models.reference import ReferenceRead
 from mmgt.models.stage2_steps import STAGE2_NETWORKS, UNetStep, steps_of
 from mmgt.renderers import make_renderer
-from mmgt.runtime import MANIFEST, Backend, OrtRunner, TorchRunner, state_hash
+from mmgt.runtime import MANIFEST, OrtRunner, TorchRunner, state_hash
 from mmgt.weights.stage2_models import Stage2Models
 
 SIZE = 128

@@ -11,7 +11,7 @@ from mmgt.errors import InputError
 from mmgt.types import Driver
 
 if TYPE_CHECKING:
-    from mmgt.runtime import Backend
+    from mmgt.backend import Backend
 
 DRIVERS = ("auto", "procedural", "smga")
 # The CPU default trained in this repository (see mmgt/weights/README.md).

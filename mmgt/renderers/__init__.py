@@ -15,7 +15,7 @@ def make_renderer(name: str, **options: object) -> Renderer:
     ``diffusion`` options: ``weights_dir`` (official stage-2 files) or ``preset="tiny"`` (random
     tiny models: a pipeline check whose video is noise), ``device``, ``dtype``, ``steps``,
     ``guidance``, ``mask_mode``, ``seed``, ``live`` (few-step live defaults), ``backend``
-    (:class:`mmgt.runtime.Backend`: torch, ONNX Runtime or TensorRT for its networks),
+    (:class:`mmgt.backend.Backend`: torch, ONNX Runtime or TensorRT for its networks),
     ``vocal_separator`` (a Kim_Vocal_2 ONNX path, ``"auto"``: the weights folder's, or None:
     none; offline clips only, :mod:`mmgt.audio.separation`).
     """

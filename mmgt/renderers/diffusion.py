@@ -11,7 +11,7 @@ avatar size; frames are decoded by the VAE and resized to the avatar size.
 
 Every exported network (pose guider, audio projection, VAE encoder and decoder, ReferenceNet,
 UNet window step; :mod:`mmgt.models.stage2_steps`) is called through a runner of the chosen
-backend (:class:`mmgt.runtime.Backend`): torch, ONNX Runtime or TensorRT run the same code path.
+backend (:class:`mmgt.backend.Backend`): torch, ONNX Runtime or TensorRT run the same code path.
 CLIP and wav2vec2 stay in torch. Tensors are kept on the models' device and dtype; runners cast
 their inputs and the renderer casts their outputs back.
 
@@ -35,12 +35,13 @@ from PIL import Image
 
 from mmgt.audio import wav2vec as w2v
 from mmgt.audio.separation import VocalSeparator
+from mmgt.backend import Backend
 from mmgt.keypoints.render import render_pose
 from mmgt.masks import MotionMaskStream
 from mmgt.models.mmhaa import OFFICIAL_REGION_WEIGHTS, BranchMasks, branch_masks
 from mmgt.models.stage2_steps import PER_FRAME_CHUNK, mask_inputs, steps_of
 from mmgt.renderers.diffusion_windows import context_windows, sample_continuation, sample_offline
-from mmgt.runtime import Backend, Runner
+from mmgt.runtime import Runner
 from mmgt.schedulers import check_sampling
 from mmgt.schedulers.video import DDIMSampler, VideoScheduleConfig
 from mmgt.types import PCM_AUDIO_KIND, AudioFeatures, Avatar, KeypointSeq, MaskSet

@@ -1,4 +1,5 @@
-"""``mmgt check-weights DIR``: the key and shape diff of an official weights folder.
+"""The checks behind ``mmgt check-weights DIR`` (:mod:`mmgt.weights.cli`): the key and shape
+diff of an official weights folder.
 
 Each component of the folder (layout in :mod:`mmgt.weights.stage2` and docs/weights.md) is
 compared, without building the full-size networks (shapes come from the meta device and from
@@ -11,16 +12,14 @@ matches, 1 otherwise.
 
 from __future__ import annotations
 
-import argparse
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from mmgt.errors import InputError
 from mmgt.weights.files import open_safetensors
-from mmgt.weights.smga import convert_official_smga, read_state_dict
+from mmgt.weights.smga import read_state_dict
 from mmgt.weights.stage2 import (
     IMAGE_ENCODER_DIR,
     PREFIXES,
@@ -176,44 +175,3 @@ def convert_stage2(root: Path, state: Stage2State) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_stage2_safetensors(state.tensors, out)
     return out
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-weights", help="key and shape diff of an official weights folder")
-    p.add_argument("weights_dir", type=Path, help="folder laid out as in docs/weights.md")
-    p.add_argument(
-        "--convert",
-        action="store_true",
-        help="also write stage_2/net.safetensors and stage_1/audio2pose_best_model.safetensors",
-    )
-    p.add_argument("--json", action="store_true", help="print the reports as JSON")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    if not args.weights_dir.is_dir():
-        raise InputError(f"weights folder not found: {args.weights_dir}")
-    stage2 = None
-    if args.convert:  # read the (large) net file once, for the check and the conversion
-        try:
-            stage2 = read_stage2_state(args.weights_dir)
-        except InputError:
-            stage2 = None
-    reports = check_folder(args.weights_dir, stage2)
-    if args.json:
-        print(json.dumps([asdict(r) for r in reports], indent=2))
-    else:
-        for r in reports:
-            print(f"[{r.status:>8}] {r.component}: {r.path}")
-            for note in r.notes:
-                print(f"           {note}")
-            for problem in r.problems[:200]:
-                print(f"           {problem}")
-            if len(r.problems) > 200:
-                print(f"           … and {len(r.problems) - 200} more")
-    bad = any(r.status == "problems" for r in reports)
-    if args.convert and not bad and stage2 is not None:
-        print(f"converted: {convert_stage2(args.weights_dir, stage2)}")
-    if args.convert and not bad and reports[0].status == "ok":
-        src = args.weights_dir / SMGA_FILE
-        print(f"converted: {convert_official_smga(src, src.with_suffix('.safetensors'))}")
-    return 1 if bad else 0

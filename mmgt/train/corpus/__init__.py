@@ -15,33 +15,28 @@ Public API:
 * :func:`add_cli`, :func:`run_cli` — ``mmgt data corpus`` / ``mmgt data extract``.
 """
 
-from mmgt.train.corpus.augmentation import AugmentParams, augment
-from mmgt.train.corpus.format import Clip, read_corpus
-from mmgt.train.corpus.generate import generate_corpus
-from mmgt.train.corpus.poses import random_reference, reference_poses, validate_reference
+import importlib
 
-__all__ = [
-    "AugmentParams",
-    "Clip",
-    "add_cli",
-    "augment",
-    "generate_corpus",
-    "prepare_video",
-    "random_reference",
-    "read_corpus",
-    "reference_poses",
-    "run_cli",
-    "validate_reference",
-]
+# Public name → the submodule that defines it. Imported on first use: the command line declares
+# ``mmgt data`` through this package, and the audio effects alone import scipy.signal (~1 s).
+_EXPORTS = {
+    "AugmentParams": "augmentation",
+    "augment": "augmentation",
+    "Clip": "format",
+    "read_corpus": "format",
+    "generate_corpus": "generate",
+    "prepare_video": "video",
+    "random_reference": "poses",
+    "reference_poses": "poses",
+    "validate_reference": "poses",
+    "add_cli": "cli",
+    "run_cli": "cli",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: video pulls in OpenCV, cli is run with -m
-    if name == "prepare_video":
-        from mmgt.train.corpus.video import prepare_video  # noqa: PLC0415
-
-        return prepare_video
-    if name in ("add_cli", "run_cli"):
-        from mmgt.train.corpus import cli  # noqa: PLC0415
-
-        return getattr(cli, name)
-    raise AttributeError(name)
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562 lazy attributes
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
