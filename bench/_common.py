@@ -70,6 +70,31 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     }
 
 
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+) -> dict[str, dict[str, float]]:
+    """Like :func:`median_time` for several variants timed in turn (A B A B …), so the host's
+    drift from minute to minute falls on all of them alike and their ratio holds."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {
+        name: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+            "repeats": repeats,
+        }  # fmt: skip
+        for name, t in times.items()
+    }
+
+
 def invocation() -> str:
     """The command line that ran this process, as ``python -m pkg.mod args`` where it applies."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)

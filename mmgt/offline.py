@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 from PIL import Image
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from mmgt.audio import KIND as LIGHT_KIND
@@ -157,6 +158,9 @@ def render_video(
     t0 = time.perf_counter()
     debug_out = _debug_paths(out) if debug else {}
     with ExitStack() as stack:
+        # NumPy's BLAS threads spin between the warp's small matrix products and burn a core
+        # the encoder thread needs (the warp's CPU time doubles): one BLAS thread here.
+        stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         writer = stack.enter_context(Mp4Writer(out, size, audio=mux_audio))
         extra = {
             k: stack.enter_context(Mp4Writer(p, _debug_size(k, size), audio=mux_audio))

@@ -107,22 +107,23 @@ def piecewise_affine(
     tgt_h = np.concatenate([tgt.astype(np.float64), ones], axis=2)  # (M, 3, 3)
     det = np.linalg.det(tgt_h)
     ok = np.abs(det) > 2 * _MIN_AREA  # |det| is twice the triangle's area
-    affine = np.zeros((len(triangles), 2, 3), np.float64)
-    affine[ok] = np.linalg.solve(tgt_h[ok], src[ok].astype(np.float64)).transpose(0, 2, 1)
-    # Rasterise each triangle's affine coefficients (plus a coverage channel) straight into
-    # two 4-channel images; later triangles win on shared edges.
-    cx = np.zeros((h, w, 4), np.float32)  # (a00, a01, a02, 1) → map_x
-    cy = np.zeros((h, w, 4), np.float32)  # (a10, a11, a12, 1) → map_y
+    affine = np.linalg.solve(tgt_h[ok], src[ok].astype(np.float64)).transpose(0, 2, 1)
+    # Row 0: no triangle (all zero); row t + 1: triangle t's (a00 a01 a02 a10 a11 a12, covered).
+    table = np.zeros((len(triangles) + 1, 7), np.float32)
+    table[1:][ok, :6] = affine.reshape(-1, 6)
+    table[1:][ok, 6] = 1.0
+    # Rasterise triangle numbers into one image (later triangles win on shared edges), then
+    # look each pixel's coefficients up: one single-channel fill per triangle.
+    ids = np.zeros((h, w), np.int32)
     polys = np.round((tgt - (x0, y0)) * (1 << _SUB)).astype(np.int32)  # (M, 3, 2) fixed point
     for t in np.flatnonzero(ok).tolist():
-        ax, ay = affine[t]
-        cv2.fillConvexPoly(cx, polys[t], (ax[0], ax[1], ax[2], 1.0), cv2.LINE_8, _SUB)
-        cv2.fillConvexPoly(cy, polys[t], (ay[0], ay[1], ay[2], 1.0), cv2.LINE_8, _SUB)
+        cv2.fillConvexPoly(ids, polys[t], t + 1, cv2.LINE_8, _SUB)
+    coef = np.take(table, ids, axis=0)  # (h, w, 7); 3× faster than table[ids]
     gx = np.arange(x0, x1, dtype=np.float32)[None, :]
     gy = np.arange(y0, y1, dtype=np.float32)[:, None]
-    map_x = cx[..., 0] * gx + cx[..., 1] * gy + cx[..., 2]
-    map_y = cy[..., 0] * gx + cy[..., 1] * gy + cy[..., 2]
-    return map_x, map_y, cx[..., 3].copy()
+    map_x = coef[..., 0] * gx + coef[..., 1] * gy + coef[..., 2]
+    map_y = coef[..., 3] * gx + coef[..., 4] * gy + coef[..., 5]
+    return map_x, map_y, coef[..., 6].copy()
 
 
 def similarity_fit(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
