@@ -25,8 +25,18 @@ machine except in the last section, the stage-2 compute accounting, whose GPU fr
 The project VM's host CPU changes between runs: figures up to 2026-12-06 01:10 were measured on
 an Intel Xeon, most later ones on an AMD EPYC, and the soak runs on an Intel Xeon again (each
 section's machine line says which). The same code ran about 15–20 % slower on the EPYC host, and
-speed varies by up to ±20 % from hour to hour, so changes are compared with old and new code run
-alternately, not across dates.
+speed varies by up to ±20 % from hour to hour (on the Intel Xeon host of 2026-12-07, by up to 2×
+from one run to the next), so changes are compared with old and new code run alternately, not
+across dates. On that host the warp renderer of 2026-12-06's code made 171–175 frames/s (295 on
+the EPYC) and `mmgt render` 4.0–4.9× real time (6.4×), so the 4× target was met only narrowly.
+Two changes of that afternoon lifted it: while it renders and encodes, `mmgt render` runs
+NumPy's BLAS with one thread (its OpenBLAS threads spun between the warp's small matrix
+products and took the core the H.264 encoder needs; the warp's CPU time per frame halved), and
+the command line imports only the modules of the command it runs (no diffusers, transformers or
+scipy.signal for `render`; `mmgt --help` takes 1 s instead of 11). Run alternately with the code
+before them (`bench.bench_render --repeats 2`, twice each): steady state 4.4 and 5.0× real time
+before, 6.6 and 7.8× after; a new process for the 60 s clip 19.1 and 19.9 s before, 12.1 and
+12.2 s after. The warp and render sections below were measured that afternoon.
 
 """
 
@@ -47,6 +57,17 @@ SECTIONS = {
 # What a table shows that its numbers alone do not say (kept free of numbers, which change
 # with every run).
 NOTES = {
+    "warp": (
+        "Rendering is timed with one BLAS thread, as `mmgt render` and the live engine run it; "
+        "`render_and_encode_fps_default_blas_threads` is render + encode with NumPy's BLAS "
+        "threads as it starts them, timed in turn with `render_and_encode_fps` (same run)."
+    ),
+    "render": (
+        "Steady state: the work that grows with the clip inside `render_video` (audio, the "
+        "driver, rendering + encoding), in-process, the median of the runs. Cold start: the whole "
+        "`mmgt render` command in a new process (imports, the photo's reference pose, model "
+        "load and the same work)."
+    ),
     "live": (
         "Latency is measured on the server from the arrival of a frame's audio to the hand-over "
         "of that frame after encoding. A stage-1 window runs once the audio of its last frame "
