@@ -125,7 +125,8 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
 
 
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """A square image at ``size``² (area filter down, Lanczos up)."""
     interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LANCZOS4
     return cv2.resize(image, (size, size), interpolation=interp)
 
@@ -248,7 +249,7 @@ def prepare_avatar(
             square = image  # already framed at the output size: MediaPipe has seen it
             result = first if ex.dwpose is None else replace(first, keypoints=ex.dwpose(square))
         else:
-            square = _resize(image[top : top + side, left : left + side], frame_size)
+            square = resize_square(image[top : top + side, left : left + side], frame_size)
             try:
                 result = ex(square)
             except (NoPersonError, NoFaceError):
@@ -287,7 +288,12 @@ def load_avatar(
     frame_size: int = 512,
     extractor: ReferencePoseExtractor | None = None,
 ) -> Avatar:
-    """Load and prepare a photo; ``None`` gives the bundled avatar."""
+    """Load and prepare a photo, or read a prepared avatar folder (:mod:`mmgt.avatar_folder`:
+    no extraction); ``None`` gives the bundled avatar."""
     src = Path(path) if path is not None else BUNDLED_AVATAR
+    if src.is_dir():
+        from mmgt.avatar_folder import read_avatar_folder  # noqa: PLC0415 - it imports this module
+
+        return read_avatar_folder(src, frame_size=frame_size)
     name = src.stem if path is not None else "astronaut"
     return prepare_avatar(load_image(src), frame_size=frame_size, name=name, extractor=extractor)

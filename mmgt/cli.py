@@ -54,7 +54,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("render", help="render a photo speaking an audio file into an mp4")
-    r.add_argument("--image", type=Path, help="reference photo (default: the bundled avatar)")
+    r.add_argument(
+        "--image",
+        type=Path,
+        help="reference photo, or a folder made by prepare-avatar (default: the bundled avatar)",
+    )
     r.add_argument(
         "--audio",
         type=Path,
@@ -287,25 +291,18 @@ def _find_wavlm(folder: Path) -> Path | None:
 
 
 def _cmd_prepare_avatar(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
-    from mmgt.avatar import load_avatar
+    from mmgt.avatar import BUNDLED_AVATAR, load_avatar
+    from mmgt.avatar_folder import write_avatar_folder
     from mmgt.keypoints.extractor import extractor_from_args
-    from mmgt.keypoints.render import render_pose
 
     if args.out.exists() and not args.out.is_dir():
         raise InputError(f"--out {args.out} is a file; give a folder for the avatar's files")
     with extractor_from_args(args, official_models=args.weights_dir is not None) as extractor:
         avatar = load_avatar(args.image, frame_size=args.size, extractor=extractor)
+        pose_model = "mediapipe" if extractor.dwpose is None else "dwpose"
     _print_notes("prepare-avatar", avatar.notes)
-    args.out.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(avatar.image).save(args.out / "avatar.png")
-    Image.fromarray(render_pose(avatar.reference_pose, args.size)).save(args.out / "pose.png")
-    np.save(args.out / "reference_pose.npy", avatar.reference_pose)
-    if avatar.face_mesh is not None:
-        np.save(args.out / "face_mesh.npy", avatar.face_mesh)
-    print(args.out)
+    source = args.image.name if args.image is not None else f"{BUNDLED_AVATAR.name} (bundled)"
+    print(write_avatar_folder(avatar, args.out, source=source, pose_model=pose_model))
     return 0
 
 

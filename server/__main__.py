@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=PHOTO",
-        help="offer PHOTO as avatar NAME to every client, besides the bundled one (repeatable)",
+        help="offer PHOTO (or a folder made by mmgt prepare-avatar) as avatar NAME to every "
+        "client, besides the bundled one (repeatable)",
     )
     p.add_argument("--driver", default="auto", choices=("auto", "procedural", "smga"))
     p.add_argument("--smga-weights", help="SMGA weights (our safetensors or an official .pt)")

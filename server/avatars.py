@@ -1,6 +1,7 @@
 """Avatars a server can show, prepared once and cached: public ones (the bundled avatar and
-the photos the operator names with ``--avatar NAME=PHOTO``, listed and never evicted) and
-uploaded photos (private, least recently used dropped).
+the photos, or folders made by ``mmgt prepare-avatar``, that the operator names with
+``--avatar NAME=PHOTO``; listed and never evicted) and uploaded photos (private, least recently
+used dropped).
 
 Uploads are checked before any work: size, image type (by content, not by name), and the
 decompression-bomb limits of :func:`mmgt.avatar.load_image`; photos without a person or a face
@@ -18,9 +19,11 @@ import hashlib
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from mmgt.avatar import BUNDLED_AVATAR, load_image, prepare_avatar
+from mmgt.avatar_folder import read_avatar_folder
 from mmgt.errors import ImageError, ImageTooLargeError, MMGTError
 from mmgt.keypoints.dwpose import DWPose
 from mmgt.keypoints.extractor import ReferencePoseExtractor
@@ -91,6 +94,8 @@ class AvatarStore:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="avatar-prepare")
 
     def _prepare(self, data: bytes | Path | None, name: str) -> Avatar:
+        if isinstance(data, Path) and data.is_dir():  # made by mmgt prepare-avatar
+            return replace(read_avatar_folder(data, frame_size=self.frame_size), name=name)
         image = load_image(BUNDLED_AVATAR if data is None else data)
         if self.dwpose_dir is not None and self._dwpose is None:
             self._dwpose = DWPose(self.dwpose_dir, device=self.device)
