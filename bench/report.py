@@ -33,7 +33,7 @@ Two changes of that afternoon lifted it: while it renders and encodes, `mmgt ren
 NumPy's BLAS with one thread (its OpenBLAS threads spun between the warp's small matrix
 products and took the core the H.264 encoder needs; the warp's CPU time per frame halved), and
 the command line imports only the modules of the command it runs (no diffusers, transformers or
-scipy.signal for `render`; `mmgt --help` takes 1 s instead of 11). Run alternately with the code
+scipy.signal for `render`; `mmgt --help` takes 0.3 s instead of 11). Run alternately with the code
 before them (`bench.bench_render --repeats 2`, twice each): steady state 4.4 and 5.0× real time
 before, 6.6 and 7.8× after; a new process for the 60 s clip 19.1 and 19.9 s before, 12.1 and
 12.2 s after. The warp and render sections below were measured that afternoon.

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy.spatial import Delaunay
 
 _SUB = 4  # fixed-point sub-pixel bits for polygon rasterisation
 _MIN_AREA = 0.5  # px²: nearly collapsed triangles (a closed mouth) are not drawn
@@ -83,6 +82,8 @@ def mesh_triangles(points: np.ndarray, opened: np.ndarray | None = None) -> np.n
     Pass an ``opened`` copy of the points (mouth and eyes pulled open) so that the mouth and eye
     interiors get their own triangles even when the reference has them closed.
     """
+    from scipy.spatial import Delaunay  # noqa: PLC0415 - 0.4 s to import; needed per avatar
+
     tri = Delaunay(points if opened is None else opened).simplices.astype(np.int32)
     return tri
 
