@@ -104,7 +104,7 @@ def read_avatar_folder(folder: str | os.PathLike[str], *, frame_size: int = 512)
             f"{folder} is a folder but not a prepared avatar: it needs {IMAGE_FILE} and "
             f"{POSE_FILE} (mmgt prepare-avatar --image PHOTO --out {folder} writes them)"
         )
-    meta = _read_meta(folder / META_FILE)
+    meta = folder_meta(folder)
     image = load_image(folder / IMAGE_FILE)
     h, w = image.shape[:2]
     if h != w:
@@ -137,7 +137,9 @@ def read_avatar_folder(folder: str | os.PathLike[str], *, frame_size: int = 512)
     return Avatar(name, np.ascontiguousarray(image), pose, mesh, notes)
 
 
-def _read_meta(path: Path) -> dict:
+def folder_meta(folder: str | os.PathLike[str]) -> dict:
+    """The checked contents of the folder's ``avatar.json`` ({} when it has none)."""
+    path = Path(folder) / META_FILE
     if not path.is_file():
         return {}
     try:

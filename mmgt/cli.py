@@ -292,7 +292,7 @@ def _find_wavlm(folder: Path) -> Path | None:
 
 def _cmd_prepare_avatar(args: argparse.Namespace) -> int:
     from mmgt.avatar import BUNDLED_AVATAR, load_avatar
-    from mmgt.avatar_folder import write_avatar_folder
+    from mmgt.avatar_folder import folder_meta, write_avatar_folder
     from mmgt.keypoints.extractor import extractor_from_args
 
     if args.out.exists() and not args.out.is_dir():
@@ -300,8 +300,11 @@ def _cmd_prepare_avatar(args: argparse.Namespace) -> int:
     with extractor_from_args(args, official_models=args.weights_dir is not None) as extractor:
         avatar = load_avatar(args.image, frame_size=args.size, extractor=extractor)
         pose_model = "mediapipe" if extractor.dwpose is None else "dwpose"
-    _print_notes("prepare-avatar", avatar.notes)
     source = args.image.name if args.image is not None else f"{BUNDLED_AVATAR.name} (bundled)"
+    if args.image is not None and args.image.is_dir():  # a prepared avatar, resized: its pose
+        meta = folder_meta(args.image)
+        pose_model, source = meta.get("pose_model", ""), meta.get("source", source)
+    _print_notes("prepare-avatar", avatar.notes)
     print(write_avatar_folder(avatar, args.out, source=source, pose_model=pose_model))
     return 0
 

@@ -90,7 +90,8 @@ def test_render_reads_the_folder_and_its_hand_edits(bundled_folder, tmp_path, no
     assert out.is_file() and capsys.readouterr().out.strip().endswith(str(out))
 
 
-def test_a_folder_is_resized_to_the_frame_size_asked_for(bundled_folder, no_extraction):
+def test_a_folder_is_resized_to_the_frame_size_asked_for(bundled_folder, no_extraction,
+                                                         tmp_path):  # fmt: skip
     small = read_avatar_folder(bundled_folder, frame_size=128)
     big = read_avatar_folder(bundled_folder, frame_size=256)
     assert big.image.shape == (256, 256, 3)
@@ -103,6 +104,13 @@ def test_a_folder_is_resized_to_the_frame_size_asked_for(bundled_folder, no_extr
     np.testing.assert_allclose(big.face_mesh, 2 * small.face_mesh)
     # The framed photo scaled, not re-framed: the same picture at twice the size.
     assert np.abs(big.image[::2, ::2].astype(float) - small.image).mean() < 8
+    # prepare-avatar from a folder writes it at another size, keeping where its pose came from.
+    copy = tmp_path / "big"
+    assert main(["prepare-avatar", "--image", str(bundled_folder), "--out", str(copy), "--size",
+                 "256"]) == 0  # fmt: skip
+    meta = json.loads((copy / META_FILE).read_text())
+    assert (meta["pose_model"], meta["source"]) == ("mediapipe", "astronaut.png (bundled)")
+    np.testing.assert_array_equal(np.load(copy / POSE_FILE), big.reference_pose)
 
 
 def _copy(src: Path, dst: Path) -> Path:
