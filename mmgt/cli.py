@@ -346,7 +346,12 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         info["tensorrt"] = "not installed (optional: pip install 'mmgt[gpu]' with an NVIDIA GPU)"
     # The live server's thread budget (engine.engine.EngineConfig defaults).
     info["live_worker_threads"] = os.cpu_count()
-    info["live_intra_op_threads"] = "1 per session (torch and ONNX Runtime); OpenCV 1"
+    info["live_intra_op_threads"] = "1 per session (torch and ONNX Runtime); OpenCV 1; BLAS 1"
+    from threadpoolctl import threadpool_info
+
+    blas = [f"{p['internal_api']} {p.get('version') or ''} ({p['num_threads']} threads)".strip()
+            for p in threadpool_info() if p["user_api"] == "blas"]  # fmt: skip
+    info["blas"] = "; ".join(blas) + " (render and the live engine use 1)" if blas else "none"
     width = max(len(k) for k in info)
     for k, v in info.items():
         print(f"{k:<{width}}  {v}")
