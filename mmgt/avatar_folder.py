@@ -30,6 +30,7 @@ from mmgt.avatar import load_image, resize_square
 from mmgt.errors import ImageError, NoFaceError
 from mmgt.keypoints import layout
 from mmgt.keypoints.render import render_pose
+from mmgt.signals import interrupts_held
 from mmgt.types import Avatar, check_frame_size
 
 FORMAT = "mmgt-avatar"
@@ -53,8 +54,9 @@ def write_avatar_folder(
 ) -> Path:
     """Write ``avatar`` into ``folder`` (made if missing; its avatar files are replaced).
 
-    Each file is written under a temporary name and renamed into place, so an interrupted
-    write leaves the previous file or none, never half a file.
+    The files are written under temporary names and renamed into place together once all are
+    written, so an interrupted or failed write leaves the previous avatar (or nothing), never
+    half a file or a photo with another photo's pose.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -81,15 +83,20 @@ def write_avatar_folder(
     }
     if avatar.face_mesh is not None:
         writers[MESH_FILE] = lambda f: np.save(f, np.asarray(avatar.face_mesh, np.float32))
-    else:
-        (folder / MESH_FILE).unlink(missing_ok=True)  # not a stale mesh of another photo
-    for name, write in writers.items():
-        tmp = folder / f".{name}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
+    tmps = {name: folder / f".{name}.{os.getpid()}.tmp" for name in writers}
+    try:
+        for name, write in writers.items():
+            with open(tmps[name], "wb") as f:
                 write(f)
-            tmp.replace(folder / name)
-        finally:
+        # All written: renamed into place together, with Ctrl+C and SIGTERM held, so the
+        # folder never pairs the new photo with the old pose.
+        with interrupts_held():
+            for name, tmp in tmps.items():
+                tmp.replace(folder / name)
+            if MESH_FILE not in writers:
+                (folder / MESH_FILE).unlink(missing_ok=True)  # not another photo's mesh
+    finally:
+        for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
     return folder
 

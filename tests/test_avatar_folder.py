@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
@@ -172,6 +173,21 @@ def test_writing_over_a_file_is_refused(tmp_path):
     avatar = load_avatar(frame_size=128)
     with pytest.raises(ImageError, match="is a file"):
         write_avatar_folder(avatar, tmp_path / "file")
+
+
+def test_a_failed_write_leaves_the_previous_avatar(bundled_folder, tmp_path, monkeypatch):
+    folder = _copy(bundled_folder, tmp_path / "avatar")
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    other = read_avatar_folder(folder, frame_size=128)
+    other = dataclasses.replace(other, image=np.ascontiguousarray(other.image[:, ::-1]))
+
+    def disk_full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", disk_full)  # after the photo, before the pose
+    with pytest.raises(OSError, match="No space"):
+        write_avatar_folder(other, folder)
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
 
 
 def test_the_server_offers_a_prepared_folder(bundled_folder, no_extraction):
