@@ -307,3 +307,27 @@ def test_help_needs_no_heavy_imports(command):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_render_runs_blas_with_one_thread(tmp_path, short_speech, monkeypatch):
+    """While frames are drawn and encoded, NumPy's BLAS runs one thread (its idle threads
+    spin and take the encoder's core); the limit is lifted when the render ends."""
+    from threadpoolctl import threadpool_info
+
+    from mmgt.renderers.warp import WarpStream
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+    push = WarpStream.push
+
+    def recording_push(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(blas_threads())
+        return push(self, *args, **kwargs)
+
+    monkeypatch.setattr(WarpStream, "push", recording_push)
+    before = blas_threads()
+    offline.render_video(short_speech, tmp_path / "x.mp4", size=128, progress=False)
+    assert seen and all(s == {1} for s in seen)
+    assert blas_threads() == before
