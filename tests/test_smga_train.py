@@ -8,8 +8,10 @@ import torch
 
 from mmgt.audio import extract_light_features, load_audio
 from mmgt.avatar import BUNDLED_AVATAR
+from mmgt.drivers import make_driver
 from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver
 from mmgt.drivers.smga import SamplerSettings, SMGADriver
+from mmgt.errors import InputError
 from mmgt.keypoints import layout
 from mmgt.models.smga import SMGA, preset
 from mmgt.train.smga_train import TrainConfig, WindowSampler, train_smga
@@ -59,6 +61,7 @@ def test_tiny_training_runs_resumes_and_improves(tmp_path, clips):
     # Validation loss falls well below an untrained model's.
     pkg = load_smga_safetensors(tmp_path / "best.safetensors")
     assert pkg.metadata["feature_kind"] == "light-v1" and pkg.audio_mean.shape == (43,)
+    assert pkg.metadata["residual_anchor"] == "reference"
     untrained = train_smga(cfg, train, val, tmp_path / "u", TrainConfig(steps=1, batch=2,
                            eval_every=1, eval_windows=16, log_every=1000))  # fmt: skip
     assert second["best_val_loss"] < 0.7 * untrained["best_val_loss"]
@@ -112,3 +115,21 @@ def test_non_finite_model_outputs_hold_the_previous_pose(reference_pose, monkeyp
     assert "non-finite" in caplog.text
     bad = calls[1] + 5  # first bad frame: its first 10 values hold the frame before
     np.testing.assert_allclose(poses.points[bad, :3, :2], poses.points[bad - 1, :3, :2], atol=1e-4)
+
+
+def test_training_from_the_closed_mouth_anchor(tmp_path, clips, reference_pose):
+    """``--residual-anchor closed-mouth``: the weights say so, and the driver that loads them
+    measures motion from the closed mouth (a silent target is no motion at all)."""
+    cfg = preset("tiny")
+    train = WindowSampler(clips, cfg.frames, _features)
+    tc = TrainConfig(steps=2, batch=2, eval_every=2, eval_windows=4, log_every=1000,
+                     residual_anchor="closed-mouth")  # fmt: skip
+    train_smga(cfg, train, WindowSampler(clips[1:], cfg.frames, _features), tmp_path, tc)
+    path = tmp_path / "best.safetensors"
+    assert load_smga_safetensors(path).metadata["residual_anchor"] == "closed-mouth"
+    drv = make_driver("smga", weights=path, steps=1)
+    assert drv.residual_anchor == "closed-mouth"
+    out = drv.generate(extract_light_features(load_audio(SPEECH)[:32000]), reference_pose)
+    assert np.isfinite(out.points).all()
+    with pytest.raises(InputError, match="unknown residual anchor 'open'"):
+        SMGADriver(SMGA(cfg), feature_kind="light-v1", residual_anchor="open")

@@ -95,6 +95,7 @@ def make_driver(
             audio_mean=pkg.audio_mean,
             audio_std=pkg.audio_std,
             pose_std=pkg.pose_std,
+            residual_anchor=meta.get("residual_anchor", "reference"),
             ambient=AmbientMotion(seed=seed) if with_ambient else None,
             mask_reference_legs=official,
             speech_gate=speech_gate,

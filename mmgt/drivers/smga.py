@@ -75,6 +75,7 @@ class SMGADriver:
         audio_mean: np.ndarray | None = None,
         audio_std: np.ndarray | None = None,
         pose_std: np.ndarray | None = None,
+        residual_anchor: str = "reference",
         keep_reference_scores: bool = True,
         step: Runner | None = None,
         ambient: AmbientMotion | None = None,
@@ -87,7 +88,9 @@ class SMGADriver:
         ``speech_gate``: whoever computes this driver's features passes them through
         :class:`mmgt.audio.gate.SpeechGate` first (light features only).
         ``correct_lip_bias``: measure each avatar's silent mouth once and take the model's
-        closed-mouth bias off (:mod:`mmgt.drivers.lip_bias`; light features only)."""
+        closed-mouth bias off (:mod:`mmgt.drivers.lip_bias`; light features only).
+        ``residual_anchor``: what the model's residual motion is measured from
+        (:data:`mmgt.drivers.pose_space.ANCHORS`, stored in its weights)."""
         if speech_gate and feature_kind != "light-v1":
             raise InputError(f"the speech gate works on light-v1 features, not {feature_kind}")
         self.speech_gate = speech_gate
@@ -114,6 +117,10 @@ class SMGADriver:
         self.audio_std = np.ones(dim, np.float32) if audio_std is None else audio_std
         self.keep_reference_scores = keep_reference_scores
         self.pose_std = pose_std  # None: official space; else the residual space (pose_space)
+        if residual_anchor not in pose_space.ANCHORS:
+            raise InputError(f"unknown residual anchor {residual_anchor!r} in the SMGA weights; "
+                             f"this engine knows {', '.join(pose_space.ANCHORS)}")  # fmt: skip
+        self.residual_anchor = residual_anchor  # what the residuals are measured from
         self.nonfinite_values = 0  # model outputs replaced because they were NaN or infinite
 
     @property
@@ -190,7 +197,7 @@ class SMGADriver:
         )
         cond = torch.from_numpy(cond_norm)[None]  # (1, 402)
         if self.pose_std is not None:
-            out = pose_space.to_residual(out, ref_norm, self.pose_std)
+            out = pose_space.to_residual(out, ref_norm, self.pose_std, self.residual_anchor)
         while done < len(features):
             c = min(self.settings.context, done)
             start = done - c
@@ -200,7 +207,7 @@ class SMGADriver:
             out[done:stop] = self._finite(window[c:], out[done - 1] if done else None, ref_norm)
             done = stop
         if self.pose_std is not None:
-            out = pose_space.from_residual(out, ref_norm, self.pose_std)
+            out = pose_space.from_residual(out, ref_norm, self.pose_std, self.residual_anchor)
         skip = len(committed) if committed else 0
         poses = layout.denormalize(out[skip:], frame_size)
         lip_bias.apply(poses, ref, bias)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmgt.audio import extract_light_features
+from mmgt.drivers.pose_space import ANCHORS
 from mmgt.errors import InputError
 from mmgt.keypoints.extractor import add_pose_model_arguments, extractor_from_args
 
@@ -47,6 +48,13 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--mixed-precision", action="store_true", help="autocast on CUDA")
     t.add_argument("--eval-every", type=int, default=500)
     t.add_argument("--no-augment", action="store_true", help="train on clean audio only")
+    t.add_argument(
+        "--residual-anchor",
+        choices=ANCHORS,
+        default="reference",
+        help="stage 1: motion measured from the reference pose, or from it with the mouth "
+        "closed (no closed-mouth bias; docs/models.md)",
+    )
     t.add_argument(
         "--features",
         choices=("light", "official"),
@@ -234,6 +242,7 @@ def run_train(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         eval_every=args.eval_every,
         max_minutes=args.minutes,
+        residual_anchor=args.residual_anchor,
     )
     summary = train_smga(cfg, train, val, args.out, tc, resume=args.resume, feature_kind=kind)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))

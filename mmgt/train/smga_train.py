@@ -52,6 +52,7 @@ class TrainConfig:
     weight_decay: float = 0.02
     ema_decay: float = 0.999
     residual: bool = True  # denoise motion relative to the reference (mmgt.drivers.pose_space)
+    residual_anchor: str = "reference"  # or "closed-mouth" (pose_space.ANCHORS)
     warmup: int = 500  # linear warm-up steps, then cosine decay to 10 % of lr at ``steps``
     cond_drop: float = 0.25
     loss_mode: str = "paper"
@@ -114,10 +115,10 @@ class WindowSampler:
         stop = start + self.window
         return versions[v][start:stop], self.targets[i][start:stop], self.refs[i]
 
-    def use_residual(self, pose_std: np.ndarray) -> None:
+    def use_residual(self, pose_std: np.ndarray, anchor: str = "reference") -> None:
         """Switch targets to the residual space (:mod:`mmgt.drivers.pose_space`)."""
         self.targets = [
-            pose_space.to_residual(t, r, pose_std)
+            pose_space.to_residual(t, r, pose_std, anchor)
             for t, r in zip(self.targets, self.refs, strict=True)
         ]
 
@@ -168,10 +169,12 @@ def train_smga(
     sched = CosineSchedule()
     mean, std = feature_stats(train, np.random.default_rng(cfg.seed + 1))
     pose_std = None
+    weights_meta = {"feature_kind": feature_kind}
     if cfg.residual:
-        pose_std = pose_space.residual_std(train.targets, train.refs)
-        train.use_residual(pose_std)
-        val.use_residual(pose_std)
+        anchor = weights_meta["residual_anchor"] = cfg.residual_anchor
+        pose_std = pose_space.residual_std(train.targets, train.refs, anchor)
+        train.use_residual(pose_std, anchor)
+        val.use_residual(pose_std, anchor)
     step, best, history = 0, float("inf"), []
     last = out / "last.pt"
     if resume and last.is_file():
@@ -198,7 +201,7 @@ def train_smga(
             if v < best:
                 best = v
                 _save_weights(
-                    ema, out / "best.safetensors", mean, std, pose_std, feature_kind, step, v
+                    ema, out / "best.safetensors", mean, std, pose_std, weights_meta, step, v
                 )
             _save_state(last, model, ema, opt, step, best, mean, std, history)
             break
@@ -237,7 +240,7 @@ def train_smga(
             if v < best:
                 best = v
                 _save_weights(
-                    ema, out / "best.safetensors", mean, std, pose_std, feature_kind, step, v
+                    ema, out / "best.safetensors", mean, std, pose_std, weights_meta, step, v
                 )
             _save_state(last, model, ema, opt, step, best, mean, std, history)
             log.info("step %d validation %.5f (best %.5f)", step, v, best)
@@ -294,12 +297,13 @@ def _save_weights(  # noqa: PLR0913
     mean,
     std,
     pose_std,
-    kind: str,
+    meta: dict[str, str],
     step: int,
     val: float,  # noqa: ANN001
 ) -> None:
+    """The EMA weights with ``meta`` (feature kind, residual anchor), the step and the loss."""
     tmp = path.with_suffix(".tmp")
-    extra = {"feature_kind": kind, "step": str(step), "val_loss": f"{val:.6f}"}
+    extra = {**meta, "step": str(step), "val_loss": f"{val:.6f}"}
     save_smga_safetensors(
         model, tmp, audio_mean=mean, audio_std=std, pose_std=pose_std, extra=extra
     )
