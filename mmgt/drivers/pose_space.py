@@ -47,12 +47,20 @@ def closed_mouth(reference: np.ndarray) -> np.ndarray:
     for i, r in enumerate(flat):
         pixels = layout.denormalize(r).reshape(layout.NUM_KEYPOINTS, layout.NUM_CHANNELS)
         closed = layout.normalize(rig.pose_sequence(pixels, rig.RigCurves.zeros(1))[0])
-        moved = np.zeros(layout.NUM_KEYPOINTS, bool)
-        moved[layout.LIPS] = True
-        moved[layout.face_index(np.arange(3, 14))] = True  # the jaw line the rig raises
-        channels = np.repeat(moved, layout.NUM_CHANNELS) & (np.arange(out.shape[1]) % 3 < 2)
-        out[i, channels] = closed[channels]
+        out[i, _MOUTH_XY] = closed[_MOUTH_XY]
     return out.reshape(ref.shape)
+
+
+def _mouth_xy() -> np.ndarray:
+    """(402,) bool: the x, y channels of the lips and of the jaw line the rig raises."""
+    moved = np.zeros(layout.NUM_KEYPOINTS, bool)
+    moved[layout.LIPS] = True
+    moved[layout.face_index(np.arange(3, 14))] = True
+    xy = np.arange(layout.OFFICIAL_DIM) % layout.NUM_CHANNELS < 2
+    return np.repeat(moved, layout.NUM_CHANNELS) & xy
+
+
+_MOUTH_XY = _mouth_xy()
 
 
 def anchor_of(reference: np.ndarray, anchor: str = "reference") -> np.ndarray:
