@@ -52,3 +52,17 @@ def test_jitter_beats_and_diversity():
     assert metrics.beat_alignment(bob, np.array([5, 25, 45])) < 0.3
     assert metrics.diversity([still, still], [ref, ref]) == 0.0
     assert metrics.diversity([still[:50], bob[:50]], [ref, ref]) > 0.0
+
+
+def test_ground_truth_description_reads_still_and_moving_motion():
+    from mmgt.train.evaluate import describe_ground_truth
+
+    ref = synthetic_reference_pose()
+    audio = np.random.default_rng(0).normal(0, 0.1, 16000 * 4).astype(np.float32)
+    still = [(audio, np.repeat(ref[None], 100, 0), ref)] * 2
+    desc = describe_ground_truth(still)
+    assert desc["jitter"] == 0.0 and desc["diversity"] == 0.0 and desc["clips"] == 2
+    opening = [0.3 * np.abs(np.sin(np.arange(100) / k)) for k in (3, 5)]
+    moving = [(audio, _talking(o), ref) for o in opening]
+    desc = describe_ground_truth(moving)
+    assert desc["jitter"] == np.mean([metrics.jitter(c[1]) for c in moving]) > 0

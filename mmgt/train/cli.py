@@ -326,7 +326,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from mmgt.audio import load_audio
     from mmgt.drivers import make_driver
     from mmgt.train.corpus.align import Aligner
-    from mmgt.train.evaluate import DriverUnderTest, evaluate_clips, evaluate_real_speech
+    from mmgt.train.evaluate import (
+        DriverUnderTest,
+        describe_ground_truth,
+        evaluate_clips,
+        evaluate_real_speech,
+    )
 
     clips = _load_split(args.corpus, args.split)[: args.max_clips]
     drivers = [] if args.no_baseline else [DriverUnderTest("procedural", make_driver("procedural"))]
@@ -348,6 +353,7 @@ def run_eval(args: argparse.Namespace) -> int:
     recordings = [(n, load_audio(REAL_SPEECH / f"{n}.wav"), t) for n, t in REAL_TEXTS.items()]
     aligner = Aligner()
     results = {"split": args.split, "clips": len(clips)}
+    results["ground_truth"] = describe_ground_truth(clips)
     for dut in drivers:
         results[dut.name] = {
             "corpus": evaluate_clips(dut, clips),

@@ -94,6 +94,22 @@ def evaluate_clips(
     return out
 
 
+def describe_ground_truth(clips: Sequence[Clip]) -> dict[str, float]:
+    """Jitter, beat alignment and diversity of the clips' own motion: where a driver's belong.
+
+    These metrics describe motion rather than compare it with the truth, so a driver's values
+    read against the ground truth's (less jitter than the truth is over-smoothing, not merit).
+    """
+    targets, references = [c[1] for c in clips], [c[2] for c in clips]
+    beats = [metrics.beat_alignment(target, audio_onsets(audio)) for audio, target, _ in clips]
+    return {
+        "jitter": float(np.mean([metrics.jitter(t) for t in targets])),
+        "beat_align": float(np.mean(beats)),
+        "diversity": metrics.diversity(targets, references),
+        "clips": len(clips),
+    }
+
+
 def phone_openness(phones: Sequence, frames: int, fps: float = 25.0) -> np.ndarray:
     """(frames,) openness implied by aligned phones (``label``, ``start``, ``end`` segments)."""
     centres = (np.arange(frames) + 0.5) / fps

@@ -178,7 +178,7 @@ def train_smga(
     step, best, history = 0, float("inf"), []
     last = out / "last.pt"
     if resume and last.is_file():
-        state = torch.load(last, map_location=device, weights_only=True)
+        state = _load_state(last, device)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -259,7 +259,8 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min((step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1), 1.0)
-    return cfg.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * progress)))
+    # A Python float: a NumPy scalar in the optimizer's state would not load with weights_only.
+    return float(cfg.lr * (0.1 + 0.45 * (1 + np.cos(np.pi * progress))))
 
 
 def _fixed_validation(val: WindowSampler, cfg: TrainConfig, sched: CosineSchedule) -> list:
@@ -308,6 +309,14 @@ def _save_weights(  # noqa: PLR0913
         model, tmp, audio_mean=mean, audio_std=std, pose_std=pose_std, extra=extra
     )
     tmp.replace(path)
+
+
+def _load_state(path: Path, device: torch.device) -> dict:
+    """``last.pt`` with ``weights_only``; NumPy float scalars are allowed as data, since runs
+    before 2026-12-07 stored the cosine phase's learning rate as one."""
+    scalars = [np.dtype, type(np.dtype("f8")), np.float64(0).__reduce__()[0]]
+    with torch.serialization.safe_globals(scalars):
+        return torch.load(path, map_location=device, weights_only=True)
 
 
 def _save_state(path: Path, model, ema, opt, step, best, mean, std, history) -> None:  # noqa: ANN001
