@@ -37,7 +37,7 @@ from mmgt.keypoints.render import render_pose
 from mmgt.mask_filters import mask_pyramid
 from mmgt.masks import MotionMaskStream, blur_kernel, mask_overlay
 from mmgt.renderers import make_renderer
-from mmgt.types import AudioFeatures, Avatar, MaskSet
+from mmgt.types import AudioFeatures, Avatar, Driver, KeypointSeq, MaskSet
 from mmgt.video import AUDIO_RATE, Mp4Writer, video_frames, video_rate
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def render_video(
     timings["audio"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    poses = drv.generate(features, avatar.reference_pose, frame_size=size)
+    poses = _generate_motion(drv, features, avatar.reference_pose, size, progress)
     if motion is not None and not motion.neutral:
         points = apply_motion_controls(poses.points, avatar.reference_pose, motion)
         poses = dataclasses.replace(poses, points=points)
@@ -199,6 +199,21 @@ def render_video(
         driver=drv.name,
         notes=avatar.notes,
     )
+
+
+def _generate_motion(
+    drv: Driver, features: AudioFeatures, reference: np.ndarray, size: int, progress: bool
+) -> KeypointSeq:
+    """The driver's keypoints, with a progress bar if it reports progress (a learned model
+    takes seconds per minute of audio)."""
+    if not progress or not hasattr(drv, "on_progress"):
+        return drv.generate(features, reference, frame_size=size)
+    with tqdm(total=len(features), unit="frame", desc="motion") as bar:
+        drv.on_progress = lambda done, _total: bar.update(done - bar.n)
+        try:
+            return drv.generate(features, reference, frame_size=size)
+        finally:
+            drv.on_progress = None
 
 
 def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:

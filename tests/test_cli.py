@@ -331,3 +331,27 @@ def test_render_runs_blas_with_one_thread(tmp_path, short_speech, monkeypatch):
     offline.render_video(short_speech, tmp_path / "x.mp4", size=128, progress=False)
     assert seen and all(s == {1} for s in seen)
     assert blas_threads() == before
+
+
+def test_render_shows_the_motion_progress(tmp_path, short_speech, capsys, monkeypatch):
+    """A learned driver reports its windows to a "motion" bar (seconds per minute of audio
+    before the first frame is drawn); the hook is removed afterwards."""
+    from mmgt.drivers.smga import SMGADriver
+
+    reports: list[tuple[int, int]] = []
+    drivers: list[SMGADriver] = []
+    generate = SMGADriver.generate
+
+    def recording_generate(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        drivers.append(self)
+        hook = self.on_progress
+        self.on_progress = lambda done, total: (reports.append((done, total)), hook(done, total))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(SMGADriver, "generate", recording_generate)
+    offline.render_video(short_speech, tmp_path / "x.mp4", size=128, driver="smga")
+    frames = math.ceil(2.4 * 16000 / 640)
+    assert reports[-1] == (frames, frames) and len(reports) > 1  # one report per window
+    assert [d for d, _ in reports] == sorted(d for d, _ in reports)
+    assert re.search(rf"motion: 100%.*{frames}/{frames}", capsys.readouterr().err)
+    assert drivers and drivers[0].on_progress is None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,6 +106,8 @@ class SMGADriver:
         self.step = step  # the denoiser on another backend (same names as export.specs)
         self.feature_kind = feature_kind
         self.settings = settings or SamplerSettings()
+        # Called with (frames done, frames in all) as generate() goes, e.g. by a progress bar.
+        self.on_progress: Callable[[int, int], None] | None = None
         if not 0 <= self.settings.context < model.config.frames:
             raise InputError(
                 f"SMGA context must be in 0..{model.config.frames - 1} frames (the model's window "
@@ -148,7 +151,7 @@ class SMGADriver:
         if ref.shape != (layout.NUM_KEYPOINTS, 3):
             raise ValueError(f"reference_pose must be (134, 3), got {ref.shape}")
         bias = self.lip_bias(ref, frame_size) if self.correct_lip_bias else 0.0
-        return self._generate(features, ref, committed, frame_size, bias)
+        return self._generate(features, ref, committed, frame_size, bias, self.on_progress)
 
     def lip_bias(self, reference_pose: np.ndarray, frame_size: int) -> float:
         """The correction (mouth widths) this model's silent mouth needs on this reference,
@@ -177,6 +180,7 @@ class SMGADriver:
         committed: KeypointSeq | None,
         frame_size: int,
         bias: float,
+        report: Callable[[int, int], None] | None = None,
     ) -> KeypointSeq:
         done = 0
         out = np.zeros((len(features), layout.OFFICIAL_DIM), np.float32)
@@ -206,6 +210,8 @@ class SMGADriver:
             window = self._sample(audio[start:stop], cond, known, features.start_frame + start)
             out[done:stop] = self._finite(window[c:], out[done - 1] if done else None, ref_norm)
             done = stop
+            if report is not None:
+                report(done, len(features))
         if self.pose_std is not None:
             out = pose_space.from_residual(out, ref_norm, self.pose_std, self.residual_anchor)
         skip = len(committed) if committed else 0
