@@ -193,6 +193,7 @@ def train_smga(
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     t0 = time.perf_counter()
     deadline = None if cfg.max_minutes is None else t0 + 60 * cfg.max_minutes
+    first_step = step  # the rate counts this run's steps, not the resumed ones
     while step < cfg.steps:
         if deadline is not None and time.perf_counter() > deadline:
             log.info("time budget of %.1f min reached at step %d", cfg.max_minutes, step)
@@ -232,7 +233,7 @@ def train_smga(
                 "step %d loss %.5f (%.1f steps/s)",
                 step,
                 loss.item(),
-                step / max(time.perf_counter() - t0, 1e-6),
+                (step - first_step) / max(time.perf_counter() - t0, 1e-6),
             )
         if step % cfg.eval_every == 0 or step == cfg.steps:
             v = _validate(ema, val_set, mean_t, std_t, cfg.loss_mode)
