@@ -8,13 +8,14 @@ import torch
 
 from mmgt.audio import extract_light_features, load_audio
 from mmgt.avatar import BUNDLED_AVATAR
-from mmgt.drivers import make_driver
+from mmgt.drivers import make_driver, pose_space
 from mmgt.drivers.procedural import ProceduralConfig, ProceduralDriver
-from mmgt.drivers.smga import SamplerSettings, SMGADriver
+from mmgt.drivers.smga import SamplerSettings, SMGADriver, join_offsets
 from mmgt.errors import InputError
 from mmgt.keypoints import layout
 from mmgt.models.smga import SMGA, preset
 from mmgt.train.smga_train import TrainConfig, WindowSampler, train_smga
+from mmgt.types import KeypointSeq
 from mmgt.weights.smga import load_smga_safetensors
 from tests.helpers import synthetic_reference_pose
 
@@ -106,12 +107,12 @@ def test_non_finite_model_outputs_hold_the_previous_pose(reference_pose, monkeyp
     calls = []
 
     def overflowing(audio, cond, known, first):  # noqa: ANN001, ANN202
-        window = sample(audio, cond, known, first)
+        window, guess = sample(audio, cond, known, first)
         calls.append(first)
         if len(calls) == 2:  # the second window overflows from its 6th frame on
             window[5:, :10] = np.nan
             window[7, 20] = np.inf
-        return window
+        return window, guess
 
     monkeypatch.setattr(drv, "_sample", overflowing)
     poses = drv.generate(feats, reference_pose)
@@ -137,3 +138,47 @@ def test_training_from_the_closed_mouth_anchor(tmp_path, clips, reference_pose):
     assert np.isfinite(out.points).all()
     with pytest.raises(InputError, match="unknown residual anchor 'open'"):
         SMGADriver(SMGA(cfg), feature_kind="light-v1", residual_anchor="open")
+
+
+def test_join_offsets_fade_the_miss_and_spare_the_mouth():
+    miss = np.ones(layout.OFFICIAL_DIM, np.float32)
+    miss[0] = np.nan
+    off = join_offsets(miss, 6, fade=4)
+    assert off.shape == (6, layout.OFFICIAL_DIM) and off.dtype == np.float32
+    body = ~pose_space.MOUTH_XY & (np.arange(layout.OFFICIAL_DIM) % 3 < 2)  # x, y only
+    body[0] = False
+    np.testing.assert_allclose(off[:, body], np.repeat([[0.8], [0.6], [0.4], [0.2], [0], [0]],
+                                                       body.sum(), axis=1))  # fmt: skip
+    assert not off[:, ~body].any()  # the mouth, scores, and the non-finite value
+    assert not join_offsets(miss, 6, fade=0).any()
+
+
+def test_new_frames_are_taken_onto_the_committed_ones(reference_pose, monkeypatch):
+    """With one step the context is invisible through the noise: the new frames are moved by
+    the model's miss on the last committed frame, faded out over ``join_fade`` frames."""
+    torch.manual_seed(0)
+    feats = extract_light_features(load_audio(SPEECH)[: 16000 * 2])
+    committed = KeypointSeq(np.repeat(reference_pose[None], 20, 0), 512, feats.fps, 0)
+    model, runs = SMGA(preset("tiny")), {}
+    for fade in (0, 4):
+        settings = SamplerSettings(steps=1, eta=0.0, context=4, join_fade=fade)
+        drv = SMGADriver(model, feature_kind="light-v1", settings=settings)
+        sample, seen = drv._sample, []
+
+        def recording(*args, sample=sample, seen=seen):  # noqa: ANN002, ANN202
+            seen.append(sample(*args))
+            return seen[-1]
+
+        monkeypatch.setattr(drv, "_sample", recording)
+        poses = drv.generate(feats.frames(0, 30), reference_pose, committed)
+        runs[fade] = (layout.normalize(poses.points), seen[0])
+    (plain, (window, guess)), (joined, _) = runs[0], runs[4]
+    miss = window[3] - guess[3]  # the last committed frame minus the model's x̂0 of it
+    np.testing.assert_allclose(joined.reshape(10, -1) - plain.reshape(10, -1),
+                               join_offsets(miss, 10, 4), atol=1e-5)  # fmt: skip
+    last = layout.normalize(reference_pose).reshape(-1)
+    body = ~pose_space.MOUTH_XY & (np.arange(layout.OFFICIAL_DIM) % 3 < 2)
+    gap = lambda p: np.abs(p.reshape(10, -1)[0, body] - last[body]).mean()  # noqa: E731
+    assert gap(joined) < gap(plain)
+    with pytest.raises(InputError, match="join fade"):
+        SamplerSettings(join_fade=-1)

@@ -47,7 +47,7 @@ def closed_mouth(reference: np.ndarray) -> np.ndarray:
     for i, r in enumerate(flat):
         pixels = layout.denormalize(r).reshape(layout.NUM_KEYPOINTS, layout.NUM_CHANNELS)
         closed = layout.normalize(rig.pose_sequence(pixels, rig.RigCurves.zeros(1))[0])
-        out[i, _MOUTH_XY] = closed[_MOUTH_XY]
+        out[i, MOUTH_XY] = closed[MOUTH_XY]
     return out.reshape(ref.shape)
 
 
@@ -60,7 +60,7 @@ def _mouth_xy() -> np.ndarray:
     return np.repeat(moved, layout.NUM_CHANNELS) & xy
 
 
-_MOUTH_XY = _mouth_xy()
+MOUTH_XY = _mouth_xy()
 
 
 def anchor_of(reference: np.ndarray, anchor: str = "reference") -> np.ndarray:
