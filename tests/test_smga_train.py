@@ -182,3 +182,10 @@ def test_new_frames_are_taken_onto_the_committed_ones(reference_pose, monkeypatc
     assert gap(joined) < gap(plain)
     with pytest.raises(InputError, match="join fade"):
         SamplerSettings(join_fade=-1)
+
+
+def test_join_fade_is_a_driver_setting():
+    assert make_driver("smga").settings.join_fade == SamplerSettings.join_fade == 4
+    assert make_driver("smga", join_fade=0).settings.join_fade == 0
+    with pytest.raises(InputError, match="join fade"):
+        make_driver("smga", join_fade=-2)

@@ -32,6 +32,7 @@ def make_driver(
     guidance: float | None = None,
     eta: float | None = None,
     context: int | None = None,
+    join_fade: int | None = None,
     heads: int = 8,
     backend: Backend | None = None,
     ambient: bool | None = None,
@@ -42,7 +43,8 @@ def make_driver(
 
     ``smga`` loads ``weights`` — one of our ``.safetensors`` packages (default: the shipped CPU
     model) or an official checkpoint — and samples with its recommended settings unless
-    ``steps``/``guidance``/``eta``/``context`` override them (official: 50 / 2 / 1 / 8).
+    ``steps``/``guidance``/``eta``/``context``/``join_fade`` override them (official: 50 / 2 / 1
+    / 8 / 4; see :class:`mmgt.drivers.smga.SamplerSettings`).
     ``backend`` (default torch) runs its denoiser on ONNX Runtime or TensorRT from the exported
     files of the same weights, with torch's intra-op thread count. ``ambient`` lays seeded blinks,
     head sway and breathing over the model's output (default: on for models trained here, off
@@ -75,6 +77,7 @@ def make_driver(
             guidance=guidance if guidance is not None else float(meta.get("guidance", 2.0)),
             eta=eta if eta is not None else float(meta.get("eta", 1.0 if official else 0.0)),
             context=context if context is not None else int(meta.get("context", 8)),
+            join_fade=join_fade if join_fade is not None else SamplerSettings.join_fade,
             seed=seed,
         )
         with_ambient = not official if ambient is None else ambient

@@ -78,6 +78,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--lookahead", type=int, default=0, help="with --live-hop: future frames")
     e.add_argument("--guidance", type=float, help="classifier-free guidance for SMGA")
+    e.add_argument("--join-fade", type=int, help="SMGA: frames each window's join is faded over "
+                   "(default 4; 0 = windows continued by the sampler alone)")  # fmt: skip
     e.add_argument("--no-baseline", action="store_true", help="skip the procedural baseline")
     e.add_argument(
         "--no-speech-gate",
@@ -338,6 +340,7 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         # The model's own motion: without the ambient motion the shipped driver adds.
         sampler = {"steps": args.steps, "guidance": args.guidance, "ambient": False,
+                   "join_fade": args.join_fade,
                    "speech_gate": False if args.no_speech_gate else None,
                    "lip_bias": False if args.no_lip_bias else None}  # fmt: skip
         smga = make_driver("smga", weights=args.weights, **sampler)
