@@ -56,6 +56,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "closed (no closed-mouth bias; docs/models.md)",
     )
     t.add_argument(
+        "--motion-weights",
+        type=_three_weights,
+        default=(1.0, 1.0, 1.0),
+        metavar="REC,VEL,ACC",
+        help="stage 1: weights of the position, velocity and acceleration losses (default 1,1,1 "
+        "as in the paper; a larger ACC gives smoother motion)",
+    )
+    t.add_argument(
         "--features",
         choices=("light", "official"),
         default="light",
@@ -92,6 +100,16 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         help="SMGA without its per-avatar closed-mouth correction (mmgt/drivers/lip_bias.py)",
     )
     e.add_argument("--out", type=Path, help="write the results as JSON")
+
+
+def _three_weights(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected three weights ≥ 0 like 1,1,4, got {text!r}")
+    return values  # type: ignore[return-value]
 
 
 MASK_MODES = ("official", "paper", "official-train")  # stage2_data.TRAIN_MASK_MODES (no import:
@@ -245,6 +263,7 @@ def run_train(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         max_minutes=args.minutes,
         residual_anchor=args.residual_anchor,
+        motion_weights=args.motion_weights,
     )
     summary = train_smga(cfg, train, val, args.out, tc, resume=args.resume, feature_kind=kind)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))

@@ -2,6 +2,8 @@
 
 Each region's loss is L_rec + L_vel + L_acc: MSE of positions, of first differences (velocity)
 and of second differences (acceleration) along time, each a per-sample mean then a batch mean.
+``term_weights`` scales the three terms (1, 1, 1 in the paper and the official code); a larger
+acceleration weight trades a little accuracy for smoother sampled motion.
 
 * ``"official"`` — what the official code optimises: the three terms over all 402 channels,
   plus 3 × the three terms over the face channels (keypoints 24–91, scores included).
@@ -37,20 +39,24 @@ def smga_loss(
     mode: str = "paper",
     face_weight: float = 3.0,
     body_weight: float = 1.0,
+    term_weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss and its named terms for (B, T, 402) predicted and target x0."""
-    names = ("rec", "vel", "acc")
-    face = motion_terms(pred[..., FACE_SLICE], target[..., FACE_SLICE])
-    face_terms = {f"face_{k}": face_weight * v for k, v in zip(names, face, strict=True)}
+
+    def named(prefix: str, weight: float, values: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        parts = zip(("rec", "vel", "acc"), term_weights, values, strict=True)
+        return {f"{prefix}{name}": weight * w * v for name, w, v in parts}
+
+    face_terms = named(
+        "face_", face_weight, motion_terms(pred[..., FACE_SLICE], target[..., FACE_SLICE])
+    )
     if mode == "official":
-        full = motion_terms(pred, target)
-        terms = dict(zip(names, full, strict=True)) | face_terms
+        terms = named("", 1.0, motion_terms(pred, target)) | face_terms
     elif mode == "paper":
         keep = torch.ones(pred.shape[-1], dtype=torch.bool, device=pred.device)
         keep[FACE_SLICE] = False
         body = motion_terms(pred[..., keep], target[..., keep])
-        body_terms = {f"body_{k}": body_weight * v for k, v in zip(names, body, strict=True)}
-        terms = face_terms | body_terms
+        terms = face_terms | named("body_", body_weight, body)
     else:
         raise ValueError(f"unknown loss mode {mode!r} (official | paper)")
     return sum(terms.values()), terms

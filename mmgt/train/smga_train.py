@@ -56,6 +56,7 @@ class TrainConfig:
     warmup: int = 500  # linear warm-up steps, then cosine decay to 10 % of lr at ``steps``
     cond_drop: float = 0.25
     loss_mode: str = "paper"
+    motion_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # L_rec, L_vel, L_acc
     augment_prob: float = 0.7
     eval_every: int = 500
     eval_windows: int = 256
@@ -197,7 +198,7 @@ def train_smga(
     while step < cfg.steps:
         if deadline is not None and time.perf_counter() > deadline:
             log.info("time budget of %.1f min reached at step %d", cfg.max_minutes, step)
-            v = _validate(ema, val_set, mean_t, std_t, cfg.loss_mode)
+            v = _validate(ema, val_set, mean_t, std_t, cfg)
             history.append({"step": step, "train_loss": float("nan"), "val_loss": v})
             if v < best:
                 best = v
@@ -216,7 +217,9 @@ def train_smga(
         keep = torch.rand(cfg.batch, device=device) >= cfg.cond_drop
         with torch.autocast(device.type, enabled=amp):
             pred = model(x_t, ref, (feats - mean_t) / std_t, t, keep)
-            loss, _ = smga_loss(pred.float(), x0, mode=cfg.loss_mode)
+            loss, _ = smga_loss(
+                pred.float(), x0, mode=cfg.loss_mode, term_weights=cfg.motion_weights
+            )
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
@@ -236,7 +239,7 @@ def train_smga(
                 (step - first_step) / max(time.perf_counter() - t0, 1e-6),
             )
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            v = _validate(ema, val_set, mean_t, std_t, cfg.loss_mode)
+            v = _validate(ema, val_set, mean_t, std_t, cfg)
             history.append({"step": step, "train_loss": loss.item(), "val_loss": v})
             if v < best:
                 best = v
@@ -281,14 +284,15 @@ def _fixed_validation(val: WindowSampler, cfg: TrainConfig, sched: CosineSchedul
 
 @torch.no_grad()
 def _validate(
-    model: SMGA, batches: list, mean: torch.Tensor, std: torch.Tensor, mode: str
+    model: SMGA, batches: list, mean: torch.Tensor, std: torch.Tensor, cfg: TrainConfig
 ) -> float:
     device = mean.device
     total, n = 0.0, 0
     for feats, x0, ref, t, x_t in batches:
         feats, x0, ref, t, x_t = (x.to(device) for x in (feats, x0, ref, t, x_t))
         pred = model(x_t, ref, (feats - mean) / std, t)
-        total += float(smga_loss(pred, x0, mode=mode)[0]) * len(x0)
+        loss, _ = smga_loss(pred, x0, mode=cfg.loss_mode, term_weights=cfg.motion_weights)
+        total += float(loss) * len(x0)
         n += len(x0)
     return total / n
 
