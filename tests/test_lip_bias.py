@@ -1,5 +1,11 @@
-"""The default model's closed-mouth bias: measured once per avatar on silence and taken off, so
-a closed-mouth photo's silent mouth is closed (not "past closed") and its speech opens it."""
+"""A model's closed-mouth bias: measured once per avatar on silence and taken off, so a
+closed-mouth photo's silent mouth is closed (not "past closed") and its speech opens it.
+
+The shipped model measures motion from the closed mouth and has next to no bias; the
+correction is exercised on a stand-in for a biased model (the earlier shipped model needed
++0.05 to +0.09 mouth widths on closed-mouth photos): the shipped model with its lower lip
+raised by :data:`BUILT_IN` mouth widths in everything it makes.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,24 @@ from mmgt.audio.gate import gate_features
 from mmgt.avatar import BUNDLED_AVATAR, load_avatar
 from mmgt.drivers import lip_bias, make_driver
 from mmgt.drivers.rig import inner_gap, mouth_width
+from mmgt.drivers.smga import SMGADriver
 
 HOPPER = Path(__file__).parent / "data" / "grace_hopper.jpg"  # a closed mouth
+BUILT_IN = 0.08  # mouth widths the stand-in raises the lower lip by
+
+
+class RaisedLowerLip(SMGADriver):
+    """The shipped model, biased: its lower lip raised by BUILT_IN in all it makes (and
+    lowered back on committed frames, so the model sees only its own motion)."""
+
+    def _generate(self, features, ref, committed, frame_size, bias, report=None):  # noqa: ANN001, ANN202
+        return super()._generate(features, ref, committed, frame_size, bias - BUILT_IN, report)
+
+
+def biased(**options) -> SMGADriver:  # noqa: ANN003
+    drv = make_driver("smga", **options)
+    drv.__class__ = RaisedLowerLip
+    return drv
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +59,7 @@ def _gap(points: np.ndarray, reference: np.ndarray, percentile: float = 50) -> f
 
 
 def test_a_closed_mouth_photo_is_silent_with_its_mouth_closed(hopper):
-    corrected = make_driver("smga")
+    corrected = biased()
     raw = copy.copy(corrected)
     raw.correct_lip_bias = False
     quiet = lip_bias.silence("light-v1", gated=True)
@@ -51,15 +73,20 @@ def test_a_closed_mouth_photo_is_silent_with_its_mouth_closed(hopper):
     assert len(corrected._lip_bias) == 1
 
 
-def test_the_bundled_photo_is_left_as_the_model_makes_it():
-    """Its silent mouth is a little open, within the tolerance: the model card's figures hold."""
-    assert make_driver("smga").lip_bias(load_avatar().reference_pose, 512) == 0.0
+def test_the_shipped_model_needs_no_correction(hopper):
+    """It measures motion from the closed mouth, so silence closes a smiling photo's mouth and
+    leaves a closed one closed: nothing to take off either (the model card's figures hold)."""
+    drv = make_driver("smga")
+    assert drv.lip_bias(load_avatar().reference_pose, 512) == 0.0
+    assert drv.lip_bias(hopper, 512) == 0.0
+    quiet = lip_bias.silence("light-v1", gated=True)
+    assert abs(_gap(drv.generate(quiet, hopper).points, hopper)) < 0.02  # closed, not crossed
 
 
 def test_the_correction_is_taken_off_the_committed_context(hopper, speech):
     """Streaming: the correction is laid over the output and taken off committed frames before
     they become the model's context, so the model sees only its own motion."""
-    corrected = make_driver("smga", ambient=False)  # no head roll: the shift commutes
+    corrected = biased(ambient=False)  # no head roll: the shift commutes
     raw = copy.copy(corrected)
     raw.correct_lip_bias = False
     bias = corrected.lip_bias(hopper, 512)

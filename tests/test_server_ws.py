@@ -79,14 +79,14 @@ async def test_speech_in_video_and_synced_audio_out(client, speech):
     back = got.audio_samples()
     # The audio comes back unchanged, placed by pts (to PCM16 precision).
     np.testing.assert_allclose(back[: len(audio)], audio, atol=2e-4)
-    # Lips follow the audio envelope that arrives with them (procedural driver: +15 ms).
+    # Lips follow the audio envelope that arrives with them (procedural driver: +18 ms).
     await assert_lips_follow_audio(client, [decode_jpeg(v[1]) for v in video], back)
     await idle_server(client)
 
 
 async def test_default_driver_lips_in_sync(speech):
     """The default (SMGA) driver over the websocket: its lip lead is within the 40 ms too
-    (-23 ms on this clip)."""
+    (-17 ms on this clip)."""
     app = make_app(ServerSettings(frame_size=SIZE, max_sessions=1))
     async with TestClient(TestServer(app)) as own:
         assert own.app[CTX].engine.driver_name.startswith("smga")  # what "auto" picks

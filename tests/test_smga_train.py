@@ -134,6 +134,9 @@ def test_training_from_the_closed_mouth_anchor(tmp_path, clips, reference_pose):
     assert load_smga_safetensors(path).metadata["residual_anchor"] == "closed-mouth"
     drv = make_driver("smga", weights=path, steps=1)
     assert drv.residual_anchor == "closed-mouth"
+    # A file trained here records no sampler: it gets the shipped model's, not the official
+    # guidance 2 (which doubles the model's frame-by-frame response to the audio).
+    assert (drv.settings.guidance, drv.settings.eta, drv.settings.context) == (1.0, 0.0, 8)
     out = drv.generate(extract_light_features(load_audio(SPEECH)[:32000]), reference_pose)
     assert np.isfinite(out.points).all()
     with pytest.raises(InputError, match="unknown residual anchor 'open'"):
@@ -193,7 +196,7 @@ def test_join_fade_is_a_driver_setting():
 
 def test_live_windows_join_without_jumps():
     """The shipped model in live windows (1 step, 4 new frames each): without the join the
-    points it moves (all but the mouth) accelerated 1.7× as much at a window's first frame as
+    points it moves (all but the mouth) accelerated 1.5× as much at a window's first frame as
     elsewhere; with it, about as much as anywhere."""
     from mmgt.drivers.hop import HopDriver, live_context
 
@@ -209,4 +212,4 @@ def test_live_windows_join_without_jumps():
         acc = np.linalg.norm(points[2:] - 2 * points[1:-1] + points[:-2], axis=-1).mean(1)
         at_join = (np.arange(1, len(points) - 1) % 4) == 0  # first frame of a window
         ratios[fade] = acc[at_join].mean() / acc[~at_join].mean()
-    assert ratios[0] > 1.4 and ratios[4] < 1.1  # measured 1.69 and 0.89
+    assert ratios[0] > 1.4 and ratios[4] < 1.1  # measured 1.54 and 0.89 (previous model 1.69)

@@ -44,7 +44,8 @@ def make_driver(
     ``smga`` loads ``weights`` — one of our ``.safetensors`` packages (default: the shipped CPU
     model) or an official checkpoint — and samples with its recommended settings unless
     ``steps``/``guidance``/``eta``/``context``/``join_fade`` override them (official: 50 / 2 / 1
-    / 8 / 4; see :class:`mmgt.drivers.smga.SamplerSettings`).
+    / 8 / 4; a file trained here that records none: 4 / 1 / 0 / 8 / 4, the shipped model's; see
+    :class:`mmgt.drivers.smga.SamplerSettings`).
     ``backend`` (default torch) runs its denoiser on ONNX Runtime or TensorRT from the exported
     files of the same weights, with torch's intra-op thread count. ``ambient`` lays seeded blinks,
     head sway and breathing over the model's output (default: on for models trained here, off
@@ -74,7 +75,9 @@ def make_driver(
         meta = pkg.metadata
         settings = SamplerSettings(
             steps=steps if steps is not None else int(meta.get("steps", 50 if official else 4)),
-            guidance=guidance if guidance is not None else float(meta.get("guidance", 2.0)),
+            guidance=guidance
+            if guidance is not None
+            else float(meta.get("guidance", 2.0 if official else 1.0)),
             eta=eta if eta is not None else float(meta.get("eta", 1.0 if official else 0.0)),
             context=context if context is not None else int(meta.get("context", 8)),
             join_fade=join_fade if join_fade is not None else SamplerSettings.join_fade,
