@@ -61,7 +61,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         default=(1.0, 1.0, 1.0),
         metavar="REC,VEL,ACC",
         help="stage 1: weights of the position, velocity and acceleration losses (default 1,1,1 "
-        "as in the paper; a larger ACC gives smoother motion)",
+        "as in the paper; a larger ACC weighs rough motion more, docs/models.md)",
     )
     t.add_argument(
         "--features",

@@ -3,7 +3,8 @@
 Each region's loss is L_rec + L_vel + L_acc: MSE of positions, of first differences (velocity)
 and of second differences (acceleration) along time, each a per-sample mean then a batch mean.
 ``term_weights`` scales the three terms (1, 1, 1 in the paper and the official code); a larger
-acceleration weight trades a little accuracy for smoother sampled motion.
+acceleration weight weighs rough motion more (8 smoothed the shipped recipe little:
+docs/models.md).
 
 * ``"official"`` — what the official code optimises: the three terms over all 402 channels,
   plus 3 × the three terms over the face channels (keypoints 24–91, scores included).
