@@ -4,17 +4,20 @@ The server runs in its own process (``python -m server``), the clients in this o
 streams the bundled speech sample in 20 ms PCM16 chunks at real-time pace and reads frames.
 Per session count we record, on the server side, the latency from an audio chunk's arrival to
 the hand-over of the first encoded frame showing it (p50/p95 over all sessions' frames, from
-the server's ``done`` figures), the sustained fps each client received, frames held under
-load (degradation), and the server's memory per session.
+the server's ``done`` figures), the sustained fps each client received, degradation (sessions
+that degraded, the deepest level reached, the share of frames that repeat the image before, and
+the longest run of one image: how long the picture froze), the server's CPU time per session
+(cores) and its memory per session.
 
     python -m bench.bench_live [--sessions 1 3 4 5] [--seconds 20] [--driver auto] [--hop 2]
-                               [--name live_hop2]
+                               [--name live_hop2] [--server-root ../before]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -47,6 +50,23 @@ def rss_mb(pid: int) -> float:
     return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
 
 
+def revision(root: Path) -> str:
+    """The git commit the server ran from (``+changes`` if its tree differs from it)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+        if done.returncode:
+            raise OSError(done.stderr)
+        return done.stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except OSError:
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def start_server(port: int, args: argparse.Namespace, sessions: int) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -64,7 +84,7 @@ def start_server(port: int, args: argparse.Namespace, sessions: int) -> subproce
         str(args.hop),
     ]
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=args.server_root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     for _ in range(600):
         try:
@@ -80,6 +100,7 @@ def start_server(port: int, args: argparse.Namespace, sessions: int) -> subproce
 async def one_client(url: str, samples: np.ndarray, rate: int) -> dict:
     got = await run_client(url, wav_chunks(samples, rate, realtime=True), sample_rate=rate)
     done = next(e for e in got.events if e.get("type") == "done")
+    shown = [jpeg for _, jpeg, _ in sorted(got.video)]
     times = [t for _, _, t in sorted(got.video)]
     steady = times[25:]  # skip the first second (start-up)
     fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0
@@ -90,17 +111,28 @@ async def one_client(url: str, samples: np.ndarray, rate: int) -> dict:
         "p50_ms": done.get("latency_p50_ms"),
         "p95_ms": done.get("latency_p95_ms"),
         "max_level": max(levels, default=0),
+        # Images repeated under load (half frame rate or hold): equal to the frame before.
+        "held": sum(a == b for a, b in itertools.pairwise(shown)),
+        "longest_still": max(len(list(run)) for _, run in itertools.groupby(shown)),
         "errors": len(got.errors()),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load_run(url: str, n: int, samples: np.ndarray, rate: int, pid: int) -> dict:
     base = rss_mb(pid)
     peak = base
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
     clients = [asyncio.create_task(one_client(url, samples, rate)) for _ in range(n)]
     while not all(c.done() for c in clients):
         peak = max(peak, rss_mb(pid))
         await asyncio.sleep(0.5)
+    server_cores = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
     results = [c.result() for c in clients]
     return {
         "sessions": n,
@@ -108,6 +140,12 @@ async def load_run(url: str, n: int, samples: np.ndarray, rate: int, pid: int) -
         "latency_p50_ms_median": float(np.median([r["p50_ms"] for r in results])),
         "latency_p95_ms_max": max(r["p95_ms"] for r in results),
         "degraded_sessions": sum(r["max_level"] > 0 for r in results),
+        "deepest_level": max(r["max_level"] for r in results),
+        "held_frames_share": round(
+            sum(r["held"] for r in results) / max(sum(r["frames"] for r in results), 1), 3
+        ),
+        "longest_still_frames": max(r["longest_still"] for r in results),
+        "server_cpu_cores_per_session": round(server_cores / n, 3),
         "errors": sum(r["errors"] for r in results),
         "server_rss_idle_mb": round(base, 1),
         "server_rss_peak_mb": round(peak, 1),
@@ -124,6 +162,12 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--hop", type=int, default=StreamSettings().hop_frames, help="server --hop")
     p.add_argument("--name", default="live", help="result file bench/results/NAME.json")
+    p.add_argument(
+        "--server-root",
+        type=Path,
+        default=ROOT,
+        help="run the server of this checkout (A/B against another revision's git worktree)",
+    )
     args = p.parse_args()
     samples, rate = load_audio_native(BUNDLED_AVATAR.with_name("speech_sample.wav"))
     samples = np.tile(samples, int(np.ceil(args.seconds * rate / len(samples))))
@@ -157,6 +201,7 @@ def main() -> None:
             ),
             "note": "server in its own process; clients in the benchmark process on the same "
             "2-core machine; latency measured on the server",
+            "server_revision": revision(args.server_root),
         },
     )
 

@@ -21,10 +21,13 @@ of waiting for the rest of the hop (and the frame's encoding overlaps the next o
 
 Degradation (``realtime`` only). When audio waits unrendered for more than
 ``degrade_lag_frames`` beyond a window, quality steps down one level per window: 1 = one DDIM
-step, 2 = double hop (half the stage-1 rate), 3 = hold (repeat the last image; audio plays on;
-a window renderer first lets out the frames it holds, so images stay with their own audio).
-After ``recover_after_s`` without lag it steps back up. Audio is never dropped, so A/V never
-drifts.
+step, 2 = double hop (half the stage-1 rate), 3 = half frame rate (a frame-wise stream draws
+every other frame and shows each image twice: drawing is most of its cost, and the avatar
+keeps moving), 4 = hold (repeat the last image; audio plays on; a window renderer first lets
+out the frames it holds, so images stay with their own audio). A window renderer cannot skip
+single frames, so for it level 3 is the hold. After ``recover_after_s`` without lag it steps
+back up (``hold_recover_s`` from the hold, so the picture freezes briefly). Audio is never
+dropped, so A/V never drifts.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ log = logging.getLogger(__name__)
 
 SPEECH_RATE = 16000
 HISTORY_FRAMES = 64  # poses/features kept behind the newest frame (interrupt look-back)
+HALF_FRAME_RATE_LEVEL = 3  # degradation: frame-wise streams draw every other frame
+HOLD_LEVEL = 4  # degradation: hold the last image (level 3 for window renderers)
 
 
 class BufferFull(AudioError):
@@ -82,6 +87,7 @@ class StreamSettings:
         realtime: allow graceful degradation under load (off for offline/asap use).
         degrade_lag_frames: unrendered frames beyond one window that trigger degradation.
         recover_after_s: time without lag before quality steps back up.
+        hold_recover_s: the same for the hold, which freezes the picture: it ends sooner.
         vad: run the voice-activity detector and emit :class:`VadEvent`.
         masks: compute motion masks (None: only if the renderer needs them).
         catch_up_s: idle silence up to this long that turns out to have stood in for late
@@ -99,6 +105,7 @@ class StreamSettings:
     realtime: bool = True
     degrade_lag_frames: int = 6
     recover_after_s: float = 2.0
+    hold_recover_s: float = 0.5
     vad: bool = True
     masks: bool | None = None
     catch_up_s: float = 1.0
@@ -428,7 +435,7 @@ class StreamScheduler:
             self._adapt(due - self.posed, hop, now, starving)
         n_new = min(hop, ready - self.posed)
         out: list[OutputFrame] = []
-        if self.level >= 3 and self._last_image is not None:
+        if self.level >= self.hold_level and self._last_image is not None:
             if self.posed > self.emitted:
                 # A window renderer holds posed frames: they come out before the held ones,
                 # or every later image would show a pose that many frames before its audio.
@@ -443,6 +450,16 @@ class StreamScheduler:
             out.extend(self._render(poses))
         self._trim()
         return out
+
+    @property
+    def frame_wise(self) -> bool:
+        """The render stream draws one frame per pose, with no latency (e.g. the warp renderer)."""
+        return self.render.window == 1 and not self.render.latency_frames
+
+    @property
+    def hold_level(self) -> int:
+        """The quality level that holds the last image (also the lowest level)."""
+        return HOLD_LEVEL if self.frame_wise else HALF_FRAME_RATE_LEVEL
 
     def _hop(self) -> int:
         """New frames per stage-1 call at the current quality level (level 2 doubles it)."""
@@ -487,7 +504,7 @@ class StreamScheduler:
         audio = None
         if self.needs_audio:
             audio = self._render_audio(poses.start_frame, poses.stop_frame)
-        if len(poses) > 1 and self.render.window == 1 and not self.render.latency_frames:
+        if len(poses) > 1 and self.frame_wise:
             self._pending = _Pending(poses, masks, audio)
             return self._render_next()
         return self._push(poses, masks, audio)
@@ -501,6 +518,9 @@ class StreamScheduler:
             self._pending = None
         poses = pending.poses
         start = poses.start_frame + k
+        if self.level == HALF_FRAME_RATE_LEVEL and start % 2 and self._last_image is not None:
+            self.counters["held_frames"] += 1  # half frame rate: the image before, again
+            return self._pair(self._last_image)
         one = KeypointSeq(poses.points[k : k + 1], poses.frame_size, poses.fps, start)
         masks = None if pending.masks is None else pending.masks[k : k + 1]
         audio = pending.audio
@@ -559,11 +579,12 @@ class StreamScheduler:
         behind = starving and lag > hop + s.lookahead_frames + s.degrade_lag_frames
         if behind:
             self._last_lag_time = now
-            if self.level < 3:
+            if self.level < self.hold_level:
                 self._set_level(self.level + 1, now)
             return
         calm_since = self._last_lag_time if self._last_lag_time is not None else self._level_time
-        if self.level > 0 and now - max(calm_since, self._level_time) >= s.recover_after_s:
+        wait = s.hold_recover_s if self.level == self.hold_level else s.recover_after_s
+        if self.level > 0 and now - max(calm_since, self._level_time) >= wait:
             self._set_level(self.level - 1, now)
 
     def _set_level(self, level: int, now: float) -> None:
@@ -571,7 +592,8 @@ class StreamScheduler:
         if self._base_steps is not None and self._base_steps > 1:
             steps = 1 if level >= 1 else self._base_steps
             self.driver.settings = dataclasses.replace(self.driver.settings, steps=steps)
-        detail = {0: "full quality", 1: "one stage-1 step", 2: "half stage-1 rate", 3: "hold"}
+        detail = {0: "full quality", 1: "one stage-1 step", 2: "half stage-1 rate"}
+        detail |= {HALF_FRAME_RATE_LEVEL: "half frame rate", self.hold_level: "hold"}
         self.counters["degrade_up" if level > old else "degrade_down"] += 1
         state = "degraded" if level else "recovered"
         self._events.append((self.emitted, StateEvent(self.emitted, state, detail[level], level)))

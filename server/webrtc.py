@@ -374,6 +374,7 @@ class PeerSession:
                     "frames": self.sent_frames,
                     "skipped": self.session.stats.skipped_frames,
                     "level": self.session.scheduler.level,
+                    "held": self.session.scheduler.counters["held_frames"],
                 }
             )
             last_frames, last_time = self.sent_frames, now

@@ -51,6 +51,22 @@ STATS_EVERY_S = 2.0
 PACE_LEAD_S = 0.3  # realtime pace: frames leave at most this far ahead of their play time
 
 
+class LastJpeg:
+    """JPEG encoding off the loop that remembers the last image: a held image (degraded
+    quality repeats images) is not encoded again."""
+
+    def __init__(self, quality: int) -> None:
+        self.quality = quality
+        self._last: tuple[np.ndarray, bytes] | None = None
+
+    async def encode(self, image: np.ndarray) -> bytes:
+        if self._last is not None and image is self._last[0]:
+            return self._last[1]
+        jpeg = await asyncio.to_thread(encode_jpeg, image, self.quality)
+        self._last = (image, jpeg)
+        return jpeg
+
+
 class ProtocolError(Exception):
     """A bad message: reported to the client as an ``error`` event with ``code``."""
 
@@ -297,12 +313,13 @@ class WsConnection:
             muxer = FragmentedMp4(size, fps=fps, audio_rate=rate,
                                   fragment_s=opts["fragment_ms"] / 1000)  # fmt: skip
             stream = _Fmp4Sender(self, muxer)
+        jpegs = LastJpeg(opts["quality"])
         try:
             async for item in session:
                 if isinstance(item, VideoFrame):
                     jpeg = None
                     if stream is None:
-                        jpeg = await asyncio.to_thread(encode_jpeg, item.image, opts["quality"])
+                        jpeg = await jpegs.encode(item.image)
                     if opts["pace"] == "realtime":
                         await session.wait_until_due(item.index, PACE_LEAD_S)
                     if stream is not None:
@@ -446,7 +463,9 @@ class _Fmp4Sender:
 
 def _stats(session) -> dict:  # noqa: ANN001
     lat = np.asarray(session.stats.latencies, dtype=np.float64)
-    out = {"type": "stats", "frames": session.stats.frames_out, "level": session.scheduler.level}
+    sched = session.scheduler
+    out = {"type": "stats", "frames": session.stats.frames_out, "level": sched.level,
+           "held": sched.counters["held_frames"]}  # fmt: skip
     if lat.size:
         out["latency_p50_ms"] = round(float(np.percentile(lat, 50)) * 1000, 1)
         out["latency_p95_ms"] = round(float(np.percentile(lat, 95)) * 1000, 1)

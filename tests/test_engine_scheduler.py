@@ -231,14 +231,15 @@ def test_degrades_under_lag_without_drift(speech):
     sched, _ = make_scheduler(driver=driver, realtime=True, recover_after_s=1.0)
     sched.push_audio(speech, 16000, 1, 0.0)  # 4 s arrive at once: far behind "real time"
     out, levels = [], []
-    for _ in range(4):
+    for _ in range(5):
         out.extend(window(sched, now=0.0, starving=True))
         levels.append(sched.level)
-    assert levels == [1, 2, 3, 3]
+    assert levels == [1, 2, 3, 4, 4]
     assert sched.driver.settings.steps == 1
     assert sched.counters["held_frames"] > 0
     states = [e for e in out if isinstance(e, StateEvent)]
-    assert [s.level for s in states] == [1, 2, 3]
+    assert [s.level for s in states] == [1, 2, 3, 4]
+    assert [s.detail for s in states][2:] == ["half frame rate", "hold"]
     # Caught up, then calm for long enough: quality comes back one level at a time.
     while got := sched.step(now=0.5, starving=True):
         out.extend(got)
@@ -253,6 +254,54 @@ def test_degrades_under_lag_without_drift(speech):
     video, audio, _ = split(out)
     assert [v.index for v in video] == list(range(len(video)))
     assert [a.index for a in audio] == [v.index for v in video]
+
+
+@pytest.mark.parametrize("window_stream", [False, True])
+def test_half_frame_rate_draws_every_other_frame(speech, window_stream):
+    """Level 3: a frame-wise stream draws the even frames and shows each image twice, with
+    every frame's own audio; a window renderer cannot skip frames, so for it level 3 holds."""
+    sched, rec = make_scheduler(window=window_stream, realtime=True, recover_after_s=1e9)
+    sched.push_audio(speech, 16000, 1, 0.0)
+    for _ in range(3):
+        window(sched, now=0.0, starving=True)
+    assert sched.level == 3
+    assert sched.hold_level == (3 if window_stream else 4)
+    drawn_before = sum(len(p) for p in rec.poses) if not window_stream else None
+    out = window(sched, now=None) + window(sched, now=None)
+    video, audio, _ = split(out)
+    assert (
+        [a.index for a in audio]
+        == [v.index for v in video]
+        == list(range(video[0].index, video[0].index + len(video)))
+    )
+    assert all(a.samples.shape == audio[0].samples.shape for a in audio)
+    shown = [image_index(v.image) for v in video]
+    if window_stream:  # the frames it held come out, then its last image is held
+        assert shown[-8:] == [shown[-9]] * 8, shown
+        return
+    assert len(video) == 16  # two hops of 8 (level 2 doubled the hop)
+    assert shown == [i - i % 2 for i in range(video[0].index, video[0].index + 16)]
+    drawn = [p.start_frame for p in rec.poses][-8:]
+    assert sum(len(p) for p in rec.poses) - drawn_before == 8
+    assert all(i % 2 == 0 for i in drawn)
+
+
+def test_a_hold_ends_sooner_than_the_other_levels(speech):
+    """The hold freezes the picture: it steps back up after ``hold_recover_s`` of calm, the
+    other levels after ``recover_after_s``."""
+    sched, _ = make_scheduler(realtime=True, recover_after_s=2.0, hold_recover_s=0.5)
+    sched.push_audio(speech[: 16000 * 2], 16000, 1, 0.0)
+    while sched.level < sched.hold_level:
+        window(sched, now=0.0, starving=True)
+    while sched.has_work:  # the backlog drains at the hold
+        window(sched, now=0.1, starving=True)
+    levels = []
+    for k in range(1, 13):  # real-time input from then on, a window every 0.16 s
+        sched.push_audio(np.zeros(640 * 4, np.float32), 16000, 1, 0.0)
+        window(sched, now=0.1 + 0.16 * k, starving=True)
+        levels.append(sched.level)
+    assert levels[:2] == [4, 4] and levels[3] == 3  # 0.5 s after the last lag
+    assert levels[-1] == 3  # 1.9 s later: not yet 2 s at level 3
 
 
 def test_audio_ahead_of_the_clock_is_not_lag(speech):

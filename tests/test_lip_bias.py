@@ -113,3 +113,15 @@ def test_a_correction_beyond_any_speech_opening_is_capped(hopper, caplog):
     assert lip_bias.correction(silent, hopper) == lip_bias.MAX_CORRECTION
     assert "corrected by 0.30 only" in caplog.text
     assert lip_bias.correction(hopper[None], hopper) == 0.0  # the photo's own mouth: closed
+
+
+def test_one_driver_serves_avatars_in_turn(hopper, speech):
+    """The driver remembers the last avatar's anchor pose; switching avatars must not reuse it
+    (each result equals a fresh driver's)."""
+    feats = speech.frames(0, 40)
+    bundled = load_avatar().reference_pose
+    shared = make_driver("smga")
+    got = [shared.generate(feats, ref).points for ref in (bundled, hopper, bundled)]
+    for ref, points in zip((bundled, hopper, bundled), got, strict=True):
+        np.testing.assert_array_equal(points, make_driver("smga").generate(feats, ref).points)
+    assert np.abs(got[0] - got[1]).max() > 1.0

@@ -25,7 +25,7 @@ from mmgt.avatar import BUNDLED_AVATAR
 from mmgt.video import AAC_PRIMING
 from server.app import CTX, make_app
 from server.settings import ServerSettings
-from server.ws import WsConnection
+from server.ws import LastJpeg, WsConnection
 from tests.ws_helpers import assert_lips_follow_audio, mouth_opening, ws_url
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -125,6 +125,22 @@ async def test_fragmented_mp4_stream_is_playable_and_in_sync(client, speech, tmp
     assert abs(back.size - audio.size) < 2048  # AAC frames of 1024 samples
     await assert_lips_follow_audio(client, frames, back)  # lips and the muxed audio
     await idle_server(client)
+
+
+async def test_a_held_image_is_not_encoded_again(monkeypatch):
+    """Degraded quality repeats images; the sender reuses the repeated image's JPEG."""
+    calls = []
+
+    def encode(image, quality):  # noqa: ANN001, ANN202
+        calls.append(quality)
+        return bytes([len(calls)])
+
+    monkeypatch.setattr("server.ws.encode_jpeg", encode)
+    jpegs = LastJpeg(70)
+    a, b = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)
+    got = [await jpegs.encode(img) for img in (a, a, a, b, b, a)]
+    assert got == [b"\x01", b"\x01", b"\x01", b"\x02", b"\x02", b"\x03"]
+    assert calls == [70, 70, 70]  # equal pixels are not enough: only the same image is reused
 
 
 async def test_bad_messages_get_error_events_and_the_session_goes_on(client):

@@ -63,8 +63,11 @@ def _mouth_xy() -> np.ndarray:
 MOUTH_XY = _mouth_xy()
 
 
-def anchor_of(reference: np.ndarray, anchor: str = "reference") -> np.ndarray:
-    """The (…, 402) poses motion is measured from (module docstring)."""
+def anchor_of(reference: np.ndarray, anchor: str | np.ndarray = "reference") -> np.ndarray:
+    """The (…, 402) poses motion is measured from (module docstring); an array ``anchor`` is
+    such poses already computed (callers that reuse one reference keep them)."""
+    if isinstance(anchor, np.ndarray):
+        return anchor
     if anchor == "reference":
         return np.asarray(reference)
     if anchor == "closed-mouth":
@@ -73,7 +76,10 @@ def anchor_of(reference: np.ndarray, anchor: str = "reference") -> np.ndarray:
 
 
 def to_residual(
-    poses: np.ndarray, reference: np.ndarray, std: np.ndarray, anchor: str = "reference"
+    poses: np.ndarray,
+    reference: np.ndarray,
+    std: np.ndarray,
+    anchor: str | np.ndarray = "reference",
 ) -> np.ndarray:
     """(…, T, 402) official poses → residual space, given (…, 402) references and (402,) std."""
     scale = face_scale(reference)[..., None, None]
@@ -81,7 +87,7 @@ def to_residual(
 
 
 def from_residual(
-    x: np.ndarray, reference: np.ndarray, std: np.ndarray, anchor: str = "reference"
+    x: np.ndarray, reference: np.ndarray, std: np.ndarray, anchor: str | np.ndarray = "reference"
 ) -> np.ndarray:
     """Inverse of :func:`to_residual`."""
     scale = face_scale(reference)[..., None, None]
