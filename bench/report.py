@@ -81,7 +81,8 @@ NOTES = {
         "it how many sessions hold."
     ),
     "live_overload": (
-        "More sessions than the machine can draw at 25 fps, to see how quality degrades. "
+        "Sessions beyond what the machine draws at 25 fps (eight in this run; six too in its "
+        "slower hours), to see how quality degrades. "
         "`held_frames_share` counts frames showing the same image as the frame before (half "
         "frame rate or hold) and `longest_still_frames` the longest run of one image, i.e. how "
         "long the picture froze (1: never). Before 2026-12-07 the ladder ended in the hold "
