@@ -458,7 +458,7 @@ class StreamScheduler:
 
     @property
     def hold_level(self) -> int:
-        """The quality level that holds the last image (also the lowest level)."""
+        """The quality level that holds the last image (the deepest level)."""
         return HOLD_LEVEL if self.frame_wise else HALF_FRAME_RATE_LEVEL
 
     def _hop(self) -> int:
