@@ -100,8 +100,9 @@ def start_server(port: int, args: argparse.Namespace, sessions: int) -> subproce
 async def one_client(url: str, samples: np.ndarray, rate: int) -> dict:
     got = await run_client(url, wav_chunks(samples, rate, realtime=True), sample_rate=rate)
     done = next(e for e in got.events if e.get("type") == "done")
-    shown = [jpeg for _, jpeg, _ in sorted(got.video)]
-    times = [t for _, _, t in sorted(got.video)]
+    video = sorted(got.video)  # (index, jpeg, arrival)
+    shown = [jpeg for _, jpeg, _ in video]
+    times = [t for _, _, t in video]
     steady = times[25:]  # skip the first second (start-up)
     fps = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else 0.0
     levels = [e["level"] for e in got.events if e.get("type") == "state"]
