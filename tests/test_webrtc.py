@@ -26,7 +26,13 @@ from engine.frames import AudioFrame, VideoFrame
 from mmgt.drivers.controls import MotionControls
 from server.app import CTX, make_app
 from server.settings import ServerSettings
-from server.webrtc import SKIP_LATE_S, AvatarAudioTrack, AvatarVideoTrack, Pacer
+from server.webrtc import (
+    REPEAT_REFRESH_S,
+    SKIP_LATE_S,
+    AvatarAudioTrack,
+    AvatarVideoTrack,
+    Pacer,
+)
 
 SPEECH = Path(__file__).resolve().parents[1] / "mmgt" / "assets" / "speech_sample.wav"
 
@@ -265,6 +271,26 @@ async def test_late_video_frames_are_skipped_to_stay_live_and_audio_never_is():
         audio.put_frame(AudioFrame(i, 48000, i * 1920, np.zeros(1920, np.float32)))
     starts = [(await audio.recv()).pts for _ in range(6)]
     assert starts == [k * 960 for k in range(6)]
+
+
+async def test_a_repeated_image_is_not_encoded_again_but_refreshed():
+    """Under load the scheduler repeats the image object before (half frame rate, hold): those
+    frames count as sent at their time but are not handed to the encoder, except once every
+    REPEAT_REFRESH_S; a new image object is always encoded, even with the same pixels."""
+    pacer = Pacer()
+    pacer.start = asyncio.get_running_loop().time() - 0.1
+    sent = []
+    video = AvatarVideoTrack(pacer, sent.append)
+    held, new, same_pixels, last = (np.full((8, 8, 3), v, np.uint8) for v in (1, 2, 2, 3))
+    images = [held] * 16 + [new, same_pixels, last]
+    for i, image in enumerate(images):
+        video.put(VideoFrame(i, 25, image, None))
+    encoded = [(await video.recv()).pts // 3600 for _ in range(5)]
+    refresh = next(i for i in range(16) if i / 25 >= REPEAT_REFRESH_S)
+    assert encoded == [0, refresh, 16, 17, 18]
+    assert [f.index for f in sent] == list(range(19))  # every frame shown, in order
+    assert video.repeats_not_encoded == 19 - 5
+    assert pacer.lateness(18 / 25) >= -0.01  # repeats kept the pace: nothing went out early
 
 
 async def test_events_to_a_page_that_does_not_read_are_dropped_not_queued():
