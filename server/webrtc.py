@@ -44,7 +44,7 @@ from mmgt.errors import AudioError
 from server.app import CTX, ServerContext, origin_allowed
 from server.avatars import DEFAULT_ID
 from server.protocol import event_json, parse_json
-from server.rtc_video import use_tuned_encoders, yuv_frame
+from server.rtc_video import use_tuned_encoders
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class _QueueTrack(MediaStreamTrack):
 
 
 class AvatarVideoTrack(_QueueTrack):
-    """Session video frames as ``av.VideoFrame`` (yuv420p, pts = index · 3600 at 90 kHz).
+    """Session video frames as ``av.VideoFrame`` (rgb24, pts = index · 3600 at 90 kHz).
 
     When frames pile up behind a sender that fell behind (the encoder or the loop overloaded),
     a frame more than :data:`SKIP_LATE_S` late is skipped if a newer one is already queued, so
@@ -167,7 +167,7 @@ class AvatarVideoTrack(_QueueTrack):
             self.repeats_not_encoded += 1
             self.on_sent(frame)  # shown: the browser holds the image it has
         self._encoded = (frame.image, frame.pts)
-        out = yuv_frame(frame.image)  # what the encoder takes, converted cheaply
+        out = av.VideoFrame.from_ndarray(frame.image, format="rgb24")  # converted by the encoder
         out.pts = frame.index * (VIDEO_CLOCK // frame.fps)
         out.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self.on_sent(frame)  # handed to aiortc's encoder now
