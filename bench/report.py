@@ -50,6 +50,9 @@ SECTIONS = {
     "live_overload": "Live engine overloaded: 6 and 8 sessions on 2 cores",
     "live_overload_before": "The same before the half-frame-rate level (`--server-root`: the "
     "previous revision, run alternately)",
+    "webrtc": "Live engine over WebRTC: aiortc peers as browsers (`bench/bench_webrtc.py`)",
+    "webrtc_before": "The same before repeated images were left unencoded and VP8 was tuned "
+    "(`--server-root`: the previous revision, run alternately)",
     "soak": "Live server soak: long sessions and connect/abort churn (`bench/bench_soak.py`)",
     "soak_light": "Live server soak at light load (`bench/bench_soak.py --long 1`)",
     "smga": "SMGA sampling cost per second of motion (`bench/bench_smga.py`)",
@@ -96,6 +99,22 @@ NOTES = {
         "neither CPU use nor latency. The host's "
         "speed varies from run to run, so the two tables are one alternating pair; compare "
         "`longest_still_frames` and latency, not single figures."
+    ),
+    "webrtc": (
+        "The browser's path: each peer sends the speech sample as a live Opus microphone "
+        "track and decodes the avatar's VP8 video, as a browser does, but in the benchmark's "
+        "process on the same 2-core machine (`client_cpu_cores`), where a real browser would "
+        "be elsewhere. A WebRTC session costs the server about twice a websocket session: "
+        "per frame, aiortc's VP8 encoding and its packet handling in Python on the event loop "
+        "come on top of the engine's own work, and the interpreter lock, which the loop holds "
+        "for about a quarter of the time at two sessions (py-spy --gil), is shared with the "
+        "render threads. Latency here comes from the data channel's stats (per-second "
+        "medians: arrival of a frame's audio to its hand-over to the encoder); "
+        "`received_fps_min` counts frames received, which under load leaves out the "
+        "repeated images the server does not send again, and `longest_gap_ms` is the "
+        "longest gap between their timestamps (how long the picture stood still). "
+        "The host's speed varies from run to run; compare the two tables as one alternating "
+        "pair."
     ),
     "soak": (
         "Long sessions speak for the whole run while short sessions come and go (every other "
