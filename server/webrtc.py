@@ -44,7 +44,7 @@ from mmgt.errors import AudioError
 from server.app import CTX, ServerContext, origin_allowed
 from server.avatars import DEFAULT_ID
 from server.protocol import event_json, parse_json
-from server.rtc_video import use_tuned_encoders
+from server.rtc_video import tune_aiortc
 
 log = logging.getLogger(__name__)
 
@@ -526,7 +526,7 @@ async def offer(request: web.Request) -> web.Response:
 
 async def _set_up_aiortc(app: web.Application) -> None:
     bind_ice_to(app[CTX].settings.host)
-    use_tuned_encoders()
+    tune_aiortc()
 
 
 async def rtc_config(request: web.Request) -> web.Response:
@@ -536,7 +536,7 @@ async def rtc_config(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     """Add ``POST /offer`` and ``GET /rtc-config``; bind ICE host candidates to the server's
-    interface and use the tuned video encoder (:mod:`server.rtc_video`)."""
+    interface and tune aiortc's video encoding (:mod:`server.rtc_video`)."""
     app.router.add_post("/offer", offer)
     app.router.add_get("/rtc-config", rtc_config)
     app.on_startup.append(_set_up_aiortc)

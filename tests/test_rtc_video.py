@@ -7,6 +7,7 @@ from __future__ import annotations
 import fractions
 
 import aiortc.rtcrtpsender
+import aiortc.rtp
 import av
 import cv2
 import numpy as np
@@ -16,7 +17,13 @@ from aiortc.codecs import vpx as aiortc_vpx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from mmgt.avatar import BUNDLED_AVATAR
-from server.rtc_video import Vp8Encoder, tuned_encoder, use_tuned_encoders, yuv_frame
+from server.rtc_video import (
+    Vp8Encoder,
+    audio_level_dbov,
+    tune_aiortc,
+    tuned_encoder,
+    yuv_frame,
+)
 
 SIZE = 256
 
@@ -111,9 +118,28 @@ def test_a_new_target_bitrate_reopens_the_codec_with_the_tuned_options(monkeypat
 )
 def test_senders_pick_the_tuned_encoder_for_vp8_only(monkeypatch, mime, clock, kind):
     monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", aiortc.rtcrtpsender.get_encoder)
-    use_tuned_encoders()
+    monkeypatch.setattr(aiortc.rtp, "compute_audio_level_dbov", aiortc.rtp.compute_audio_level_dbov)
+    tune_aiortc()
     params = RTCRtpCodecParameters(
         mimeType=mime, clockRate=clock, channels=2 if clock == 48000 else None
     )
     assert aiortc.rtcrtpsender.get_encoder is tuned_encoder
     assert type(tuned_encoder(params)) is kind
+
+
+def test_the_audio_level_equals_aiortcs(monkeypatch):
+    """RFC 6465 levels from NumPy, equal to aiortc's Python loop, from silence to full scale
+    (what tune_aiortc puts in its place)."""
+    monkeypatch.setattr(aiortc.rtp, "compute_audio_level_dbov", aiortc.rtp.compute_audio_level_dbov)
+    reference = aiortc.rtp.compute_audio_level_dbov
+    rng = np.random.default_rng(0)
+    levels = set()
+    for amplitude in (0, 1, 3, 30, 300, 3000, 20000, 32767):
+        pcm = np.clip(rng.normal(0, amplitude, 960), -32768, 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        assert audio_level_dbov(frame) == reference(frame)
+        levels.add(audio_level_dbov(frame))
+    assert min(levels) == -127 and max(levels) > -5  # the whole range was covered
+    tune_aiortc()
+    assert aiortc.rtp.compute_audio_level_dbov is audio_level_dbov
