@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,25 @@ def start_server(port: int, args: argparse.Namespace, sessions: int) -> subproce
     raise RuntimeError(f"server did not start: {proc.stdout.read() if proc.stdout else ''}")
 
 
+def load_arguments(doc: str, name: str) -> argparse.ArgumentParser:
+    """The options of a load benchmark: session counts, run length, the server's options, the
+    result's name and the checkout whose server runs."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--sessions", type=int, nargs="+", default=[1, 3, 4, 5])
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--driver", default="auto")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--hop", type=int, default=StreamSettings().hop_frames, help="server --hop")
+    p.add_argument("--name", default=name, help="result file bench/results/NAME.json")
+    p.add_argument(
+        "--server-root",
+        type=Path,
+        default=ROOT,
+        help="run the server of this checkout (A/B against another revision's git worktree)",
+    )
+    return p
+
+
 async def one_client(url: str, samples: np.ndarray, rate: int) -> dict:
     got = await run_client(url, wav_chunks(samples, rate, realtime=True), sample_rate=rate)
     done = next(e for e in got.events if e.get("type") == "done")
@@ -155,32 +175,18 @@ async def load_run(url: str, n: int, samples: np.ndarray, rate: int, pid: int) -
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sessions", type=int, nargs="+", default=[1, 3, 4, 5])
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--driver", default="auto")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--hop", type=int, default=StreamSettings().hop_frames, help="server --hop")
-    p.add_argument("--name", default="live", help="result file bench/results/NAME.json")
-    p.add_argument(
-        "--server-root",
-        type=Path,
-        default=ROOT,
-        help="run the server of this checkout (A/B against another revision's git worktree)",
-    )
-    args = p.parse_args()
-    samples, rate = load_audio_native(BUNDLED_AVATAR.with_name("speech_sample.wav"))
-    samples = np.tile(samples, int(np.ceil(args.seconds * rate / len(samples))))
-    samples = samples[: int(args.seconds * rate)]
+def run_counts(
+    args: argparse.Namespace, measure: Callable[[int, int, int, bool], dict]
+) -> list[dict]:
+    """Per session count in ``args.sessions``, a new server and ``measure(port, sessions,
+    server_pid, warm_up)``: first one warm-up session (its figures dropped), then the run."""
     runs = []
     for n in args.sessions:
         port = free_port()
         server = start_server(port, args, n)
         try:
-            url = f"ws://127.0.0.1:{port}/ws"
-            asyncio.run(load_run(url, 1, samples[: rate * 3], rate, server.pid))  # warm-up
-            run = asyncio.run(load_run(url, n, samples, rate, server.pid))
+            measure(port, 1, server.pid, True)
+            run = measure(port, n, server.pid, False)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as r:
                 run["driver"] = json.loads(r.read())["driver"]
         finally:
@@ -188,6 +194,20 @@ def main() -> None:
             server.wait(30)
         print(run, flush=True)
         runs.append(run)
+    return runs
+
+
+def main() -> None:
+    args = load_arguments(__doc__, "live").parse_args()
+    samples, rate = load_audio_native(BUNDLED_AVATAR.with_name("speech_sample.wav"))
+    samples = np.tile(samples, int(np.ceil(args.seconds * rate / len(samples))))
+    samples = samples[: int(args.seconds * rate)]
+
+    def measure(port: int, n: int, pid: int, warm_up: bool) -> dict:
+        speech = samples[: rate * 3] if warm_up else samples
+        return asyncio.run(load_run(f"ws://127.0.0.1:{port}/ws", n, speech, rate, pid))
+
+    runs = run_counts(args, measure)
     holding = [r["sessions"] for r in runs if r["holds_25fps"]]
     write_result(
         args.name,

@@ -14,24 +14,24 @@ channel, and the server's CPU time and memory per session. The websocket figures
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import os
 import time
-import urllib.request
-from pathlib import Path
 
-import aiohttp
 import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from bench._common import write_result
-from bench.bench_live import ROOT, cpu_seconds, free_port, revision, rss_mb, start_server
+from bench.bench_live import (
+    cpu_seconds,
+    load_arguments,
+    revision,
+    rss_mb,
+    run_counts,
+)
 from clients import rtc
-from engine.scheduler import StreamSettings
 from mmgt.audio import load_audio_native
 from mmgt.avatar import BUNDLED_AVATAR
 
@@ -56,20 +56,7 @@ class Timeline(rtc.Received):
 
 
 async def one_peer(base: str, samples: np.ndarray, rate: int, seconds: float) -> dict:
-    got = Timeline()
-    async with aiohttp.ClientSession() as http:
-        pc, tasks, status, answer = await rtc.connect(
-            http, base, got, rtc.SpeechTrack(samples, rate, loop=True)
-        )
-        try:
-            if status != 200:
-                raise RuntimeError(f"offer refused ({status}): {answer}")
-            await asyncio.sleep(seconds)
-        finally:
-            await pc.close()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    got = await rtc.speak(base, samples, rate, seconds, received=Timeline(), loop=True)
     start = got.video[0][0] + WARM_UP_S if got.video else 0.0
     steady = [(t, pts) for t, pts in got.video if t >= start]
     span = steady[-1][0] - steady[0][0] if len(steady) > 1 else 0.0
@@ -121,33 +108,14 @@ async def load_run(base: str, n: int, samples: np.ndarray, rate: int, seconds: f
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sessions", type=int, nargs="+", default=[1, 3, 4, 5])
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--driver", default="auto")
-    p.add_argument("--size", type=int, default=512)
-    p.add_argument("--hop", type=int, default=StreamSettings().hop_frames, help="server --hop")
-    p.add_argument("--name", default="webrtc", help="result file bench/results/NAME.json")
-    p.add_argument(
-        "--server-root", type=Path, default=ROOT, help="run the server of this checkout (A/B)"
-    )
-    args = p.parse_args()
+    args = load_arguments(__doc__, "webrtc").parse_args()
     samples, rate = load_audio_native(BUNDLED_AVATAR.with_name("speech_sample.wav"))
-    runs = []
-    for n in args.sessions:
-        port = free_port()
-        server = start_server(port, args, n)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            asyncio.run(load_run(base, 1, samples, rate, WARM_UP_S + 2, server.pid))  # warm-up
-            run = asyncio.run(load_run(base, n, samples, rate, args.seconds, server.pid))
-            with urllib.request.urlopen(f"{base}/health") as r:
-                run["driver"] = json.loads(r.read())["driver"]
-        finally:
-            server.terminate()
-            server.wait(30)
-        print(run, flush=True)
-        runs.append(run)
+
+    def measure(port: int, n: int, pid: int, warm_up: bool) -> dict:
+        seconds = WARM_UP_S + 2 if warm_up else args.seconds
+        return asyncio.run(load_run(f"http://127.0.0.1:{port}", n, samples, rate, seconds, pid))
+
+    runs = run_counts(args, measure)
     holding = [r["sessions"] for r in runs if r["holds_25fps"]]
     write_result(
         args.name,

@@ -125,15 +125,18 @@ async def speak(
     seconds: float,
     *,
     ssl: SSLContext | bool = True,
+    received: Received | None = None,
+    loop: bool = False,
     **offer: object,
 ) -> Received:
     """One session: speak ``samples`` into the server at ``base`` for ``seconds`` (silence
-    after the speech), then hang up; returns what came back. Raises ``RuntimeError`` with the
+    after the speech, or the speech again with ``loop``), then hang up; returns what came back
+    (into ``received``, e.g. a subclass recording more). Raises ``RuntimeError`` with the
     server's message if the offer is refused."""
-    received = Received()
+    received = Received() if received is None else received
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl)) as http:
         pc, tasks, status, answer = await connect(
-            http, base, received, SpeechTrack(samples, rate), **offer
+            http, base, received, SpeechTrack(samples, rate, loop=loop), **offer
         )
         try:
             if status != 200:
