@@ -580,14 +580,14 @@ class StreamScheduler:
         if behind:
             self._last_lag_time = now
             if self.level < self.hold_level:
-                self._set_level(self.level + 1, now)
+                self._set_level(self.level + 1, now, lag)
             return
         calm_since = self._last_lag_time if self._last_lag_time is not None else self._level_time
         wait = s.hold_recover_s if self.level == self.hold_level else s.recover_after_s
         if self.level > 0 and now - max(calm_since, self._level_time) >= wait:
             self._set_level(self.level - 1, now)
 
-    def _set_level(self, level: int, now: float) -> None:
+    def _set_level(self, level: int, now: float, lag: int | None = None) -> None:
         old, self.level, self._level_time = self.level, level, now
         if self._base_steps is not None and self._base_steps > 1:
             steps = 1 if level >= 1 else self._base_steps
@@ -597,7 +597,8 @@ class StreamScheduler:
         self.counters["degrade_up" if level > old else "degrade_down"] += 1
         state = "degraded" if level else "recovered"
         self._events.append((self.emitted, StateEvent(self.emitted, state, detail[level], level)))
-        log.info("quality level %d → %d (%s)", old, level, detail[level])
+        behind = "" if lag is None else f"; {lag} frames behind"
+        log.info("quality level %d → %d (%s%s)", old, level, detail[level], behind)
 
     # -- interruption -------------------------------------------------------------------------
     def interrupt(self, played_frames: int) -> Interrupted:
