@@ -16,8 +16,10 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from engine.scheduler import HALF_FRAME_RATE_LEVEL, StreamScheduler
 from server.app import CTX, make_app, mouth_box
 from server.settings import ServerSettings
 from tests.devtools import CHROMIUM, browser_process, report_route, serve
@@ -56,7 +58,9 @@ def chromium_command(url: str, wav: Path, profile: Path) -> list[str]:
     ]
 
 
-async def run_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, SourceTap]:
+async def run_browser(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seconds: int = SECONDS
+) -> tuple[dict, SourceTap]:
     app = make_app(ServerSettings(port=0, workers=2, frame_size=FRAME_SIZE))  # default driver
     got = report_route(app)
     wav = tmp_path / "speech_silence.wav"
@@ -65,10 +69,10 @@ async def run_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
         avatar = app[CTX].avatars.get("default")
         tap = SourceTap(mouth_box(avatar.reference_pose, avatar.frame_size))
         tap.install(monkeypatch)
-        url = f"{base}/?test=1&report=/report&seconds={SECONDS}"
+        url = f"{base}/?test=1&report=/report&seconds={seconds}"
         command = chromium_command(url, wav, tmp_path / "profile")
         async with browser_process(command, log=tmp_path / "chromium.log"):
-            result = await asyncio.wait_for(got, SECONDS + 90)
+            result = await asyncio.wait_for(got, seconds + 90)
             # The page closed its peer connection: the server must let go of everything.
             ctx = app[CTX]
             for _ in range(100):
@@ -115,3 +119,35 @@ def test_browser_lip_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     # over the last 9 runs.
     assert abs(40 * sync.av_lag) <= 40, figures
     assert abs(40 * sync.lag) <= 40, figures
+
+
+def test_browser_plays_the_half_frame_rate_in_real_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held at the half-frame-rate level, the server does not send the repeated images: Chromium
+    receives a 12.5 fps stream whose timestamps skip them, and plays it in real time with every
+    audio packet."""
+    seconds = 10
+
+    def half_frame_rate(self: StreamScheduler, *args: object) -> None:
+        self.level = HALF_FRAME_RATE_LEVEL
+
+    monkeypatch.setattr(StreamScheduler, "_adapt", half_frame_rate)
+    report, _ = asyncio.run(run_browser(tmp_path, monkeypatch, seconds))
+    assert "error" not in report, report
+    frames = [f for f in report["frames"] if f["rtp"] is not None]
+    steps = np.diff([f["rtp"] for f in frames])
+    print(
+        "half frame rate:",
+        report["frames_decoded"],
+        "decoded,",
+        np.unique(steps, return_counts=True),
+    )
+    assert 0.3 * 25 * seconds < report["frames_decoded"] < 0.6 * 25 * seconds
+    assert np.median(steps) == 2 * 3600  # every other frame's timestamp (90 kHz)
+    # Played at its own pace, not slowed down: media time keeps up with the clock.
+    media = frames[-1]["media_time"] - frames[0]["media_time"]
+    wall = (frames[-1]["now"] - frames[0]["now"]) / 1000
+    assert 0.9 < media / wall < 1.1, (media, wall)
+    assert report["audio_samples_received"] > 0.8 * 48000 * seconds
+    assert report["server_after"] == {"admission": 0, "sessions": 0}
