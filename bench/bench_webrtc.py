@@ -7,7 +7,8 @@ Per session count we record what the peers saw: frames per second received, the 
 gap in the video's timestamps (how long the picture stood still: a held image is not sent
 again), the session's degradation level and its latency from the server's stats on the data
 channel, and the server's CPU time and memory per session. The websocket figures are
-``bench.bench_live``; this one adds what the video encoder costs (5–8 ms a frame at 512²).
+``bench.bench_live``; this one adds what VP8 encoding and aiortc cost (about 5 ms a frame at 512²
+for the encoder alone).
 
     python -m bench.bench_webrtc [--sessions 1 3 4 5] [--seconds 20] [--server-root ../before]
 """
