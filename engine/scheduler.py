@@ -25,7 +25,8 @@ step, 2 = double hop (half the stage-1 rate), 3 = half frame rate (a frame-wise 
 every other frame and shows each image twice: drawing is most of its cost, and the avatar
 keeps moving), 4 = hold (repeat the last image; audio plays on; a window renderer first lets
 out the frames it holds, so images stay with their own audio). A window renderer cannot skip
-single frames, so for it level 3 is the hold. After ``recover_after_s`` without lag it steps
+single frames, so for it level 3 is the hold. A level that changes nothing (1 for a one-step
+driver) is skipped (:attr:`StreamScheduler.levels`). After ``recover_after_s`` without lag it steps
 back up (``hold_recover_s`` from the hold, so the picture freezes briefly). Audio is never
 dropped, so A/V never drifts.
 """
@@ -579,13 +580,25 @@ class StreamScheduler:
         behind = starving and lag > hop + s.lookahead_frames + s.degrade_lag_frames
         if behind:
             self._last_lag_time = now
-            if self.level < self.hold_level:
-                self._set_level(self.level + 1, now, lag)
+            deeper = [level for level in self.levels if level > self.level]
+            if deeper:
+                self._set_level(deeper[0], now, lag)
             return
         calm_since = self._last_lag_time if self._last_lag_time is not None else self._level_time
         wait = s.hold_recover_s if self.level == self.hold_level else s.recover_after_s
         if self.level > 0 and now - max(calm_since, self._level_time) >= wait:
-            self._set_level(self.level - 1, now)
+            self._set_level(max(level for level in self.levels if level < self.level), now)
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """The quality levels that change something for this driver and stream, best first.
+
+        Level 1 (one stage-1 step) only exists for a driver sampling with more than one step,
+        and level 3 (half frame rate) only for a frame-wise stream (for a window renderer it
+        is the hold): stepping onto a level that changes nothing would cost a window of lag.
+        """
+        few_steps = (1,) if self._base_steps is not None and self._base_steps > 1 else ()
+        return (0, *few_steps, 2, *range(HALF_FRAME_RATE_LEVEL, self.hold_level + 1))
 
     def _set_level(self, level: int, now: float, lag: int | None = None) -> None:
         old, self.level, self._level_time = self.level, level, now

@@ -262,7 +262,7 @@ def test_half_frame_rate_draws_every_other_frame(speech, window_stream):
     every frame's own audio; a window renderer cannot skip frames, so for it level 3 holds."""
     sched, rec = make_scheduler(window=window_stream, realtime=True, recover_after_s=1e9)
     sched.push_audio(speech, 16000, 1, 0.0)
-    for _ in range(3):
+    for _ in range(2):  # this driver has no sampling steps: no level 1
         window(sched, now=0.0, starving=True)
     assert sched.level == 3
     assert sched.hold_level == (3 if window_stream else 4)
@@ -286,6 +286,39 @@ def test_half_frame_rate_draws_every_other_frame(speech, window_stream):
     assert all(i % 2 == 0 for i in drawn)
 
 
+@pytest.mark.parametrize(
+    ("steps", "window_stream", "ladder"),
+    [(4, False, (0, 1, 2, 3, 4)), (1, False, (0, 2, 3, 4)), (None, True, (0, 2, 3))],
+)
+def test_degradation_skips_levels_that_change_nothing(speech, steps, window_stream, ladder):
+    """One stage-1 step is no relief for a one-step driver, and a window renderer cannot
+    draw every other frame: under lag the scheduler goes straight past such levels, and back."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings:
+        steps: int | None = None
+
+    class Driver(ProceduralDriver):
+        settings = Settings(steps)
+
+    sched, _ = make_scheduler(
+        driver=Driver(), window=window_stream, realtime=True, recover_after_s=0.5
+    )
+    assert sched.levels == ladder
+    sched.push_audio(speech, 16000, 1, 0.0)
+    out = []
+    while sched.level < sched.hold_level:
+        out.extend(window(sched, now=0.0, starving=True))
+    while got := sched.step(now=0.1, starving=True):  # the backlog drains at the hold
+        out.extend(got)
+    for k in range(1, 40):  # then real-time input, calm: back up to full quality
+        sched.push_audio(np.zeros(640 * 4, np.float32), 16000, 1, 0.0)
+        out.extend(window(sched, now=0.1 + 0.16 * k, starving=True))
+    levels = [e.level for e in out if isinstance(e, StateEvent)]
+    assert levels == [*ladder[1:], *ladder[-2::-1]]
+    assert sched.counters["degrade_up"] == sched.counters["degrade_down"] == len(ladder) - 1
+
+
 def test_a_hold_ends_sooner_than_the_other_levels(speech):
     """The hold freezes the picture: it steps back up after ``hold_recover_s`` of calm, the
     other levels after ``recover_after_s``."""
@@ -293,15 +326,17 @@ def test_a_hold_ends_sooner_than_the_other_levels(speech):
     sched.push_audio(speech[: 16000 * 2], 16000, 1, 0.0)
     while sched.level < sched.hold_level:
         window(sched, now=0.0, starving=True)
-    while sched.has_work:  # the backlog drains at the hold
-        window(sched, now=0.1, starving=True)
+    while sched.has_work:  # the backlog drains at the hold, the last lag at t = 0
+        window(sched, now=0.0, starving=True)
     levels = []
     for k in range(1, 13):  # real-time input from then on, a window every 0.16 s
         sched.push_audio(np.zeros(640 * 4, np.float32), 16000, 1, 0.0)
-        window(sched, now=0.1 + 0.16 * k, starving=True)
+        window(sched, now=0.16 * k, starving=True)
         levels.append(sched.level)
-    assert levels[:2] == [4, 4] and levels[3] == 3  # 0.5 s after the last lag
-    assert levels[-1] == 3  # 1.9 s later: not yet 2 s at level 3
+    # The hop is 8 frames at these levels, so a window runs on every other push: the first
+    # at least 0.5 s after the last lag is at 0.8 s.
+    assert levels[:4] == [4] * 4 and levels[4] == 3
+    assert levels[-1] == 3  # 1.92 s: not yet 2 s at level 3
 
 
 def test_audio_ahead_of_the_clock_is_not_lag(speech):
@@ -316,7 +351,7 @@ def test_audio_ahead_of_the_clock_is_not_lag(speech):
     assert sched.level == 0
     sched.clock_samples = 4 * 16000  # the clock has run past the queued audio
     window(sched, now=0.1, starving=True)
-    assert sched.level == 1
+    assert sched.level == 2  # (this driver has no sampling steps to cut: no level 1)
 
 
 def test_no_degradation_when_the_consumer_is_not_waiting(speech):
