@@ -154,6 +154,7 @@ class AvatarVideoTrack(_QueueTrack):
         self.on_sent, self.on_skipped = on_sent, on_skipped
         self._encoded: tuple[np.ndarray, float] | None = None  # last image encoded, its pts
         self.repeats_not_encoded = 0
+        self.new_images = 0  # frames sent that showed an image not shown before them
 
     async def recv(self) -> av.VideoFrame:
         while True:
@@ -166,6 +167,8 @@ class AvatarVideoTrack(_QueueTrack):
                 break
             self.repeats_not_encoded += 1
             self.on_sent(frame)  # shown: the browser holds the image it has
+        if self._encoded is None or frame.image is not self._encoded[0]:
+            self.new_images += 1  # (a held image's refresh is not new)
         self._encoded = (frame.image, frame.pts)
         out = av.VideoFrame.from_ndarray(frame.image, format="rgb24")  # converted by the encoder
         out.pts = frame.index * (VIDEO_CLOCK // frame.fps)
@@ -384,16 +387,23 @@ class PeerSession:
             self.session.stats.skipped_frames += 1
 
     async def _stats(self, period: float = 1.0) -> None:
-        """Every ``period``: frames sent per second and the median latency of those frames."""
-        last_frames, last_time = self.sent_frames, time.monotonic()
+        """Every ``period``: frames and new images sent per second (fewer images while the
+        scheduler holds them under load) and the median latency of those frames."""
+        last_frames, last_images, last_time = (
+            self.sent_frames,
+            self.video.new_images,
+            time.monotonic(),
+        )
         while True:
             await asyncio.sleep(period)
             now, fresh = time.monotonic(), self._latencies
             self._latencies = []
+            images = self.video.new_images
             self.send(
                 {
                     "type": "stats",
                     "fps": round((self.sent_frames - last_frames) / (now - last_time), 1),
+                    "image_fps": round((images - last_images) / (now - last_time), 1),
                     "latency_ms": round(1000 * statistics.median(fresh)) if fresh else None,
                     "frames": self.sent_frames,
                     "skipped": self.session.stats.skipped_frames,
@@ -401,7 +411,7 @@ class PeerSession:
                     "held": self.session.scheduler.counters["held_frames"],
                 }
             )
-            last_frames, last_time = self.sent_frames, now
+            last_frames, last_images, last_time = self.sent_frames, images, now
 
     def send(self, event: dict) -> None:
         """Send a JSON event on the page's data channel (dropped if it is not open, or if the

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,4 +151,7 @@ def test_browser_plays_the_half_frame_rate_in_real_time(
     wall = (frames[-1]["now"] - frames[0]["now"]) / 1000
     assert 0.9 < media / wall < 1.1, (media, wall)
     assert report["audio_samples_received"] > 0.8 * 48000 * seconds
+    # The page shows the images per second the eye sees, not the frames counted as sent.
+    shown_fps = float(re.search(r"([\d.]+) fps", report["status"]).group(1))
+    assert 9 < shown_fps < 16, report["status"]
     assert report["server_after"] == {"admission": 0, "sessions": 0}

@@ -290,6 +290,7 @@ async def test_a_repeated_image_is_not_encoded_again_but_refreshed():
     assert encoded == [0, refresh, 16, 17, 18]
     assert [f.index for f in sent] == list(range(19))  # every frame shown, in order
     assert video.repeats_not_encoded == 19 - 5
+    assert video.new_images == 4  # held, new, same_pixels, last: a refresh is not new
     assert pacer.lateness(18 / 25) >= -0.01  # repeats kept the pace: nothing went out early
 
 

@@ -166,7 +166,8 @@ function motionChanged(changes) {
 
 function onEvent(event) {
   if (event.type === "stats") {
-    view.fps = event.fps;
+    // What the eye sees: new images per second (held images under load are not new).
+    view.fps = event.image_fps ?? event.fps;
     view.latency = event.latency_ms;
   } else if (event.type === "state") {
     view.state = event.state === "running" ? "" : `${event.state} ${event.detail || ""}`.trim();
