@@ -36,7 +36,7 @@ the command line imports only the modules of the command it runs (no diffusers, 
 scipy.signal for `render`; `mmgt --help` takes 0.3 s instead of 11). Run alternately with the code
 before them (`bench.bench_render --repeats 2`, twice each): steady state 4.4 and 5.0× real time
 before, 6.6 and 7.8× after; a new process for the 60 s clip 19.1 and 19.9 s before, 12.1 and
-12.2 s after. The warp and render sections below were measured that afternoon.
+12.2 s after. The warp section below was measured that afternoon.
 
 """
 
@@ -72,7 +72,13 @@ NOTES = {
         "Steady state: the work that grows with the clip inside `render_video` (audio, the "
         "driver, rendering + encoding), in-process, the median of the runs. Cold start: the whole "
         "`mmgt render` command in a new process (imports, the photo's reference pose, model "
-        "load and the same work)."
+        "load and the same work). Memory: the peak resident memory of such a process (median of "
+        "the runs), and of one for a 300 s clip: most of it is the libraries and models loaded "
+        "at start; the clip's own data (its decoded audio, features and poses, held while it "
+        "renders) adds about 1 MB per minute of 16 kHz mono audio, less than the peak varies from run "
+        "to run (a 5-minute 48 kHz stereo file peaked at 0.91 GB, measured once by hand). The "
+        "render section was re-measured on 2026-12-08 with the same code as the day before "
+        "(6.6× then, 8.3× now: the host's speed, not a change)."
     ),
     "live": (
         "Latency is measured on the server from the arrival of a frame's audio to the hand-over "
