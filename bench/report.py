@@ -75,8 +75,9 @@ NOTES = {
         "load and the same work). Memory: the peak resident memory of such a process (median of "
         "the runs), and of one for a 300 s clip: most of it is the libraries and models loaded "
         "at start; the clip's own data (its decoded audio, features and poses, held while it "
-        "renders) adds about 1 MB per minute of 16 kHz mono audio, less than the peak varies from run "
-        "to run (a 5-minute 48 kHz stereo file peaked at 0.91 GB, measured once by hand). The "
+        "renders) adds about 1 MB per minute of 16 kHz mono audio, less than the peak varies "
+        "from run to run (a 5-minute 48 kHz stereo file peaked at 0.91 GB, measured once by "
+        "hand). The "
         "render section was re-measured on 2026-12-08 with the same code as the day before "
         "(6.6× then, 8.3× now: the host's speed, not a change)."
     ),

@@ -133,7 +133,14 @@ class _Positional(torch.nn.Module):
 
 
 def check_parity(spec: NetworkSpec, path: Path) -> list[dict]:
-    """Run torch and ONNX Runtime at the ``opt`` and ``second`` sizes; raise on a mismatch."""
+    """Run torch and ONNX Runtime at the ``opt`` and ``second`` sizes; raise on a mismatch.
+
+    The test is norm-wise: the largest difference must be within ``rtol`` of the output's
+    largest magnitude (plus ``ATOL``). fp32 rounding in a deep network grows with the size of
+    the activations summed, not with each output element, so an element-wise test fails at
+    full width on outputs near zero: the official-width UNet step differs by 1.9e-5 where its
+    outputs are of order 1 (``scripts/export_full_size.py``). Whether it also met the stricter
+    element-wise test (rtol, ``ATOL``; the tiny presets do, tested) is recorded."""
     ort_run = OrtRunner(path, threads=torch.get_num_threads())
     torch_run = TorchRunner(spec.module, spec.inputs, spec.outputs)
     checks = []
@@ -143,15 +150,21 @@ def check_parity(spec: NetworkSpec, path: Path) -> list[dict]:
         for name in spec.outputs:
             rtol = FP16_RTOL if want[name].dtype == torch.float16 else RTOL
             w, g = want[name].float().numpy(), got[name].float().numpy()
-            if w.shape != g.shape or not np.allclose(g, w, rtol=rtol, atol=ATOL):
-                err = float(np.abs(g - w).max()) if w.shape == g.shape else float("inf")
+            if w.shape != g.shape:
+                raise RuntimeError(f"{spec.name}: ONNX Runtime gives {name} of shape {g.shape}, "
+                                   f"torch {w.shape}, at the {which} sizes")  # fmt: skip
+            err, scale = float(np.abs(g - w).max()), float(np.abs(w).max())
+            if not err <= rtol * scale + ATOL:  # (NaN fails too)
                 raise RuntimeError(
                     f"{spec.name}: ONNX Runtime differs from torch on {name} at the {which} "
-                    f"sizes (shapes {g.shape} vs {w.shape}, max error {err:.3g})"
+                    f"sizes by up to {err:.3g} (outputs up to {scale:.3g}; allowed "
+                    f"{rtol:g} × that + {ATOL:g})"
                 )
             sizes = {n: int(inputs[n].shape[i]) for n, dims in spec.dynamic.items() for i in dims}
+            elementwise = bool(np.allclose(g, w, rtol=rtol, atol=ATOL))
             checks.append({"sizes": which, "shapes": sizes, "output": name,
-                           "max_abs_error": float(np.abs(g - w).max())})  # fmt: skip
+                           "max_abs_error": err, "max_abs_output": scale,
+                           "elementwise": elementwise})  # fmt: skip
     return checks
 
 

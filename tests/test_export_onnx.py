@@ -18,7 +18,7 @@ import torch
 
 from export.onnx import ATOL, DEFAULT_OPSET, RTOL, _opsets, write_folder
 from export.onnx import main as export_main
-from export.specs import smga_step
+from export.specs import NetworkSpec, smga_step
 from mmgt.audio import extract_light_features
 from mmgt.cli import main as cli_main
 from mmgt.drivers.smga import SamplerSettings, SMGADriver
@@ -50,7 +50,40 @@ def test_manifest_records_names_axes_hash_and_two_checked_sizes(tiny_export):
     assert {c["sizes"] for c in entry["checks"]} == {"opt", "second"}
     sizes = [c["shapes"] for c in entry["checks"]]
     assert sizes[0] != sizes[1]  # the dynamic axes really were exercised at two sizes
+    assert all(c["elementwise"] for c in entry["checks"])  # tiny: rtol 1e-4, atol 1e-5 per element
     assert not list(folder.glob(".export-*"))  # no temporary files left behind
+
+
+class _Amplifier(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1000 * x  # outputs up to 1000, one of them 0
+
+
+@pytest.mark.parametrize(("error", "passes"), [(1e-3, True), (1.0, False)])
+def test_parity_is_judged_against_the_outputs_magnitude(monkeypatch, error, passes):
+    """A difference of 1e-6 of the largest output passes although an output near zero then
+    misses the element-wise tolerance (as the official-width UNet step's fp32 rounding does);
+    a difference of 1e-3 of it fails, naming the sizes."""
+    import export.onnx as export_onnx
+
+    class OffBy:  # ONNX Runtime's place: the network's outputs, off by ``error``
+        def __init__(self, path: Path, threads: int = 1) -> None:
+            pass
+
+        def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"y": 1000 * inputs["x"] + error}
+
+    monkeypatch.setattr(export_onnx, "OrtRunner", OffBy)
+    inputs = {"x": torch.linspace(-1, 1, 101)}
+    spec = NetworkSpec("amp", _Amplifier(), ("x",), ("y",), {}, lambda size, seed=0: inputs)
+    if not passes:
+        with pytest.raises(RuntimeError, match=r"amp: .* on y at the opt sizes by up to 1"):
+            export_onnx.check_parity(spec, Path("unused.onnx"))
+        return
+    checks = export_onnx.check_parity(spec, Path("unused.onnx"))
+    assert [c["elementwise"] for c in checks] == [False, False]
+    assert checks[0]["max_abs_error"] == pytest.approx(1e-3, rel=0.05)  # (fp32 at 1000)
+    assert checks[0]["max_abs_output"] == 1000
 
 
 @pytest.mark.parametrize(("batch", "frames"), [(1, 3), (2, 16), (4, 9)])
