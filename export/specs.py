@@ -2,8 +2,9 @@
 
 A spec is everything an exporter or an engine builder needs to know about a network without
 reading its code: ``python -m export.onnx`` exports from it and checks the ONNX file at the
-``opt`` sizes and at a second size, and the TensorRT builder (``python -m export.trt``, next
-slice) takes its optimisation profiles from the same ``Axis`` ranges. The runners
+``opt`` sizes (``small`` ones for networks over 1 GB) and at a second size, and the TensorRT
+builder (``python -m export.trt``) takes its optimisation profiles from the same ``Axis``
+ranges. The runners
 (:mod:`mmgt.runtime`) use the same input and output names.
 """
 
@@ -28,6 +29,12 @@ class Axis:
     opt: int
     max: int
     second: int  # a second size the exported file is checked at
+
+    @property
+    def small(self) -> int:
+        """2, or the nearest size the axis allows: where large networks are checked instead of
+        ``opt`` (a CFG pair of 2 frames rather than 12: the same graph, a sixth of the memory)."""
+        return min(self.opt, max(self.min, 2))
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,18 @@ def test_parity_is_judged_against_the_outputs_magnitude(monkeypatch, error, pass
     assert checks[0]["max_abs_output"] == 1000
 
 
+def test_a_large_network_is_checked_at_small_sizes(tmp_path, monkeypatch):
+    """Over LARGE_BYTES of weights (the official UNets), the first check runs at each axis's
+    ``small`` size (a pair of 2 frames) instead of ``opt``: at 512² the opt-size check of the
+    UNet step needs more memory than many machines have."""
+    import export.onnx as export_onnx
+
+    monkeypatch.setattr(export_onnx, "LARGE_BYTES", 0)  # the tiny SMGA counts as large
+    entry = export_onnx.export_network(smga_step(tiny_smga(3)), tmp_path)
+    assert [c["sizes"] for c in entry["checks"]] == ["small", "second"]
+    assert entry["checks"][0]["shapes"] == {"batch": 2, "frames": 2}
+
+
 @pytest.mark.parametrize(("batch", "frames"), [(1, 3), (2, 16), (4, 9)])
 def test_ort_equals_torch_at_any_size(tiny_export, batch, frames):
     model, folder = tiny_export
